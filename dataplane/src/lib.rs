@@ -1,0 +1,1 @@
+//! The Sluice data plane: a thread-per-core PostgreSQL gateway.
