@@ -1,0 +1,1 @@
+//! Unit tests: framing bounds, startup packets, strict body validation.
