@@ -400,7 +400,7 @@ impl Issuer {
         alg: Algorithm,
         kid: Option<&str>,
         signed: &[u8],
-        signature: &[u8],
+        signature: &Vec<u8>,
     ) -> Result<(), TokenError> {
         let by_kid = |k: &&VerifyingKey| match kid {
             None => true,
@@ -419,7 +419,7 @@ impl Issuer {
             let Ok(verifier) = (DEFAULT_PROVIDER.verifier_factory)(&key.alg, &key.key) else {
                 continue;
             };
-            if verifier.verify(signed, &signature.to_vec()).is_ok() {
+            if verifier.verify(signed, signature).is_ok() {
                 return Ok(());
             }
         }
@@ -513,9 +513,8 @@ fn numeric_date(
                 Ok(Some(v))
             } else {
                 match n.as_f64() {
+                    // Truncating a fractional NumericDate is intended; the range is checked.
                     Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => {
-                        // Truncation of a fractional NumericDate is intended.
-                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                         Ok(Some(f as u64))
                     }
                     _ => Err(TokenError::Malformed),
