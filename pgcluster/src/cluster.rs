@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -598,6 +598,14 @@ fn clusters_parent() -> Result<PathBuf> {
     let uid = account::effective_uid()?;
     let parent = PathBuf::from(format!("/tmp/sluice-pgcluster-{uid}"));
     fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    // /tmp is shared: refuse a look-alike planted by someone else (or a symlink to elsewhere).
+    let meta =
+        fs::symlink_metadata(&parent).with_context(|| format!("stat {}", parent.display()))?;
+    ensure!(
+        meta.is_dir() && meta.uid() == uid,
+        "{} is not a directory owned by uid {uid}; remove it and retry",
+        parent.display()
+    );
     fs::set_permissions(&parent, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod 0755 {}", parent.display()))?;
     Ok(parent)

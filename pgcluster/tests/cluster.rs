@@ -296,3 +296,16 @@ fn luhn_ok(number: &str) -> bool {
         .sum();
     sum % 10 == 0
 }
+
+#[test]
+fn taken_fixed_port_fails_with_the_log_tail() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let err = PgCluster::start(ClusterOptions {
+        port: Some(port),
+        ..ClusterOptions::default()
+    })
+    .expect_err("the port is taken");
+    let text = format!("{err:#}");
+    assert!(text.contains("Address already in use"), "{text}");
+}
