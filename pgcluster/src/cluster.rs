@@ -427,12 +427,12 @@ impl PgCluster {
                 self.port = try_free_port().context("picking a free port")?;
             }
             self.write_conf()?;
-            let log_len = fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0);
+            let log_len = fs::read(&self.log_file).map(|log| log.len()).unwrap_or(0);
             match self.pg_ctl_start() {
                 Ok(()) => break,
                 Err(e) if self.opts.port.is_none() && attempt < PORT_ATTEMPTS => {
                     let log = fs::read(&self.log_file).unwrap_or_default();
-                    let new = String::from_utf8_lossy(log.get(log_len as usize..).unwrap_or(&[]));
+                    let new = String::from_utf8_lossy(log.get(log_len..).unwrap_or(&[]));
                     if !new.contains("Address already in use") {
                         return Err(e);
                     }
