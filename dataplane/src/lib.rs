@@ -1,1 +1,23 @@
 //! The Sluice data plane: a thread-per-core PostgreSQL gateway.
+//!
+//! Clients authenticate with a token in the password field; the gateway logs in to the
+//! backend with credentials only it holds, and relays the PostgreSQL protocol through
+//! per-core pools of server connections (session or transaction pooling).
+//!
+//! The entry point is [`Dataplane::start`] with a validated [`config::Config`].
+
+pub mod backend;
+pub mod cancel;
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod metrics;
+pub mod pool;
+pub mod prepared;
+pub mod runtime;
+mod session;
+pub mod stream;
+pub mod tracker;
+
+pub use config::Config;
+pub use runtime::Dataplane;

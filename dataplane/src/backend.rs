@@ -1,0 +1,349 @@
+//! Server connections: connect, TLS, log in with the gateway's credentials, keep their state.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::{OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use sluice_auth::backend::{AuthProgress, BackendAuthenticator, BackendCredentials};
+use sluice_pgwire::{backend as msg, encode, frame_len, sqlstate, ProtocolError};
+
+use crate::cancel::BackendKey;
+use crate::config::{BackendTls, BackendUser};
+use crate::error::BackendError;
+use crate::io::{read_frame, write_all, ReadError};
+use crate::stream::{BackendStream, MaybeTls};
+
+/// Largest message accepted from a backend while logging in or running the proxy's own queries.
+const MAX_CONTROL_MESSAGE: usize = 1 << 20;
+
+/// Everything needed to open server connections for one (connection, backend user).
+pub struct Target {
+    /// Backend address.
+    pub addr: SocketAddr,
+    /// Host name, for TLS server name checks.
+    pub host: String,
+    /// Real database name.
+    pub database: String,
+    /// Credentials only the gateway holds.
+    pub user: BackendUser,
+    /// TLS mode.
+    pub tls: BackendTls,
+    /// TLS client configuration when TLS may be used.
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// Login time limit.
+    pub connect_timeout: Duration,
+}
+
+/// Read half of a server connection.
+pub type ServerRead = OwnedReadHalf<BackendStream>;
+/// Write half of a server connection.
+pub type ServerWrite = OwnedWriteHalf<BackendStream>;
+
+/// What the proxy knows about one server connection, beside its socket.
+#[derive(Debug)]
+pub struct ServerState {
+    /// Cancel key of the backend process.
+    pub key: BackendKey,
+    /// Parameters as the server last reported them (ParameterStatus).
+    pub reported: HashMap<String, String>,
+    /// Parameters the proxy set for the current client, as the client asked for them.
+    pub applied: HashMap<String, String>,
+    /// Ids of statements prepared on this server by the proxy (transaction pooling).
+    pub prepared: HashSet<u64>,
+    /// When the connection was opened.
+    pub created: Instant,
+    /// When it was last returned to the pool.
+    pub idle_since: Instant,
+    /// Pool generation it belongs to; older generations are closed, not reused.
+    pub epoch: u64,
+    /// The socket's descriptor, to shut it down when a busy connection is abandoned.
+    pub fd: std::os::fd::RawFd,
+}
+
+/// An open, logged-in, idle server connection.
+pub struct ServerConn {
+    /// Reading side (with any bytes already read).
+    pub read: ServerRead,
+    /// Read buffer.
+    pub rbuf: BytesMut,
+    /// Writing side.
+    pub write: ServerWrite,
+    /// Bookkeeping.
+    pub state: ServerState,
+}
+
+impl ServerConn {
+    /// Opens a connection and logs in; bounded by the target's connect timeout.
+    pub async fn connect(target: &Target, epoch: u64) -> Result<ServerConn, BackendError> {
+        match monoio::time::timeout(target.connect_timeout, Self::connect_inner(target, epoch)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout {
+                addr: target.addr.to_string(),
+                secs: target.connect_timeout.as_secs(),
+            }),
+        }
+    }
+
+    async fn connect_inner(target: &Target, epoch: u64) -> Result<ServerConn, BackendError> {
+        let tcp = TcpStream::connect_addr(target.addr)
+            .await
+            .map_err(|source| BackendError::Connect {
+                addr: target.addr.to_string(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+        let mut stream = Self::negotiate_tls(target, tcp).await?;
+
+        let mut out = BytesMut::with_capacity(256);
+        encode::startup_message(
+            &mut out,
+            &[
+                ("user", &target.user.user),
+                ("database", &target.database),
+                ("application_name", "sluice"),
+            ],
+        );
+        write_all(&mut stream, out.split().freeze()).await?;
+
+        let mut auth = BackendAuthenticator::new(BackendCredentials {
+            user: target.user.user.clone(),
+            password: target.user.password.clone(),
+        });
+        let mut rbuf = BytesMut::with_capacity(8192);
+        let mut reported = HashMap::new();
+        let mut key = None;
+        loop {
+            let frame = read_msg(&mut stream, &mut rbuf).await?;
+            match msg::parse(&frame)? {
+                msg::BackendMessage::Authentication(_) => {
+                    let body = &frame[5..];
+                    let code = i32::from_be_bytes(
+                        body.get(..4)
+                            .and_then(|b| b.try_into().ok())
+                            .ok_or(ProtocolError::Malformed {
+                                tag: msg::AUTHENTICATION,
+                                what: "missing authentication code",
+                            })?,
+                    );
+                    match auth
+                        .on_request(code, &body[4..], &mut out)
+                        .map_err(|e| BackendError::Auth(e.to_string()))?
+                    {
+                        AuthProgress::Continue => {
+                            write_all(&mut stream, out.split().freeze()).await?;
+                        }
+                        AuthProgress::Done => {}
+                    }
+                }
+                msg::BackendMessage::ParameterStatus { name, value } => {
+                    reported.insert(name.to_owned(), value.to_owned());
+                }
+                msg::BackendMessage::BackendKeyData { pid, secret } => {
+                    key = Some(BackendKey {
+                        addr: target.addr,
+                        pid,
+                        secret,
+                    });
+                }
+                msg::BackendMessage::ErrorResponse(fields) => {
+                    let code = fields.code().unwrap_or(sqlstate::CONNECTION_FAILURE);
+                    let message = fields.message().unwrap_or("unknown error").to_owned();
+                    if code == sqlstate::INVALID_PASSWORD || code == sqlstate::INVALID_AUTHORIZATION_SPECIFICATION {
+                        return Err(BackendError::Auth(message));
+                    }
+                    return Err(BackendError::Refused {
+                        code: code.to_owned(),
+                        message,
+                    });
+                }
+                msg::BackendMessage::ReadyForQuery { .. } => break,
+                // NoticeResponse and NegotiateProtocolVersion need no answer.
+                _ => {}
+            }
+        }
+        if !auth.is_done() {
+            return Err(BackendError::Auth("server finished login without AuthenticationOk".into()));
+        }
+        let key = key.ok_or(ProtocolError::Malformed {
+            tag: msg::BACKEND_KEY_DATA,
+            what: "server sent no BackendKeyData",
+        })?;
+        let (read, write) = stream.into_split();
+        let now = Instant::now();
+        Ok(ServerConn {
+            read,
+            rbuf,
+            write,
+            state: ServerState {
+                key,
+                reported,
+                applied: HashMap::new(),
+                prepared: HashSet::new(),
+                created: now,
+                idle_since: now,
+                epoch,
+                fd,
+            },
+        })
+    }
+
+    async fn negotiate_tls(target: &Target, mut tcp: TcpStream) -> Result<BackendStream, BackendError> {
+        let Some(tls_config) = target.tls_config.clone() else {
+            return Ok(MaybeTls::Plain(tcp));
+        };
+        if target.tls == BackendTls::Disable {
+            return Ok(MaybeTls::Plain(tcp));
+        }
+        let mut req = BytesMut::with_capacity(8);
+        encode::ssl_request(&mut req);
+        write_all(&mut tcp, req.freeze()).await?;
+        // Exactly one byte: anything the server sends after it belongs to the TLS handshake.
+        let (res, answer) =
+            monoio::io::AsyncReadRentExt::read_exact(&mut tcp, Box::new([0u8; 1])).await;
+        res?;
+        match answer.first() {
+            Some(b'S') => {
+                let name = ServerName::try_from(target.host.clone())
+                    .map_err(|e| BackendError::Tls(format!("invalid server name {}: {e}", target.host)))?;
+                let connector = monoio_rustls::TlsConnector::from(tls_config);
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| BackendError::Tls(e.to_string()))?;
+                Ok(MaybeTls::Tls(tls))
+            }
+            Some(b'N') if target.tls == BackendTls::Prefer => Ok(MaybeTls::Plain(tcp)),
+            Some(b'N') => Err(BackendError::Tls("the backend does not accept TLS connections".into())),
+            _ => Err(BackendError::Tls("unexpected answer to SSLRequest".into())),
+        }
+    }
+
+    /// Runs one simple query that returns no rows the client needs (SET, DISCARD ALL, an
+    /// empty query), reading until ReadyForQuery. Fails on an ErrorResponse.
+    pub async fn run_control_query(&mut self, sql: &str) -> Result<(), BackendError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        encode::query(&mut out, sql);
+        write_all(&mut self.write, out.freeze()).await?;
+        let mut error = None;
+        loop {
+            let frame = read_msg(&mut self.read, &mut self.rbuf).await?;
+            match msg::parse(&frame)? {
+                msg::BackendMessage::ParameterStatus { name, value } => {
+                    self.state.applied.remove(name);
+                    self.state.reported.insert(name.to_owned(), value.to_owned());
+                }
+                msg::BackendMessage::ErrorResponse(fields) if error.is_none() => {
+                    error = Some(BackendError::Refused {
+                        code: fields.code().unwrap_or(sqlstate::INTERNAL_ERROR).to_owned(),
+                        message: fields.message().unwrap_or("unknown error").to_owned(),
+                    });
+                }
+                msg::BackendMessage::ReadyForQuery { status } => {
+                    return match error {
+                        Some(e) => Err(e),
+                        None if status != b'I' => Err(BackendError::Refused {
+                            code: sqlstate::INTERNAL_ERROR.into(),
+                            message: "server left a transaction open".into(),
+                        }),
+                        None => Ok(()),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes the server's session parameters match what the client asked for, with one
+    /// round trip, and only when something differs.
+    pub async fn apply_params(&mut self, wanted: &[(String, String)]) -> Result<(), BackendError> {
+        let mut sql = String::new();
+        for (name, value) in wanted {
+            if self.state.applied.get(name) != Some(value) {
+                sql.push_str("SET ");
+                sql.push_str(name);
+                sql.push_str(" = ");
+                push_literal(&mut sql, value);
+                sql.push(';');
+            }
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        self.run_control_query(&sql).await?;
+        for (name, value) in wanted {
+            self.state.applied.insert(name.clone(), value.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Quotes a string as a SQL literal (standard_conforming_strings on: only `'` doubles).
+fn push_literal(sql: &mut String, value: &str) {
+    sql.push('\'');
+    for c in value.chars() {
+        if c == '\'' {
+            sql.push('\'');
+        }
+        sql.push(c);
+    }
+    sql.push('\'');
+}
+
+/// Whether a client-supplied parameter name is safe to put in a SET statement.
+pub fn valid_param_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+async fn read_msg<R: monoio::io::AsyncReadRent>(r: &mut R, buf: &mut BytesMut) -> Result<Bytes, BackendError> {
+    read_frame(r, buf, |b| frame_len(b, MAX_CONTROL_MESSAGE))
+        .await
+        .map_err(|e| match e {
+            ReadError::Closed => BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+            ReadError::Io(e) => BackendError::Io(e),
+            ReadError::Protocol(p) => BackendError::Protocol(p),
+        })
+}
+
+/// Sends a CancelRequest for `key` on a fresh connection, as PostgreSQL expects.
+pub async fn send_cancel(key: BackendKey) -> std::io::Result<()> {
+    let mut tcp = TcpStream::connect_addr(key.addr).await?;
+    let mut out = BytesMut::with_capacity(16);
+    encode::cancel_request(&mut out, key.pid, key.secret);
+    write_all(&mut tcp, out.freeze()).await?;
+    // The server closes the connection after reading the request; wait for that so the
+    // cancel is delivered before we report back.
+    let _ = monoio::time::timeout(
+        Duration::from_secs(2),
+        monoio::io::AsyncReadRent::read(&mut tcp, Box::new([0u8; 16])),
+    )
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_and_names() {
+        let mut s = String::new();
+        push_literal(&mut s, "it's");
+        assert_eq!(s, "'it''s'");
+        assert!(valid_param_name("application_name"));
+        assert!(valid_param_name("my.setting"));
+        assert!(!valid_param_name("x; DROP TABLE t"));
+        assert!(!valid_param_name(""));
+        assert!(!valid_param_name("1abc"));
+    }
+}

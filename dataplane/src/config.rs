@@ -1,0 +1,675 @@
+//! Data-plane configuration: YAML with `${ENV}` substitution, validated into typed structs.
+//!
+//! Parsing is split in two steps on purpose: serde reads the document into `raw` structs that
+//! mirror the YAML, and [`Config::from_yaml`] validates them into the typed [`Config`] that the
+//! rest of the data plane receives as an argument. Nothing here is global.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice_auth::token::TokenConfig;
+
+/// A configuration problem, naming the file (when known), the field and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{field}: {message}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file the configuration came from, if any.
+    pub file: Option<PathBuf>,
+    /// Dotted path of the offending field, e.g. `connections[0].pool.size`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: None,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// How server connections are shared between clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A client keeps one server connection for its whole session.
+    Session,
+    /// A client holds a server connection only for the length of a transaction.
+    Transaction,
+}
+
+/// How the gateway protects its connection to a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendTls {
+    /// Plain TCP.
+    Disable,
+    /// TLS if the server agrees, without verifying its certificate (like `sslmode=prefer`).
+    Prefer,
+    /// TLS required, certificate not verified (like `sslmode=require`).
+    Require,
+    /// TLS required and the certificate verified against `ca` (like `sslmode=verify-full`).
+    VerifyFull {
+        /// CA bundle (PEM).
+        ca: PathBuf,
+    },
+}
+
+/// Pool settings of one connection.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Session or transaction pooling.
+    pub mode: PoolMode,
+    /// Most server connections per (connection, backend user), across all cores.
+    pub size: usize,
+    /// How long a client waits for a server connection before it gets an error.
+    pub timeout: Duration,
+    /// Query run when a session-mode server connection goes back to the pool.
+    pub reset_query: String,
+    /// An idle server connection unused for this long is checked before it is handed out.
+    pub check_after: Duration,
+    /// Server connections older than this are closed when they return to the pool.
+    pub max_lifetime: Duration,
+    /// How long connecting and authenticating to the backend may take.
+    pub connect_timeout: Duration,
+}
+
+/// Credentials the gateway holds for one backend user. Never sent to clients or logged.
+#[derive(Clone)]
+pub struct BackendUser {
+    /// The PostgreSQL role name.
+    pub user: String,
+    /// Its password; `None` for trust authentication.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for BackendUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendUser")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// One backend a client can ask for by name (the StartupMessage `database`).
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// Name clients use as their `database`.
+    pub name: String,
+    /// Backend host.
+    pub host: String,
+    /// Backend port.
+    pub port: u16,
+    /// Real database name on the backend.
+    pub database: String,
+    /// TLS to the backend.
+    pub tls: BackendTls,
+    /// Pooling.
+    pub pool: PoolConfig,
+    /// Backend users by their name in this file.
+    pub users: HashMap<String, BackendUser>,
+}
+
+/// Which identities a role covers and what it may reach.
+#[derive(Clone, Debug)]
+pub struct Role {
+    /// Role name (appears in logs and errors).
+    pub name: String,
+    /// Token subjects that have this role.
+    pub subjects: HashSet<String>,
+    /// Token groups that have this role.
+    pub groups: HashSet<String>,
+    /// Connection name → backend user name, for the connections this role may use.
+    pub connections: HashMap<String, String>,
+}
+
+/// TLS towards clients.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Protocol limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest message accepted in either direction once a session is running.
+    pub max_message_bytes: usize,
+    /// Time a client has from connecting to finishing authentication.
+    pub startup_timeout: Duration,
+    /// Most client connections per core; more are refused with 53300.
+    pub max_client_connections_per_core: usize,
+}
+
+/// The whole, validated data-plane configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address the per-core listeners bind (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// Worker threads, one runtime each.
+    pub cores: usize,
+    /// Optional Prometheus metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// TLS towards clients, if configured.
+    pub tls: Option<ClientTls>,
+    /// Refuse plain-text clients that do not come from loopback.
+    pub require_tls_for_non_loopback: bool,
+    /// Limits.
+    pub limits: Limits,
+    /// How client tokens are verified.
+    pub auth: TokenConfig,
+    /// Backends by name.
+    pub connections: Vec<Connection>,
+    /// Roles, in order; the first one that matches an identity wins.
+    pub roles: Vec<Role>,
+}
+
+impl Config {
+    /// Reads, substitutes and validates a configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_owned()),
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_yaml(&text, base, &|k| std::env::var(k).ok()).map_err(|mut e| {
+            e.file = Some(path.to_owned());
+            e
+        })
+    }
+
+    /// Parses a configuration from YAML text. Relative paths resolve against `base_dir`;
+    /// `${NAME}` is replaced through `env` (an unset variable is an error).
+    pub fn from_yaml(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = substitute_env(text, env)?;
+        let raw: raw::Config = serde_yaml_ng::from_str(&text).map_err(|e| {
+            let field = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            ConfigError::new(field, e.to_string())
+        })?;
+        raw.validate(base_dir)
+    }
+
+    /// The connection a client asked for by name.
+    pub fn connection(&self, name: &str) -> Option<&Connection> {
+        self.connections.iter().find(|c| c.name == name)
+    }
+
+    /// The first role that covers a subject or one of its groups.
+    pub fn role_for(&self, subject: &str, groups: &[String]) -> Option<&Role> {
+        self.roles
+            .iter()
+            .find(|r| r.subjects.contains(subject) || groups.iter().any(|g| r.groups.contains(g)))
+    }
+}
+
+/// Replaces `${NAME}` with the variable's value; `$$` stands for a literal `$`.
+pub fn substitute_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| ConfigError::new("${...}", "unterminated ${ in configuration"))?;
+            let name = &body[..end];
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(ConfigError::new(
+                    format!("${{{name}}}"),
+                    "environment variable names are letters, digits and _",
+                ));
+            }
+            let value = env(name).ok_or_else(|| {
+                ConfigError::new(
+                    format!("${{{name}}}"),
+                    "environment variable is not set",
+                )
+            })?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms, 5s, 2m"))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m, h)")),
+    };
+    Ok(d)
+}
+
+/// Parses `512`, `64KiB`, `16MiB`, `1GiB` (also KB/MB/GB, meaning the same powers of two).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64KiB, 16MiB, 1GiB"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1 << 10,
+        "MiB" | "MB" | "M" => 1 << 20,
+        "GiB" | "GB" | "G" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}` (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+mod raw {
+    //! Serde mirror of the YAML document; validated into the typed config above.
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Config {
+        pub listen: String,
+        #[serde(default)]
+        pub cores: Option<usize>,
+        #[serde(default)]
+        pub metrics_listen: Option<String>,
+        #[serde(default)]
+        pub tls: Option<Tls>,
+        #[serde(default)]
+        pub limits: Option<Limits>,
+        #[serde(default)]
+        pub auth: TokenConfig,
+        pub connections: Vec<Connection>,
+        #[serde(default)]
+        pub roles: Vec<Role>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tls {
+        #[serde(default)]
+        pub cert: Option<PathBuf>,
+        #[serde(default)]
+        pub key: Option<PathBuf>,
+        #[serde(default)]
+        pub require_for_non_loopback: Option<bool>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Limits {
+        #[serde(default)]
+        pub max_message_bytes: Option<String>,
+        #[serde(default)]
+        pub startup_timeout: Option<String>,
+        #[serde(default)]
+        pub max_client_connections_per_core: Option<usize>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Connection {
+        pub name: String,
+        #[serde(default = "default_host")]
+        pub host: String,
+        pub port: u16,
+        pub database: String,
+        #[serde(default)]
+        pub tls: Option<String>,
+        #[serde(default)]
+        pub tls_ca: Option<PathBuf>,
+        #[serde(default)]
+        pub pool: Pool,
+        pub users: Vec<User>,
+    }
+
+    fn default_host() -> String {
+        "127.0.0.1".into()
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Pool {
+        #[serde(default)]
+        pub mode: Option<PoolMode>,
+        #[serde(default)]
+        pub size: Option<usize>,
+        #[serde(default)]
+        pub timeout: Option<String>,
+        #[serde(default)]
+        pub reset_query: Option<String>,
+        #[serde(default)]
+        pub check_after: Option<String>,
+        #[serde(default)]
+        pub max_lifetime: Option<String>,
+        #[serde(default)]
+        pub connect_timeout: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct User {
+        pub name: String,
+        #[serde(default)]
+        pub user: Option<String>,
+        #[serde(default)]
+        pub password: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Role {
+        pub name: String,
+        #[serde(default)]
+        pub subjects: Vec<String>,
+        #[serde(default)]
+        pub groups: Vec<String>,
+        pub connections: HashMap<String, String>,
+    }
+
+    fn dur(field: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s).map_err(|m| ConfigError::new(field, m)),
+        }
+    }
+
+    fn resolve(base: &Path, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }
+    }
+
+    impl Config {
+        pub fn validate(self, base: &Path) -> Result<super::Config, ConfigError> {
+            let listen: SocketAddr = self.listen.parse().map_err(|_| {
+                ConfigError::new("listen", format!("`{}` is not an address like 127.0.0.1:6432", self.listen))
+            })?;
+            let metrics_listen = match &self.metrics_listen {
+                None => None,
+                Some(s) => Some(s.parse().map_err(|_| {
+                    ConfigError::new("metrics_listen", format!("`{s}` is not an address like 127.0.0.1:9187"))
+                })?),
+            };
+            let cores = match self.cores {
+                None | Some(0) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                Some(n) if n > 1024 => return Err(ConfigError::new("cores", "at most 1024")),
+                Some(n) => n,
+            };
+            let (tls, require_tls) = match self.tls {
+                None => (None, false),
+                Some(t) => {
+                    let tls = match (t.cert, t.key) {
+                        (Some(c), Some(k)) => Some(super::ClientTls { cert: resolve(base, &c), key: resolve(base, &k) }),
+                        (None, None) => None,
+                        _ => return Err(ConfigError::new("tls", "cert and key go together")),
+                    };
+                    let require = t.require_for_non_loopback.unwrap_or(tls.is_some());
+                    if require && tls.is_none() {
+                        return Err(ConfigError::new("tls.require_for_non_loopback", "requires tls.cert and tls.key"));
+                    }
+                    (tls, require)
+                }
+            };
+            let l = self.limits.unwrap_or_default();
+            let max_message_bytes = match &l.max_message_bytes {
+                None => sluice_pgwire::DEFAULT_MAX_MESSAGE_LEN,
+                Some(s) => parse_size(s).map_err(|m| ConfigError::new("limits.max_message_bytes", m))?,
+            };
+            if !(1024..=sluice_pgwire::DEFAULT_MAX_MESSAGE_LEN).contains(&max_message_bytes) {
+                return Err(ConfigError::new("limits.max_message_bytes", "must be between 1KiB and 1GiB"));
+            }
+            let limits = super::Limits {
+                max_message_bytes,
+                startup_timeout: dur("limits.startup_timeout", &l.startup_timeout, Duration::from_secs(15))?,
+                max_client_connections_per_core: l.max_client_connections_per_core.unwrap_or(10_000),
+            };
+
+            if self.connections.is_empty() {
+                return Err(ConfigError::new("connections", "at least one connection is needed"));
+            }
+            let mut connections = Vec::with_capacity(self.connections.len());
+            let mut names = HashSet::new();
+            for (i, c) in self.connections.into_iter().enumerate() {
+                let f = |s: &str| format!("connections[{i}].{s}");
+                if c.name.is_empty() {
+                    return Err(ConfigError::new(f("name"), "must not be empty"));
+                }
+                if !names.insert(c.name.clone()) {
+                    return Err(ConfigError::new(f("name"), format!("`{}` is defined twice", c.name)));
+                }
+                let tls = match c.tls.as_deref().unwrap_or("disable") {
+                    "disable" => BackendTls::Disable,
+                    "prefer" => BackendTls::Prefer,
+                    "require" => BackendTls::Require,
+                    "verify-full" => BackendTls::VerifyFull {
+                        ca: resolve(base, c.tls_ca.as_deref().ok_or_else(|| ConfigError::new(f("tls_ca"), "verify-full needs a CA file"))?),
+                    },
+                    other => {
+                        return Err(ConfigError::new(
+                            f("tls"),
+                            format!("`{other}` is not one of disable, prefer, require, verify-full"),
+                        ))
+                    }
+                };
+                let p = c.pool;
+                let size = p.size.unwrap_or(20);
+                if size == 0 {
+                    return Err(ConfigError::new(f("pool.size"), "must be at least 1"));
+                }
+                let mode = p.mode.unwrap_or(PoolMode::Transaction);
+                let pool = PoolConfig {
+                    mode,
+                    size,
+                    timeout: dur(&f("pool.timeout"), &p.timeout, Duration::from_secs(10))?,
+                    reset_query: p.reset_query.unwrap_or_else(|| "DISCARD ALL".into()),
+                    check_after: dur(&f("pool.check_after"), &p.check_after, Duration::from_secs(30))?,
+                    max_lifetime: dur(&f("pool.max_lifetime"), &p.max_lifetime, Duration::from_secs(3600))?,
+                    connect_timeout: dur(&f("pool.connect_timeout"), &p.connect_timeout, Duration::from_secs(5))?,
+                };
+                if c.users.is_empty() {
+                    return Err(ConfigError::new(f("users"), "at least one backend user is needed"));
+                }
+                let mut users = HashMap::new();
+                for (j, u) in c.users.into_iter().enumerate() {
+                    let user = u.user.unwrap_or_else(|| u.name.clone());
+                    if users.insert(u.name.clone(), BackendUser { user, password: u.password }).is_some() {
+                        return Err(ConfigError::new(f(&format!("users[{j}].name")), format!("`{}` is defined twice", u.name)));
+                    }
+                }
+                connections.push(super::Connection {
+                    name: c.name,
+                    host: c.host,
+                    port: c.port,
+                    database: c.database,
+                    tls,
+                    pool,
+                    users,
+                });
+            }
+
+            let mut roles = Vec::with_capacity(self.roles.len());
+            for (i, r) in self.roles.into_iter().enumerate() {
+                if r.subjects.is_empty() && r.groups.is_empty() {
+                    return Err(ConfigError::new(format!("roles[{i}]"), "names no subjects and no groups, so nobody has it"));
+                }
+                for (conn, user) in &r.connections {
+                    let Some(c) = connections.iter().find(|c| &c.name == conn) else {
+                        return Err(ConfigError::new(format!("roles[{i}].connections.{conn}"), "no such connection"));
+                    };
+                    if !c.users.contains_key(user) {
+                        return Err(ConfigError::new(
+                            format!("roles[{i}].connections.{conn}"),
+                            format!("connection `{conn}` has no backend user `{user}`"),
+                        ));
+                    }
+                }
+                roles.push(super::Role {
+                    name: r.name,
+                    subjects: r.subjects.into_iter().collect(),
+                    groups: r.groups.into_iter().collect(),
+                    connections: r.connections,
+                });
+            }
+
+            let mut auth = self.auth;
+            for issuer in &mut auth.jwt {
+                if let Some(p) = issuer.jwks_file.take() {
+                    issuer.jwks_file = Some(resolve(base, &p));
+                }
+            }
+
+            Ok(super::Config {
+                listen,
+                cores,
+                metrics_listen,
+                tls,
+                require_tls_for_non_loopback: require_tls,
+                limits,
+                auth,
+                connections,
+                roles,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+listen: 127.0.0.1:6432
+cores: 2
+auth:
+  static_tokens:
+    - token: ${DEMO_TOKEN}
+      subject: demo-agent
+      groups: [analysts]
+connections:
+  - name: demo
+    port: 5432
+    database: demo
+    pool: { mode: transaction, size: 10, timeout: 250ms }
+    users:
+      - name: ro
+        user: app_ro
+        password: ${RO_PASSWORD}
+roles:
+  - name: analyst
+    groups: [analysts]
+    connections: { demo: ro }
+"#;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "DEMO_TOKEN" => Some("tok".into()),
+            "RO_PASSWORD" => Some("s3cret".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn parses_minimal() {
+        let c = Config::from_yaml(MINIMAL, Path::new("/etc/sluice"), &env).unwrap();
+        assert_eq!(c.listen.port(), 6432);
+        assert_eq!(c.cores, 2);
+        let conn = c.connection("demo").unwrap();
+        assert_eq!(conn.pool.mode, PoolMode::Transaction);
+        assert_eq!(conn.pool.size, 10);
+        assert_eq!(conn.pool.timeout, Duration::from_millis(250));
+        assert_eq!(conn.users["ro"].password.as_deref(), Some("s3cret"));
+        assert_eq!(c.auth.static_tokens[0].token, "tok");
+        let role = c.role_for("someone", &["analysts".into()]).unwrap();
+        assert_eq!(role.connections["demo"], "ro");
+        assert!(c.role_for("someone", &["other".into()]).is_none());
+        assert!(!format!("{:?}", conn.users["ro"]).contains("s3cret"));
+    }
+
+    #[test]
+    fn unset_env_is_an_error() {
+        let e = Config::from_yaml(MINIMAL, Path::new("."), &|_| None).unwrap_err();
+        assert!(e.to_string().contains("DEMO_TOKEN"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = MINIMAL.replace("size: 10", "size: 0");
+        let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "connections[0].pool.size");
+
+        let bad = MINIMAL.replace("demo: ro", "demo: rw");
+        let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
+        assert!(e.message.contains("no backend user `rw`"), "{e}");
+
+        let bad = MINIMAL.replace("timeout: 250ms", "timeout: 5 parsecs");
+        let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "connections[0].pool.timeout");
+
+        let bad = MINIMAL.replace("cores: 2", "cores: 2\nbogus: 1");
+        let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
+        assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn substitution() {
+        let e = |k: &str| (k == "A").then(|| "x".to_string());
+        assert_eq!(substitute_env("a${A}b$$c$d", &e).unwrap(), "axb$c$d");
+        assert!(substitute_env("${A", &e).is_err());
+        assert!(substitute_env("${A-B}", &e).is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert!(parse_size("99999999999999999999GiB").is_err());
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("s").is_err());
+    }
+}

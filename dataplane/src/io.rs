@@ -1,0 +1,58 @@
+//! Small I/O helpers over monoio's owned-buffer reads and writes.
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use sluice_pgwire::ProtocolError;
+
+/// Bytes asked of one read when the buffer has less room than this.
+pub const READ_SIZE: usize = 16 * 1024;
+
+/// Why reading a message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The peer closed the connection.
+    #[error("connection closed")]
+    Closed,
+    /// A socket error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The bytes are not a valid message.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Reads more bytes into `buf` (appending). Returns the number read; 0 means end of stream.
+pub async fn fill<R: AsyncReadRent>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    let owned = std::mem::take(buf);
+    let (res, owned) = r.read(owned).await;
+    *buf = owned;
+    res
+}
+
+/// Reads until `framer` finds a whole frame at the start of `buf`, then splits it off.
+pub async fn read_frame<R: AsyncReadRent>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    framer: impl Fn(&[u8]) -> Result<Option<usize>, ProtocolError>,
+) -> Result<Bytes, ReadError> {
+    loop {
+        if let Some(n) = framer(buf)? {
+            return Ok(buf.split_to(n).freeze());
+        }
+        if fill(r, buf).await? == 0 {
+            return Err(ReadError::Closed);
+        }
+    }
+}
+
+/// Writes all of `data`.
+pub async fn write_all<W: AsyncWriteRent>(w: &mut W, data: Bytes) -> std::io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let (res, _) = w.write_all(data).await;
+    res.map(|_| ())
+}

@@ -1,0 +1,1193 @@
+//! One client connection: startup, token authentication, then the relay to pooled servers.
+//!
+//! A session runs as up to three tasks on its core, sharing state through an `Rc`:
+//! - the *client reader* (this module's [`serve`]) reads and judges client messages, takes a
+//!   server connection from the pool when it needs one, and writes to the server;
+//! - the *server reader* runs only while requests are outstanding: it relays the server's
+//!   answers, and once the server is idle it parks its read half (and, in transaction mode,
+//!   returns the connection to the pool at ReadyForQuery 'I');
+//! - the *client writer* is the only one that writes to the client, draining an ordered queue
+//!   that both readers append to. That queue is what keeps answers in order when the proxy
+//!   adds messages of its own (synthesized ParseComplete, errors), and its high-water mark is
+//!   the backpressure that bounds a session's memory whatever the result size.
+//!
+//! No read is ever dropped while in flight: a reader stops only between reads.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use monoio::io::{OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use sluice_auth::token::{fingerprint, Identity};
+use sluice_pgwire::encode::{self, ErrorResponse};
+use sluice_pgwire::frontend::{self, FrontendMessage};
+use sluice_pgwire::startup::{self, StartupPacket};
+use sluice_pgwire::{backend as bmsg, parse_header, sqlstate, ProtocolError};
+
+use crate::backend::{valid_param_name, ServerConn, ServerRead, ServerState, ServerWrite};
+use crate::cancel::CancelSlot;
+use crate::config::PoolMode;
+use crate::error::BackendError;
+use crate::io::{fill, read_frame, write_all, ReadError};
+use crate::pool::Pool;
+use crate::prepared::Statement;
+use crate::runtime::CoreCtx;
+use crate::stream::{ClientStream, MaybeTls};
+use crate::tracker::{Delivery, Request, Tracker, Verdict};
+
+/// Largest password message (token) accepted.
+const MAX_PASSWORD_MESSAGE: usize = 32 * 1024;
+/// Largest server message the proxy buffers whole to look inside (ReadyForQuery,
+/// ParameterStatus, CommandComplete).
+const MAX_INSPECTED_MESSAGE: usize = 64 * 1024;
+/// Queued bytes for the client above which the server reader stops reading.
+const HIGH_WATER: usize = 256 * 1024;
+/// Client messages larger than this are streamed to the server, not buffered (COPY data).
+const STREAM_COPY_DATA_ABOVE: usize = 64 * 1024;
+
+type ClientRead = OwnedReadHalf<ClientStream>;
+type ClientWrite = OwnedWriteHalf<ClientStream>;
+
+/// A FATAL error to send the client before closing.
+struct Fatal {
+    code: &'static str,
+    message: String,
+}
+
+impl Fatal {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn encode(&self, buf: &mut BytesMut) {
+        encode::error_response(buf, &ErrorResponse::fatal(self.code, &self.message));
+    }
+}
+
+impl From<ProtocolError> for Fatal {
+    fn from(e: ProtocolError) -> Self {
+        Fatal::new(e.sqlstate(), e.to_string())
+    }
+}
+
+impl From<&BackendError> for Fatal {
+    fn from(e: &BackendError) -> Self {
+        Fatal::new(e.sqlstate(), e.client_message())
+    }
+}
+
+/// Serves one accepted client connection to its end.
+pub async fn serve(ctx: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let _ = tcp.set_nodelay(true);
+    let m = ctx.metrics.clone();
+    m.clients_accepted.inc();
+    m.clients_active.inc();
+    let startup_timeout = ctx.shared.config.limits.startup_timeout;
+    let login = monoio::time::timeout(startup_timeout, login(&ctx, tcp, peer)).await;
+    match login {
+        Err(_) => {
+            m.startup_timeouts.inc();
+            tracing::info!(%peer, "client did not finish startup in time");
+        }
+        Ok(None) => {}
+        Ok(Some((stream, buf, login))) => relay(ctx.clone(), stream, buf, login, fd).await,
+    }
+    m.clients_active.dec();
+}
+
+/// A logged-in client, ready for the relay.
+struct LoggedIn {
+    pool: Rc<Pool>,
+    wanted: Vec<(String, String)>,
+    identity: Identity,
+    pid: i32,
+    slot: Arc<CancelSlot>,
+    /// Session mode: the server connection kept from login.
+    server: Option<ServerConn>,
+    peer: SocketAddr,
+}
+
+/// Startup and authentication. Returns `None` when the connection is done (a CancelRequest,
+/// or a failure already reported to the client).
+async fn login(ctx: &Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) -> Option<(ClientStream, BytesMut, LoggedIn)> {
+    let mut stream = Some(ClientStream::Plain(tcp));
+    let mut buf = BytesMut::with_capacity(1024);
+    let result = login_inner(ctx, &mut stream, &mut buf, peer).await;
+    let mut stream = stream?;
+    match result {
+        Ok(Some(l)) => Some((stream, buf, l)),
+        Ok(None) | Err(LoginError::Gone) => None,
+        Err(LoginError::Fatal(f)) => {
+            let mut out = BytesMut::new();
+            f.encode(&mut out);
+            let _ = write_all(&mut stream, out.freeze()).await;
+            None
+        }
+    }
+}
+
+enum LoginError {
+    /// The client went away; nothing to say.
+    Gone,
+    /// Tell the client and close.
+    Fatal(Fatal),
+}
+
+impl From<Fatal> for LoginError {
+    fn from(f: Fatal) -> Self {
+        LoginError::Fatal(f)
+    }
+}
+
+impl From<ReadError> for LoginError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Closed | ReadError::Io(_) => LoginError::Gone,
+            ReadError::Protocol(p) => LoginError::Fatal(p.into()),
+        }
+    }
+}
+
+impl From<std::io::Error> for LoginError {
+    fn from(_: std::io::Error) -> Self {
+        LoginError::Gone
+    }
+}
+
+async fn login_inner(
+    ctx: &Rc<CoreCtx>,
+    slot: &mut Option<ClientStream>,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+) -> Result<Option<LoggedIn>, LoginError> {
+    // `slot` is only empty for the moment of a TLS upgrade.
+    macro_rules! stream {
+        () => {
+            slot.as_mut().expect("stream present outside a TLS upgrade")
+        };
+    }
+    let shared = &ctx.shared;
+    let config = &shared.config;
+    let m = &ctx.metrics;
+
+    // Startup packets: SSLRequest / GSSENCRequest / CancelRequest until a StartupMessage.
+    let mut tls_tried = false;
+    let frame = loop {
+        let frame = read_frame(stream!(), buf, startup::startup_frame_len)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, ReadError::Protocol(_)) {
+                    m.protocol_errors.inc();
+                }
+            })?;
+        match startup::parse_startup(&frame).map_err(Fatal::from)? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if !buf.is_empty() => {
+                // Bytes pipelined after an encryption request would bypass it (CVE-2021-23214).
+                m.protocol_errors.inc();
+                return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "unexpected data after an encryption request").into());
+            }
+            StartupPacket::SslRequest => {
+                let acceptor = ctx.tls_acceptor.as_ref().filter(|_| !tls_tried);
+                tls_tried = true;
+                let current = slot.take().expect("stream present");
+                *slot = Some(match (acceptor, current) {
+                    (Some(acceptor), MaybeTls::Plain(mut tcp)) => {
+                        write_all(&mut tcp, Bytes::from_static(b"S")).await?;
+                        match acceptor.accept(tcp).await {
+                            Ok(tls) => MaybeTls::Tls(tls),
+                            Err(e) => {
+                                tracing::info!(%peer, error = %e, "TLS handshake with client failed");
+                                return Err(LoginError::Gone);
+                            }
+                        }
+                    }
+                    (_, mut other) => {
+                        let sent = write_all(&mut other, Bytes::from_static(b"N")).await;
+                        *slot = Some(other);
+                        sent?;
+                        continue;
+                    }
+                });
+            }
+            StartupPacket::GssEncRequest => {
+                write_all(stream!(), Bytes::from_static(b"N")).await?;
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                m.cancel_requests.inc();
+                if let Some(key) = shared.cancel.lookup(pid, secret) {
+                    if let Err(e) = crate::backend::send_cancel(key).await {
+                        tracing::info!(error = %e, "could not deliver a cancel request to the backend");
+                    }
+                }
+                return Ok(None);
+            }
+            StartupPacket::Startup(_) => break frame,
+        }
+    };
+    let StartupPacket::Startup(params) = startup::parse_startup(&frame).map_err(Fatal::from)? else {
+        unreachable!("loop breaks only on a StartupMessage");
+    };
+
+    let is_tls = matches!(stream!(), MaybeTls::Tls(_));
+    let loopback = peer.ip().is_loopback();
+    if !is_tls && !loopback && config.require_tls_for_non_loopback {
+        return Err(Fatal::new(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "connections from the network must use TLS (sslmode=require)",
+        )
+        .into());
+    }
+    if params.get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
+        return Err(Fatal::new(sqlstate::FEATURE_NOT_SUPPORTED, "replication connections are not supported by the gateway").into());
+    }
+    let wanted = session_params(params.iter())?;
+    let database = params.database().or(params.user()).unwrap_or("").to_owned();
+
+    let mut out = BytesMut::with_capacity(512);
+    let unknown_options: Vec<&str> = params.iter().map(|(k, _)| k).filter(|k| k.starts_with("_pq_.")).collect();
+    if params.minor > 0 || !unknown_options.is_empty() {
+        encode::negotiate_protocol_version(&mut out, 0, &unknown_options);
+    }
+
+    // Token in the password field.
+    encode::authentication_cleartext_password(&mut out);
+    write_all(stream!(), out.split().freeze()).await?;
+    let frame = read_frame(stream!(), buf, |b| sluice_pgwire::frame_len(b, MAX_PASSWORD_MESSAGE)).await?;
+    if frame[0] != frontend::PASSWORD {
+        m.protocol_errors.inc();
+        return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "expected a password message").into());
+    }
+    let token = frontend::password_cleartext(&frame[5..]).map_err(Fatal::from)?;
+    let token = std::str::from_utf8(token).map_err(|_| Fatal::new(sqlstate::INVALID_PASSWORD, "token authentication failed: token is not UTF-8"))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let identity = match shared.verifier.verify(token, now) {
+        Ok(id) => id,
+        Err(e) => {
+            m.auth_failures.inc();
+            tracing::warn!(%peer, token = %fingerprint(token), error = %e, "client token rejected");
+            return Err(Fatal::new(sqlstate::INVALID_PASSWORD, format!("token authentication failed: {e}")).into());
+        }
+    };
+
+    let Some(role) = config.role_for(&identity.subject, &identity.groups) else {
+        m.auth_failures.inc();
+        tracing::warn!(%peer, subject = %identity.subject, "no role covers this identity");
+        return Err(Fatal::new(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("no role grants access to identity \"{}\"", identity.subject),
+        )
+        .into());
+    };
+    let Some(connection) = config.connection(&database) else {
+        return Err(Fatal::new(sqlstate::INVALID_CATALOG_NAME, format!("connection \"{database}\" does not exist")).into());
+    };
+    let Some(backend_user) = role.connections.get(&connection.name) else {
+        tracing::warn!(%peer, subject = %identity.subject, role = %role.name, connection = %connection.name, "role may not use connection");
+        return Err(Fatal::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!("role \"{}\" may not use connection \"{}\"", role.name, connection.name),
+        )
+        .into());
+    };
+    let pool = ctx.pool(connection, backend_user);
+
+    // A server connection now: it proves the backend is there, validates the client's
+    // session parameters, and gives the ParameterStatus values to report.
+    let mut server = match pool.acquire().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, connection = %connection.name, error = %e, "no server connection for a new client");
+            return Err(Fatal::from(&e).into());
+        }
+    };
+    if let Err(e) = server.apply_params(&wanted).await {
+        tracing::info!(%peer, error = %e, "client startup parameters rejected by the backend");
+        let fatal = match &e {
+            BackendError::Refused { message, .. } => Fatal::new(sqlstate::PROTOCOL_VIOLATION, format!("invalid startup parameter: {message}")),
+            other => Fatal::from(other),
+        };
+        pool.broken_or_close(server, &e);
+        return Err(fatal.into());
+    }
+    let (pid, secret, slot) = shared.cancel.register(ctx.id);
+    encode::authentication_ok(&mut out);
+    let mut reported: Vec<_> = server.state.reported.iter().collect();
+    reported.sort();
+    for (name, value) in reported {
+        encode::parameter_status(&mut out, name, value);
+    }
+    encode::backend_key_data(&mut out, pid, secret);
+    encode::ready_for_query(&mut out, b'I');
+    let server = match pool.config().mode {
+        PoolMode::Session => Some(server),
+        PoolMode::Transaction => {
+            pool.release(server);
+            None
+        }
+    };
+    if let Err(e) = write_all(stream!(), out.freeze()).await {
+        shared.cancel.unregister(pid);
+        if let Some(s) = server {
+            pool.release_after_reset(s).await;
+        }
+        return Err(e.into());
+    }
+    tracing::debug!(%peer, subject = %identity.subject, role = %role.name, connection = %connection.name, "client logged in");
+    Ok(Some(LoggedIn {
+        pool,
+        wanted,
+        identity,
+        pid,
+        slot,
+        server,
+        peer,
+    }))
+}
+
+/// Session parameters from the StartupMessage that the proxy applies to each server
+/// connection it hands this client (PostgreSQL applies them at backend start).
+fn session_params<'a>(params: impl Iterator<Item = (&'a str, &'a str)>) -> Result<Vec<(String, String)>, Fatal> {
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    let mut fallback_app = None;
+    let mut app = None;
+    for (k, v) in params {
+        match k {
+            "user" | "database" | "replication" => {}
+            k if k.starts_with("_pq_.") => {}
+            "fallback_application_name" => fallback_app = Some(v),
+            "application_name" => app = Some(v),
+            "options" => {
+                for (name, value) in parse_options(v)? {
+                    wanted.push((name, value));
+                }
+            }
+            k if valid_param_name(k) => wanted.push((k.to_owned(), v.to_owned())),
+            k => {
+                return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, format!("invalid startup parameter name \"{k}\"")));
+            }
+        }
+    }
+    if let Some(a) = app.or(fallback_app) {
+        wanted.push(("application_name".into(), a.to_owned()));
+    }
+    wanted.sort();
+    wanted.dedup_by(|a, b| a.0 == b.0);
+    Ok(wanted)
+}
+
+/// The `-c name=value` / `--name=value` settings of the `options` startup parameter.
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, Fatal> {
+    let mut out = Vec::new();
+    let mut words = options.split_ascii_whitespace();
+    while let Some(w) = words.next() {
+        let setting = if w == "-c" {
+            words.next()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            Some(rest)
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            Some(rest)
+        } else {
+            None
+        };
+        let Some((name, value)) = setting.and_then(|s| s.split_once('=')) else {
+            return Err(Fatal::new(sqlstate::FEATURE_NOT_SUPPORTED, format!("unsupported startup option \"{w}\" (only -c name=value)")));
+        };
+        let name = name.replace('-', "_");
+        if !valid_param_name(&name) {
+            return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, format!("invalid setting name \"{name}\" in options")));
+        }
+        out.push((name, value.to_owned()));
+    }
+    Ok(out)
+}
+
+/// A one-waiter wake-up flag for tasks on the same thread.
+#[derive(Default)]
+struct Notify {
+    set: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn notified(&self) -> Notified<'_> {
+        Notified(self)
+    }
+}
+
+struct Notified<'a>(&'a Notify);
+
+impl Future for Notified<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.set.replace(false) {
+            Poll::Ready(())
+        } else {
+            self.0.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        }
+    }
+}
+
+/// The server connection a session holds.
+struct Attached {
+    state: ServerState,
+    /// `None` while the client reader is writing.
+    write: Option<ServerWrite>,
+    /// The read half, while no server reader runs (the server owes nothing).
+    parked: Option<(ServerRead, BytesMut)>,
+    /// Raw fd of the server socket, to shut it down when abandoning a busy connection.
+    fd: RawFd,
+}
+
+struct State {
+    tracker: Tracker,
+    attached: Option<Attached>,
+    /// Bumped on every attach, so a server reader can tell its connection from a later one.
+    generation: u64,
+    /// The last server message was ReadyForQuery, with this status.
+    ready: Option<u8>,
+    out: VecDeque<Bytes>,
+    out_bytes: usize,
+    /// No more writes to the client: it left, or the session is ending.
+    closing: bool,
+    /// Client statement name → statement (transaction pooling).
+    statements: HashMap<String, Rc<Statement>>,
+    last_forwarded_tag: u8,
+}
+
+struct Session {
+    ctx: Rc<CoreCtx>,
+    pool: Rc<Pool>,
+    mode: PoolMode,
+    max_message: usize,
+    wanted: Vec<(String, String)>,
+    slot: Arc<CancelSlot>,
+    client_fd: RawFd,
+    st: RefCell<State>,
+    /// Wakes the client writer.
+    out_ready: Notify,
+    /// Wakes the server reader when the client queue drained below the high-water mark.
+    out_space: Notify,
+    peer: SocketAddr,
+    subject: String,
+}
+
+async fn relay(ctx: Rc<CoreCtx>, stream: ClientStream, buf: BytesMut, login: LoggedIn, client_fd: RawFd) {
+    let LoggedIn {
+        pool,
+        wanted,
+        identity,
+        pid,
+        slot,
+        server,
+        peer,
+    } = login;
+    let (read, write) = stream.into_split();
+    let session = Rc::new(Session {
+        max_message: ctx.shared.config.limits.max_message_bytes,
+        mode: pool.config().mode,
+        ctx: ctx.clone(),
+        pool,
+        wanted,
+        slot,
+        client_fd,
+        st: RefCell::new(State {
+            tracker: Tracker::new(),
+            attached: None,
+            generation: 0,
+            ready: Some(b'I'),
+            out: VecDeque::new(),
+            out_bytes: 0,
+            closing: false,
+            statements: HashMap::new(),
+            last_forwarded_tag: 0,
+        }),
+        out_ready: Notify::default(),
+        out_space: Notify::default(),
+        peer,
+        subject: identity.subject,
+    });
+    if let Some(server) = server {
+        session.attach(server);
+    }
+    let writer = monoio::spawn(client_writer(session.clone(), write));
+    session.clone().client_reader(read, buf).await;
+    session.finish().await;
+    writer.await;
+    ctx.shared.cancel.unregister(pid);
+}
+
+impl Session {
+    fn push_out(&self, st: &mut State, chunk: Bytes) {
+        if st.closing || chunk.is_empty() {
+            return;
+        }
+        st.out_bytes += chunk.len();
+        st.out.push_back(chunk);
+        self.out_ready.notify();
+    }
+
+    /// Queues a FATAL error and ends the session.
+    fn fatal(&self, f: Fatal) {
+        let mut out = BytesMut::new();
+        f.encode(&mut out);
+        let mut st = self.st.borrow_mut();
+        self.push_out(&mut st, out.freeze());
+        st.closing = true;
+        self.out_ready.notify();
+        self.out_space.notify();
+    }
+
+    fn attach(self: &Rc<Self>, conn: ServerConn) {
+        let ServerConn {
+            read,
+            rbuf,
+            write,
+            state,
+        } = conn;
+        let fd = state.fd;
+        self.slot.set(Some(state.key));
+        self.ctx.metrics.server_checkouts.inc();
+        let mut st = self.st.borrow_mut();
+        st.generation += 1;
+        st.attached = Some(Attached {
+            state,
+            write: Some(write),
+            parked: Some((read, rbuf)),
+            fd,
+        });
+    }
+
+    /// Starts a server reader if the server's read half is parked.
+    fn unpark(self: &Rc<Self>) {
+        let mut st = self.st.borrow_mut();
+        let generation = st.generation;
+        if let Some((read, rbuf)) = st.attached.as_mut().and_then(|a| a.parked.take()) {
+            drop(st);
+            monoio::spawn(self.clone().server_reader(read, rbuf, generation));
+        }
+    }
+
+    /// Whether the attached server can go back to the pool now.
+    fn releasable(&self, st: &State) -> bool {
+        st.tracker.is_idle() && st.ready == Some(b'I') && (self.mode == PoolMode::Transaction || st.closing)
+    }
+
+    /// Returns the attached server to the pool if it is parked, writable and idle.
+    fn release_if_idle(self: &Rc<Self>) {
+        let mut st = self.st.borrow_mut();
+        if !self.releasable(&st) {
+            return;
+        }
+        let Some(a) = st.attached.as_mut() else { return };
+        if a.write.is_none() || a.parked.is_none() {
+            return;
+        }
+        let a = st.attached.take().expect("checked above");
+        drop(st);
+        self.slot.set(None);
+        let (read, rbuf) = a.parked.expect("checked above");
+        let conn = ServerConn {
+            read,
+            rbuf,
+            write: a.write.expect("checked above"),
+            state: a.state,
+        };
+        if self.mode == PoolMode::Session {
+            let pool = self.pool.clone();
+            monoio::spawn(async move { pool.release_after_reset(conn).await });
+        } else {
+            self.pool.release(conn);
+        }
+    }
+
+    /// The server connection failed: forget it and end the session with an error.
+    fn server_lost(&self, generation: u64, why: &str) {
+        let mut st = self.st.borrow_mut();
+        if st.generation != generation || st.attached.is_none() {
+            return;
+        }
+        st.attached = None;
+        st.tracker.reset();
+        let told = st.last_forwarded_tag == bmsg::ERROR_RESPONSE;
+        let abandoned = st.closing;
+        drop(st);
+        self.slot.set(None);
+        if abandoned {
+            // finish() shut the socket down on purpose.
+            self.pool.close_abandoned();
+            return;
+        }
+        self.pool.broken(None);
+        tracing::warn!(peer = %self.peer, subject = %self.subject, why, "server connection lost");
+        if told {
+            let mut st = self.st.borrow_mut();
+            st.closing = true;
+            self.out_ready.notify();
+        } else {
+            self.fatal(Fatal::new(sqlstate::CONNECTION_FAILURE, "server connection lost; the session is closed"));
+        }
+    }
+
+    /// Reads the client until it leaves or the session ends.
+    async fn client_reader(self: Rc<Self>, mut read: ClientRead, mut buf: BytesMut) {
+        let mut copy_skip = 0usize;
+        loop {
+            if self.st.borrow().closing {
+                return;
+            }
+            if buf.is_empty() || (copy_skip == 0 && self.need_more(&buf)) {
+                match fill(&mut read, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                continue;
+            }
+            if self.st.borrow().closing {
+                return;
+            }
+            if copy_skip == 0 && buf[0] == frontend::TERMINATE {
+                return;
+            }
+            // A server for whatever these messages need.
+            if self.st.borrow().attached.is_none() {
+                match self.pool.acquire().await {
+                    Ok(mut conn) => {
+                        if let Err(e) = conn.apply_params(&self.wanted).await {
+                            tracing::warn!(peer = %self.peer, error = %e, "could not prepare a server connection");
+                            self.pool.broken_or_close(conn, &e);
+                            self.fatal(Fatal::from(&e));
+                            return;
+                        }
+                        self.attach(conn);
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %self.peer, subject = %self.subject, error = %e, "no server connection for a client");
+                        self.fatal(Fatal::from(&e));
+                        return;
+                    }
+                }
+            }
+            self.unpark();
+            let (chunks, terminated) = match self.process_client(&mut buf, &mut copy_skip) {
+                Ok(c) => c,
+                Err(f) => {
+                    self.ctx.metrics.protocol_errors.inc();
+                    tracing::info!(peer = %self.peer, error = %f.message, "client protocol error");
+                    self.fatal(f);
+                    return;
+                }
+            };
+            if !self.write_server(chunks).await || terminated {
+                // On a failed write, server_lost() has told the client.
+                return;
+            }
+        }
+    }
+
+    /// Whether `buf` lacks a whole message to act on (COPY data large enough is streamed).
+    fn need_more(&self, buf: &[u8]) -> bool {
+        match parse_header(buf, self.max_message) {
+            Ok(Some(h)) => {
+                let streamable = h.tag == frontend::COPY_DATA && h.total_len() > STREAM_COPY_DATA_ABOVE;
+                !streamable && buf.len() < h.total_len()
+            }
+            Ok(None) => true,
+            Err(_) => false, // let process_client report it
+        }
+    }
+
+    /// Turns buffered client messages into bytes for the server, recording what answers to
+    /// expect. Pass-through messages are split off the read buffer without copying.
+    fn process_client(self: &Rc<Self>, buf: &mut BytesMut, copy_skip: &mut usize) -> Result<(Vec<Bytes>, bool), Fatal> {
+        let mut chunks = Vec::new();
+        let mut st_guard = self.st.borrow_mut();
+        let st = &mut *st_guard;
+        let mut synth = BytesMut::new();
+        let mut unprepared = Vec::new();
+        let mut pos = 0usize;
+        let m = &self.ctx.metrics;
+        macro_rules! flush {
+            () => {
+                if pos > 0 {
+                    chunks.push(buf.split_to(pos).freeze());
+                    #[allow(unused_assignments)]
+                    {
+                        pos = 0;
+                    }
+                }
+            };
+        }
+        loop {
+            if *copy_skip > 0 {
+                let take = (*copy_skip).min(buf.len() - pos);
+                pos += take;
+                *copy_skip -= take;
+                if *copy_skip > 0 {
+                    break;
+                }
+                continue;
+            }
+            let Some(h) = parse_header(&buf[pos..], self.max_message)? else { break };
+            let total = h.total_len();
+            let available = buf.len() - pos;
+            if available < total {
+                if h.tag == frontend::COPY_DATA && total > STREAM_COPY_DATA_ABOVE {
+                    pos += available;
+                    *copy_skip = total - available;
+                }
+                break;
+            }
+            let frame = &buf[pos..pos + total];
+            let msg = frontend::parse(frame)?;
+            let tag = msg.tag();
+            let mut rewritten: Option<BytesMut> = None;
+            let txn = self.mode == PoolMode::Transaction;
+            match msg {
+                FrontendMessage::Query { .. } => {
+                    m.queries.inc();
+                    st.ready = None;
+                    st.tracker.push(Request::Simple, Delivery::Forward, None, &mut synth, &mut unprepared);
+                }
+                FrontendMessage::FunctionCall(_) => {
+                    st.ready = None;
+                    st.tracker.push(Request::Simple, Delivery::Forward, None, &mut synth, &mut unprepared);
+                }
+                FrontendMessage::Sync => {
+                    m.queries.inc();
+                    st.ready = None;
+                    st.tracker.push(Request::Sync, Delivery::Forward, None, &mut synth, &mut unprepared);
+                }
+                FrontendMessage::Parse { name, query, param_types } if txn && !name.is_empty() => {
+                    let stmt = self.ctx.intern_statement(query, param_types);
+                    st.statements.insert(name.to_owned(), stmt.clone());
+                    let server = st.attached.as_mut().expect("attached before processing");
+                    st.ready = None;
+                    if server.state.prepared.contains(&stmt.id) {
+                        st.tracker.push(Request::Parse, Delivery::Synthesize, Some(stmt.id), &mut synth, &mut unprepared);
+                        rewritten = Some(BytesMut::new());
+                    } else {
+                        server.state.prepared.insert(stmt.id);
+                        let mut b = BytesMut::with_capacity(total + 16);
+                        encode::parse(&mut b, &stmt.server_name, query, param_types);
+                        st.tracker.push(Request::Parse, Delivery::Forward, Some(stmt.id), &mut synth, &mut unprepared);
+                        rewritten = Some(b);
+                    }
+                }
+                FrontendMessage::Parse { .. } => {
+                    st.ready = None;
+                    st.tracker.push(Request::Parse, Delivery::Forward, None, &mut synth, &mut unprepared);
+                }
+                FrontendMessage::Bind { portal, statement, rest } => {
+                    st.ready = None;
+                    if txn && !statement.is_empty() {
+                        if let Some(stmt) = st.statements.get(statement).cloned() {
+                            let mut b = BytesMut::with_capacity(total + 64);
+                            self.ensure_prepared(st, &stmt, &mut b, &mut synth, &mut unprepared);
+                            encode::bind_with_statement(&mut b, portal, &stmt.server_name, rest);
+                            rewritten = Some(b);
+                        }
+                    }
+                    st.tracker.push(Request::Bind, Delivery::Forward, None, &mut synth, &mut unprepared);
+                }
+                FrontendMessage::Describe { kind, name } => {
+                    st.ready = None;
+                    let request = if kind == b'S' { Request::DescribeStatement } else { Request::DescribePortal };
+                    if txn && kind == b'S' && !name.is_empty() {
+                        if let Some(stmt) = st.statements.get(name).cloned() {
+                            let mut b = BytesMut::with_capacity(64);
+                            self.ensure_prepared(st, &stmt, &mut b, &mut synth, &mut unprepared);
+                            encode::describe(&mut b, b'S', &stmt.server_name);
+                            rewritten = Some(b);
+                        }
+                    }
+                    st.tracker.push(request, Delivery::Forward, None, &mut synth, &mut unprepared);
+                }
+                FrontendMessage::Close { kind, name } if txn && kind == b'S' && !name.is_empty() => {
+                    // The server keeps the statement for other clients; the client's name goes.
+                    st.ready = None;
+                    st.statements.remove(name);
+                    st.tracker.push(Request::Close, Delivery::Synthesize, None, &mut synth, &mut unprepared);
+                    rewritten = Some(BytesMut::new());
+                }
+                FrontendMessage::Close { .. } => {
+                    st.ready = None;
+                    st.tracker.push(Request::Close, Delivery::Forward, None, &mut synth, &mut unprepared);
+                }
+                FrontendMessage::Execute { .. } => {
+                    st.ready = None;
+                    st.tracker.push(Request::Execute, Delivery::Forward, None, &mut synth, &mut unprepared);
+                }
+                FrontendMessage::Flush
+                | FrontendMessage::CopyData(_)
+                | FrontendMessage::CopyDone
+                | FrontendMessage::CopyFail { .. } => {}
+                FrontendMessage::Terminate => {
+                    // Not forwarded: the server connection stays open for the pool.
+                    rewritten = Some(BytesMut::new());
+                }
+                FrontendMessage::Password(_) => {
+                    return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "unexpected password message after authentication"));
+                }
+                FrontendMessage::Unknown { tag, .. } => {
+                    return Err(Fatal::new(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("invalid frontend message type {}", tag.escape_ascii()),
+                    ));
+                }
+            }
+            if let Some(state) = st.attached.as_mut() {
+                for id in unprepared.drain(..) {
+                    state.state.prepared.remove(&id);
+                }
+            }
+            m.client_bytes.add(total as u64);
+            match rewritten {
+                None => pos += total,
+                Some(b) => {
+                    flush!();
+                    buf.advance(total);
+                    if !b.is_empty() {
+                        chunks.push(b.freeze());
+                    }
+                }
+            }
+            if !synth.is_empty() {
+                let s = synth.split().freeze();
+                self.push_out(st, s);
+            }
+            if tag == frontend::TERMINATE {
+                flush!();
+                return Ok((chunks, true));
+            }
+        }
+        flush!();
+        Ok((chunks, false))
+    }
+
+    /// Makes sure the attached server has `stmt` prepared, injecting a Parse whose answer
+    /// the client never sees.
+    fn ensure_prepared(&self, st: &mut State, stmt: &Statement, out: &mut BytesMut, synth: &mut BytesMut, unprepared: &mut Vec<u64>) {
+        let server = st.attached.as_mut().expect("attached before processing");
+        if server.state.prepared.insert(stmt.id) {
+            encode::parse(out, &stmt.server_name, &stmt.query, &stmt.param_types);
+            st.tracker.push(Request::Parse, Delivery::Swallow, Some(stmt.id), synth, unprepared);
+        }
+    }
+
+    /// Writes to the attached server. Returns false when the session is over.
+    async fn write_server(self: &Rc<Self>, chunks: Vec<Bytes>) -> bool {
+        for chunk in chunks {
+            let (generation, write) = {
+                let mut st = self.st.borrow_mut();
+                let generation = st.generation;
+                match st.attached.as_mut().and_then(|a| a.write.take()) {
+                    Some(w) => (generation, w),
+                    None => return false,
+                }
+            };
+            let mut write = write;
+            let result = write_all(&mut write, chunk).await;
+            {
+                let mut st = self.st.borrow_mut();
+                if st.generation == generation {
+                    if let Some(a) = st.attached.as_mut() {
+                        a.write = Some(write);
+                    }
+                }
+            }
+            if let Err(e) = result {
+                self.server_lost(generation, &format!("write failed: {e}"));
+                return false;
+            }
+        }
+        self.release_if_idle();
+        !self.st.borrow().closing
+    }
+
+    /// Relays the server's answers until it owes nothing more, then parks (or releases).
+    async fn server_reader(self: Rc<Self>, mut read: ServerRead, mut buf: BytesMut, generation: u64) {
+        let mut skip = 0usize;
+        let mut skip_forward = true;
+        loop {
+            if let Err(e) = self.process_server(&mut buf, &mut skip, &mut skip_forward, generation) {
+                self.server_lost(generation, &format!("protocol error: {e}"));
+                return;
+            }
+            {
+                let mut st = self.st.borrow_mut();
+                if st.generation != generation || st.attached.is_none() {
+                    return;
+                }
+                if skip == 0 && buf.is_empty() && st.tracker.is_idle() && st.ready.is_some() {
+                    let a = st.attached.as_mut().expect("checked above");
+                    a.parked = Some((read, buf));
+                    drop(st);
+                    self.release_if_idle();
+                    self.finish_if_closing();
+                    return;
+                }
+            }
+            loop {
+                let st = self.st.borrow();
+                if st.closing || st.out_bytes <= HIGH_WATER {
+                    break;
+                }
+                drop(st);
+                self.out_space.notified().await;
+            }
+            match fill(&mut read, &mut buf).await {
+                Ok(0) => {
+                    self.server_lost(generation, "server closed the connection");
+                    return;
+                }
+                Err(e) => {
+                    self.server_lost(generation, &format!("read failed: {e}"));
+                    return;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Walks the server bytes in `buf`: forwards runs of messages as split-off chunks,
+    /// inspects the few message types that matter, drops answers to injected requests.
+    fn process_server(&self, buf: &mut BytesMut, skip: &mut usize, skip_forward: &mut bool, generation: u64) -> Result<(), ProtocolError> {
+        let mut st_guard = self.st.borrow_mut();
+        let st = &mut *st_guard;
+        if st.generation != generation {
+            return Ok(());
+        }
+        let mut synth = BytesMut::new();
+        let mut unprepared = Vec::new();
+        let mut pos = 0usize;
+        let mut bytes = 0u64;
+        let max = self.max_message;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        loop {
+            if *skip > 0 {
+                let take = (*skip).min(buf.len() - pos);
+                if *skip_forward {
+                    pos += take;
+                } else {
+                    if pos > 0 {
+                        chunks.push(buf.split_to(pos).freeze());
+                        pos = 0;
+                    }
+                    buf.advance(take);
+                }
+                *skip -= take;
+                if *skip > 0 {
+                    break;
+                }
+                continue;
+            }
+            let Some(h) = parse_header(&buf[pos..], max)? else { break };
+            let total = h.total_len();
+            let available = buf.len() - pos;
+            let inspect = matches!(h.tag, bmsg::READY_FOR_QUERY | bmsg::PARAMETER_STATUS | bmsg::COMMAND_COMPLETE);
+            if inspect && total > MAX_INSPECTED_MESSAGE {
+                return Err(ProtocolError::MessageTooLarge { tag: h.tag, len: total, max: MAX_INSPECTED_MESSAGE });
+            }
+            if inspect && available < total {
+                break;
+            }
+            let verdict = st.tracker.on_server(h.tag, &mut synth, &mut unprepared);
+            st.ready = None;
+            if inspect {
+                let frame = &buf[pos..pos + total];
+                match bmsg::parse(frame)? {
+                    bmsg::BackendMessage::ReadyForQuery { status } => st.ready = Some(status),
+                    bmsg::BackendMessage::ParameterStatus { name, value } => {
+                        if let Some(a) = st.attached.as_mut() {
+                            a.state.applied.remove(name);
+                            a.state.reported.insert(name.to_owned(), value.to_owned());
+                        }
+                    }
+                    bmsg::BackendMessage::CommandComplete { tag } if tag == "DISCARD ALL" || tag == "DEALLOCATE ALL" => {
+                        if let Some(a) = st.attached.as_mut() {
+                            a.state.prepared.clear();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(a) = st.attached.as_mut() {
+                for id in unprepared.drain(..) {
+                    a.state.prepared.remove(&id);
+                }
+            }
+            let whole = available >= total;
+            let present = total.min(available);
+            match verdict {
+                Verdict::Forward => {
+                    st.last_forwarded_tag = h.tag;
+                    bytes += present as u64;
+                    pos += present;
+                }
+                Verdict::Drop => {
+                    if pos > 0 {
+                        chunks.push(buf.split_to(pos).freeze());
+                        pos = 0;
+                    }
+                    buf.advance(present);
+                }
+            }
+            if !whole {
+                *skip = total - available;
+                *skip_forward = verdict == Verdict::Forward;
+                break;
+            }
+            if !synth.is_empty() {
+                if pos > 0 {
+                    chunks.push(buf.split_to(pos).freeze());
+                    pos = 0;
+                }
+                chunks.push(synth.split().freeze());
+            }
+        }
+        if pos > 0 {
+            chunks.push(buf.split_to(pos).freeze());
+        }
+        self.ctx.metrics.server_bytes.add(bytes);
+        for c in chunks {
+            self.push_out(st, c);
+        }
+        Ok(())
+    }
+
+    /// After the client left: once the server is parked, return it or close it.
+    fn finish_if_closing(self: &Rc<Self>) {
+        let mut st = self.st.borrow_mut();
+        if !st.closing {
+            return;
+        }
+        let Some(a) = st.attached.as_ref() else { return };
+        if a.parked.is_none() || a.write.is_none() {
+            return;
+        }
+        if self.releasable(&st) {
+            drop(st);
+            self.release_if_idle();
+            return;
+        }
+        // Idle inside a transaction (or failed one): not reusable as it is.
+        st.attached = None;
+        drop(st);
+        self.slot.set(None);
+        self.pool.close_abandoned();
+    }
+
+    /// The client reader is done: stop writing, and settle the server connection.
+    async fn finish(self: &Rc<Self>) {
+        {
+            let mut st = self.st.borrow_mut();
+            st.closing = true;
+            st.statements.clear();
+        }
+        self.out_ready.notify();
+        self.out_space.notify();
+        let busy_fd = {
+            let st = self.st.borrow();
+            st.attached.as_ref().filter(|a| a.parked.is_none()).map(|a| a.fd)
+        };
+        match busy_fd {
+            None => self.finish_if_closing(),
+            Some(fd) => {
+                // The server is still answering: cancel the query and stop reading; the
+                // connection cannot be trusted back into the pool mid-answer.
+                if let Some(key) = self.slot.get() {
+                    monoio::spawn(async move {
+                        let _ = crate::backend::send_cancel(key).await;
+                    });
+                }
+                shutdown_fd(fd);
+            }
+        }
+    }
+}
+
+/// Shuts a socket down both ways, so a read in flight on it returns.
+fn shutdown_fd(fd: RawFd) {
+    // SAFETY: shutdown(2) on a descriptor we own and have not closed; it only changes the
+    // socket's state, and the owning half closes the descriptor later as usual.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+/// The only writer to the client: drains the session's queue in order.
+async fn client_writer(s: Rc<Session>, mut write: ClientWrite) {
+    loop {
+        let next = {
+            let mut st = s.st.borrow_mut();
+            let n = st.out.len();
+            if n == 0 {
+                None
+            } else if n == 1 || st.out_bytes > 64 * 1024 {
+                st.out.pop_front()
+            } else {
+                // Several small chunks: one write instead of many.
+                let mut joined = BytesMut::with_capacity(st.out_bytes);
+                for c in st.out.drain(..) {
+                    joined.extend_from_slice(&c);
+                }
+                Some(joined.freeze())
+            }
+        };
+        match next {
+            Some(chunk) => {
+                let len = chunk.len();
+                let failed = write_all(&mut write, chunk).await.is_err();
+                let mut st = s.st.borrow_mut();
+                st.out_bytes = st.out_bytes.saturating_sub(len);
+                if failed {
+                    st.closing = true;
+                    st.out.clear();
+                    st.out_bytes = 0;
+                }
+                drop(st);
+                s.out_space.notify();
+                if failed {
+                    shutdown_fd(s.client_fd);
+                    return;
+                }
+            }
+            None => {
+                if s.st.borrow().closing {
+                    shutdown_fd(s.client_fd);
+                    return;
+                }
+                s.out_ready.notified().await;
+            }
+        }
+    }
+}
+
+/// Refuses a client over the per-core connection limit with 53300, as PostgreSQL does.
+pub async fn refuse(mut tcp: TcpStream, why: &str) {
+    let mut out = BytesMut::new();
+    encode::error_response(&mut out, &ErrorResponse::fatal(sqlstate::TOO_MANY_CONNECTIONS, why));
+    let _ = write_all(&mut tcp, out.freeze()).await;
+}

@@ -1,0 +1,375 @@
+//! Which server response belongs to which client request.
+//!
+//! The proxy pushes one entry per request it sends (or pretends to send) to the server, in
+//! order, and shows the tracker the tag of every message the server sends back. From that it
+//! knows when the server has answered everything (so a transaction-mode connection can go back
+//! to the pool), which responses answer requests the proxy injected itself (to drop them), and
+//! when to emit a response for a request it answered on the server's behalf (to synthesize it
+//! in the right place). It follows PostgreSQL's rule that after an error in the extended
+//! protocol the server discards every message until the next Sync.
+//!
+//! Pure and synchronous: no I/O, unit-tested on tag sequences.
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+use sluice_pgwire::{backend, encode};
+
+/// The kind of a request, which decides which server message completes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Simple Query or FunctionCall: answered by everything up to ReadyForQuery.
+    Simple,
+    /// Sync: answered by ReadyForQuery.
+    Sync,
+    /// Parse: ParseComplete or an error.
+    Parse,
+    /// Bind: BindComplete or an error.
+    Bind,
+    /// Close: CloseComplete or an error.
+    Close,
+    /// Describe of a statement: ParameterDescription then RowDescription or NoData.
+    DescribeStatement,
+    /// Describe of a portal: RowDescription or NoData.
+    DescribePortal,
+    /// Execute: CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
+    Execute,
+}
+
+impl Request {
+    fn is_extended(self) -> bool {
+        !matches!(self, Request::Simple | Request::Sync)
+    }
+
+    /// Whether `tag` is the message that finishes the answer to this request.
+    fn completed_by(self, tag: u8) -> bool {
+        use backend::*;
+        match self {
+            Request::Simple | Request::Sync => tag == READY_FOR_QUERY,
+            Request::Parse => tag == PARSE_COMPLETE,
+            Request::Bind => tag == BIND_COMPLETE,
+            Request::Close => tag == CLOSE_COMPLETE,
+            Request::DescribeStatement | Request::DescribePortal => {
+                tag == ROW_DESCRIPTION || tag == NO_DATA
+            }
+            Request::Execute => {
+                tag == COMMAND_COMPLETE || tag == EMPTY_QUERY || tag == PORTAL_SUSPENDED
+            }
+        }
+    }
+}
+
+/// What happens to the server's answer to a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The client sent it; the answer goes to the client.
+    Forward,
+    /// The proxy injected it; its success is dropped (errors still reach the client).
+    Swallow,
+    /// The proxy answered it without the server (ParseComplete or CloseComplete).
+    Synthesize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    request: Request,
+    delivery: Delivery,
+    /// For Parse: the proxy's statement id, reported back if the server never prepares it.
+    statement: Option<u64>,
+}
+
+/// What to do with one server message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it to the client.
+    Forward,
+    /// Drop it: it answers a request the proxy injected.
+    Drop,
+}
+
+/// The queue of requests awaiting their answers.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    queue: VecDeque<Entry>,
+    /// An extended-protocol error happened and no Sync has been sent since: the server
+    /// discards what arrives until then, so new entries are discarded too.
+    skipping: bool,
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when every request sent has been answered.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Number of requests awaiting answers.
+    pub fn pending(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Records a request sent to the server (or answered by the proxy). Synthesized answers
+    /// that are due now are written to `to_client`; ids of Parse requests the server will skip
+    /// are pushed to `unprepared`.
+    pub fn push(
+        &mut self,
+        request: Request,
+        delivery: Delivery,
+        statement: Option<u64>,
+        to_client: &mut BytesMut,
+        unprepared: &mut Vec<u64>,
+    ) {
+        if self.skipping {
+            if request == Request::Sync {
+                self.skipping = false;
+            } else {
+                // The server discards it unanswered.
+                if let (Request::Parse, Some(id), Delivery::Forward | Delivery::Swallow) =
+                    (request, statement, delivery)
+                {
+                    unprepared.push(id);
+                }
+                return;
+            }
+        }
+        self.queue.push_back(Entry {
+            request,
+            delivery,
+            statement,
+        });
+        self.emit_synthetic(to_client);
+    }
+
+    /// Shows the tracker one server message by its tag. Returns whether the client gets it;
+    /// synthesized answers that become due are written to `to_client` *after* this message.
+    pub fn on_server(
+        &mut self,
+        tag: u8,
+        to_client: &mut BytesMut,
+        unprepared: &mut Vec<u64>,
+    ) -> Verdict {
+        use backend::*;
+        // Messages that may come at any time are never answers.
+        if matches!(tag, NOTICE_RESPONSE | PARAMETER_STATUS | NOTIFICATION) {
+            return Verdict::Forward;
+        }
+        let Some(head) = self.queue.front() else {
+            return Verdict::Forward;
+        };
+        if tag == ERROR_RESPONSE && head.request.is_extended() {
+            // The failing request is answered by the error; the server now skips to Sync.
+            let failed = self.queue.pop_front().expect("head exists");
+            if failed.request == Request::Parse && failed.delivery != Delivery::Synthesize {
+                unprepared.extend(failed.statement);
+            }
+            while let Some(e) = self.queue.front() {
+                if e.request == Request::Sync {
+                    break;
+                }
+                let e = self.queue.pop_front().expect("front exists");
+                if e.request == Request::Parse && e.delivery != Delivery::Synthesize {
+                    unprepared.extend(e.statement);
+                }
+            }
+            if self.queue.is_empty() {
+                self.skipping = true;
+            }
+            self.emit_synthetic(to_client);
+            return Verdict::Forward;
+        }
+        let delivery = head.delivery;
+        if head.request.completed_by(tag) {
+            self.queue.pop_front();
+        }
+        let verdict = if delivery == Delivery::Swallow && tag != ERROR_RESPONSE {
+            Verdict::Drop
+        } else {
+            Verdict::Forward
+        };
+        self.emit_synthetic(to_client);
+        verdict
+    }
+
+    /// Forgets everything: the server connection is gone.
+    pub fn reset(&mut self) {
+        self.queue.clear();
+        self.skipping = false;
+    }
+
+    fn emit_synthetic(&mut self, to_client: &mut BytesMut) {
+        while let Some(e) = self.queue.front() {
+            if e.delivery != Delivery::Synthesize {
+                break;
+            }
+            match e.request {
+                Request::Parse => encode::parse_complete(to_client),
+                Request::Close => encode::close_complete(to_client),
+                other => debug_assert!(false, "cannot synthesize {other:?}"),
+            }
+            self.queue.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(t: &mut Tracker, tags: &[u8]) -> (Vec<Verdict>, BytesMut, Vec<u64>) {
+        let mut out = BytesMut::new();
+        let mut unprepared = Vec::new();
+        let v = tags
+            .iter()
+            .map(|&tag| t.on_server(tag, &mut out, &mut unprepared))
+            .collect();
+        (v, out, unprepared)
+    }
+
+    fn push(t: &mut Tracker, r: Request, d: Delivery, id: Option<u64>) -> BytesMut {
+        let mut out = BytesMut::new();
+        let mut unprepared = Vec::new();
+        t.push(r, d, id, &mut out, &mut unprepared);
+        assert!(unprepared.is_empty());
+        out
+    }
+
+    use Delivery::*;
+    use Request::*;
+    use Verdict::{Drop, Forward as Fwd};
+
+    #[test]
+    fn simple_query_is_idle_after_ready() {
+        let mut t = Tracker::new();
+        push(&mut t, Simple, Forward, None);
+        let (v, _, _) = run(&mut t, b"TDDCE");
+        assert!(v.iter().all(|&v| v == Fwd));
+        assert!(!t.is_idle(), "an error inside a simple query does not end it");
+        run(&mut t, b"Z");
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn extended_batch() {
+        let mut t = Tracker::new();
+        for r in [Parse, Bind, DescribePortal, Execute, Sync] {
+            push(&mut t, r, Forward, None);
+        }
+        run(&mut t, b"12TDDC");
+        assert_eq!(t.pending(), 1);
+        run(&mut t, b"Z");
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn describe_statement_waits_for_row_description() {
+        let mut t = Tracker::new();
+        push(&mut t, DescribeStatement, Forward, None);
+        push(&mut t, Sync, Forward, None);
+        run(&mut t, b"t");
+        assert_eq!(t.pending(), 2);
+        run(&mut t, b"n");
+        assert_eq!(t.pending(), 1);
+    }
+
+    #[test]
+    fn injected_parse_is_swallowed_but_its_error_is_not() {
+        let mut t = Tracker::new();
+        push(&mut t, Parse, Swallow, Some(7));
+        push(&mut t, Bind, Forward, None);
+        push(&mut t, Execute, Forward, None);
+        push(&mut t, Sync, Forward, None);
+        let (v, _, _) = run(&mut t, b"12CZ");
+        assert_eq!(v, vec![Drop, Fwd, Fwd, Fwd]);
+
+        let mut t = Tracker::new();
+        push(&mut t, Parse, Swallow, Some(7));
+        push(&mut t, Bind, Forward, None);
+        push(&mut t, Sync, Forward, None);
+        let (v, _, unprepared) = run(&mut t, b"EZ");
+        assert_eq!(v, vec![Fwd, Fwd]);
+        assert_eq!(unprepared, vec![7]);
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn synthesized_parse_complete_lands_in_order() {
+        let mut t = Tracker::new();
+        // Nothing in flight: the synthetic answer is due at once.
+        let out = push(&mut t, Parse, Synthesize, Some(1));
+        assert_eq!(&out[..], b"1\0\0\0\x04");
+        assert!(t.is_idle());
+
+        // Behind an Execute: due only once the Execute is answered.
+        push(&mut t, Execute, Forward, None);
+        let out = push(&mut t, Parse, Synthesize, Some(1));
+        assert!(out.is_empty());
+        push(&mut t, Bind, Forward, None);
+        push(&mut t, Sync, Forward, None);
+        let (_, out, _) = run(&mut t, b"D");
+        assert!(out.is_empty());
+        let (_, out, _) = run(&mut t, b"C");
+        assert_eq!(&out[..], b"1\0\0\0\x04");
+        run(&mut t, b"2Z");
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn error_skips_to_sync_and_drops_synthetic_answers() {
+        let mut t = Tracker::new();
+        push(&mut t, Bind, Forward, None);
+        push(&mut t, Execute, Forward, None);
+        push(&mut t, Parse, Synthesize, Some(3));
+        push(&mut t, Parse, Swallow, Some(4));
+        push(&mut t, Sync, Forward, None);
+        let (v, out, unprepared) = run(&mut t, b"E");
+        assert_eq!(v, vec![Fwd]);
+        assert!(out.is_empty(), "the server skipped the Parse: no ParseComplete");
+        assert_eq!(unprepared, vec![4]);
+        assert_eq!(t.pending(), 1);
+        run(&mut t, b"Z");
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn error_before_sync_was_sent_discards_until_sync() {
+        let mut t = Tracker::new();
+        push(&mut t, Bind, Forward, None);
+        run(&mut t, b"E");
+        assert!(t.is_idle());
+        let mut out = BytesMut::new();
+        let mut unprepared = Vec::new();
+        t.push(Parse, Swallow, Some(9), &mut out, &mut unprepared);
+        t.push(Execute, Forward, None, &mut out, &mut unprepared);
+        assert_eq!(unprepared, vec![9]);
+        assert!(t.is_idle());
+        t.push(Sync, Forward, None, &mut out, &mut unprepared);
+        assert_eq!(t.pending(), 1);
+        run(&mut t, b"Z");
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn async_messages_are_not_answers() {
+        let mut t = Tracker::new();
+        push(&mut t, Parse, Forward, None);
+        run(&mut t, b"NSA");
+        assert_eq!(t.pending(), 1);
+        let (v, _, _) = run(&mut t, b"A");
+        assert_eq!(v, vec![Fwd]);
+    }
+
+    #[test]
+    fn error_at_sync_is_not_a_skip() {
+        // A commit failing at Sync time: error then ReadyForQuery.
+        let mut t = Tracker::new();
+        push(&mut t, Sync, Forward, None);
+        run(&mut t, b"E");
+        assert_eq!(t.pending(), 1);
+        run(&mut t, b"Z");
+        assert!(t.is_idle());
+    }
+}
