@@ -8,6 +8,33 @@
 //!   borrowed view. Nothing is copied or allocated; bodies are validated strictly and every failure is a
 //!   [`ProtocolError`] that says which SQLSTATE the client should get.
 //! - [`encode`]: free functions that append whole messages to a `BytesMut`.
+//!
+//! A proxy's read loop, after the startup phase:
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use sluice_pgwire::frontend::{self, FrontendMessage};
+//! use sluice_pgwire::{encode, frame_len, ProtocolError, DEFAULT_MAX_MESSAGE_LEN};
+//!
+//! # fn main() -> Result<(), ProtocolError> {
+//! let mut inbound = BytesMut::new(); // filled by the I/O layer
+//! encode::query(&mut inbound, "SELECT 1");
+//! encode::sync(&mut inbound);
+//! inbound.extend_from_slice(&[b'Q', 0, 0]); // the start of a message still in flight
+//!
+//! let mut seen = Vec::new();
+//! while let Some(n) = frame_len(&inbound, DEFAULT_MAX_MESSAGE_LEN)? {
+//!     let frame = inbound.split_to(n).freeze(); // whole message: forward, or rewrite
+//!     match frontend::parse(&frame)? {
+//!         FrontendMessage::Query { sql } => seen.push(sql.to_owned()),
+//!         other => seen.push(format!("{}", char::from(other.tag()))),
+//!     }
+//! }
+//! assert_eq!(seen, ["SELECT 1", "S"]);
+//! assert_eq!(&inbound[..], &[b'Q', 0, 0]); // kept for the next read
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod backend;

@@ -327,3 +327,12 @@ fn interior_nul_is_cut_not_injected() {
     assert_eq!(f.message(), Some("denied"));
     assert_eq!(f.get(b'H'), None);
 }
+
+/// Debug builds catch a NUL inside a string before it reaches the wire.
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "contains a NUL")]
+fn interior_nul_is_a_bug_in_debug_builds() {
+    let mut buf = BytesMut::new();
+    encode::query(&mut buf, "SELECT 1\0; DROP TABLE t");
+}
