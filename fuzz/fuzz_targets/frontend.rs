@@ -2,8 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice_pgwire::frontend::{self, FrontendMessage};
 use sluice_pgwire::frame_len;
+use sluice_pgwire::frontend::{self, FrontendMessage};
 
 /// Small cap so huge declared lengths are rejected rather than waited for.
 const MAX: usize = 1 << 20;
@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(msg.tag(), frame[0]);
                 match msg {
                     FrontendMessage::Parse { param_types, .. } => {
-                        assert_eq!(frontend::param_oids(param_types).len() * 4 + 2, param_types.len());
+                        assert_eq!(
+                            frontend::param_oids(param_types).len() * 4 + 2,
+                            param_types.len()
+                        );
                     }
                     FrontendMessage::Password(body) => {
                         let _ = frontend::sasl_initial_response(body);
