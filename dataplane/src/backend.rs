@@ -80,7 +80,9 @@ pub struct ServerConn {
 impl ServerConn {
     /// Opens a connection and logs in; bounded by the target's connect timeout.
     pub async fn connect(target: &Target, epoch: u64) -> Result<ServerConn, BackendError> {
-        match monoio::time::timeout(target.connect_timeout, Self::connect_inner(target, epoch)).await {
+        match monoio::time::timeout(target.connect_timeout, Self::connect_inner(target, epoch))
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(BackendError::Timeout {
                 addr: target.addr.to_string(),
@@ -123,14 +125,13 @@ impl ServerConn {
             match msg::parse(&frame)? {
                 msg::BackendMessage::Authentication(_) => {
                     let body = &frame[5..];
-                    let code = i32::from_be_bytes(
-                        body.get(..4)
-                            .and_then(|b| b.try_into().ok())
-                            .ok_or(ProtocolError::Malformed {
+                    let code =
+                        i32::from_be_bytes(body.get(..4).and_then(|b| b.try_into().ok()).ok_or(
+                            ProtocolError::Malformed {
                                 tag: msg::AUTHENTICATION,
                                 what: "missing authentication code",
-                            })?,
-                    );
+                            },
+                        )?);
                     match auth
                         .on_request(code, &body[4..], &mut out)
                         .map_err(|e| BackendError::Auth(e.to_string()))?
@@ -154,7 +155,9 @@ impl ServerConn {
                 msg::BackendMessage::ErrorResponse(fields) => {
                     let code = fields.code().unwrap_or(sqlstate::CONNECTION_FAILURE);
                     let message = fields.message().unwrap_or("unknown error").to_owned();
-                    if code == sqlstate::INVALID_PASSWORD || code == sqlstate::INVALID_AUTHORIZATION_SPECIFICATION {
+                    if code == sqlstate::INVALID_PASSWORD
+                        || code == sqlstate::INVALID_AUTHORIZATION_SPECIFICATION
+                    {
                         return Err(BackendError::Auth(message));
                     }
                     return Err(BackendError::Refused {
@@ -168,7 +171,9 @@ impl ServerConn {
             }
         }
         if !auth.is_done() {
-            return Err(BackendError::Auth("server finished login without AuthenticationOk".into()));
+            return Err(BackendError::Auth(
+                "server finished login without AuthenticationOk".into(),
+            ));
         }
         let key = key.ok_or(ProtocolError::Malformed {
             tag: msg::BACKEND_KEY_DATA,
@@ -193,7 +198,10 @@ impl ServerConn {
         })
     }
 
-    async fn negotiate_tls(target: &Target, mut tcp: TcpStream) -> Result<BackendStream, BackendError> {
+    async fn negotiate_tls(
+        target: &Target,
+        mut tcp: TcpStream,
+    ) -> Result<BackendStream, BackendError> {
         let Some(tls_config) = target.tls_config.clone() else {
             return Ok(MaybeTls::Plain(tcp));
         };
@@ -209,8 +217,9 @@ impl ServerConn {
         res?;
         match answer.first() {
             Some(b'S') => {
-                let name = ServerName::try_from(target.host.clone())
-                    .map_err(|e| BackendError::Tls(format!("invalid server name {}: {e}", target.host)))?;
+                let name = ServerName::try_from(target.host.clone()).map_err(|e| {
+                    BackendError::Tls(format!("invalid server name {}: {e}", target.host))
+                })?;
                 let connector = monoio_rustls::TlsConnector::from(tls_config);
                 let tls = connector
                     .connect(name, tcp)
@@ -219,7 +228,9 @@ impl ServerConn {
                 Ok(MaybeTls::Tls(tls))
             }
             Some(b'N') if target.tls == BackendTls::Prefer => Ok(MaybeTls::Plain(tcp)),
-            Some(b'N') => Err(BackendError::Tls("the backend does not accept TLS connections".into())),
+            Some(b'N') => Err(BackendError::Tls(
+                "the backend does not accept TLS connections".into(),
+            )),
             _ => Err(BackendError::Tls("unexpected answer to SSLRequest".into())),
         }
     }
@@ -236,7 +247,9 @@ impl ServerConn {
             match msg::parse(&frame)? {
                 msg::BackendMessage::ParameterStatus { name, value } => {
                     self.state.applied.remove(name);
-                    self.state.reported.insert(name.to_owned(), value.to_owned());
+                    self.state
+                        .reported
+                        .insert(name.to_owned(), value.to_owned());
                 }
                 msg::BackendMessage::ErrorResponse(fields) if error.is_none() => {
                     error = Some(BackendError::Refused {
@@ -305,7 +318,10 @@ pub fn valid_param_name(name: &str) -> bool {
         && !name.as_bytes()[0].is_ascii_digit()
 }
 
-async fn read_msg<R: monoio::io::AsyncReadRent>(r: &mut R, buf: &mut BytesMut) -> Result<Bytes, BackendError> {
+async fn read_msg<R: monoio::io::AsyncReadRent>(
+    r: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Bytes, BackendError> {
     read_frame(r, buf, |b| frame_len(b, MAX_CONTROL_MESSAGE))
         .await
         .map_err(|e| match e {

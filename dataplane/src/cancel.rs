@@ -72,7 +72,8 @@ impl CancelRegistry {
         let slot = Arc::new(CancelSlot::default());
         let secret: i32 = rand::random();
         loop {
-            let serial = self.serials[core].fetch_add(1, Ordering::Relaxed) & ((1 << SERIAL_BITS) - 1);
+            let serial =
+                self.serials[core].fetch_add(1, Ordering::Relaxed) & ((1 << SERIAL_BITS) - 1);
             // Positive pids: core in the high bits, serial below; serial 0 is skipped so a pid is never 0.
             let pid = i32::try_from(((core as u32) << SERIAL_BITS) | serial).expect("31 bits fit");
             if serial == 0 || shard.contains_key(&pid) {
@@ -99,7 +100,10 @@ impl CancelRegistry {
     /// The backend to cancel for a CancelRequest, if the pid and secret match a client that
     /// holds a server connection now.
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<BackendKey> {
-        let shard = self.shard_of(pid)?.lock().unwrap_or_else(|e| e.into_inner());
+        let shard = self
+            .shard_of(pid)?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let entry = shard.get(&pid)?;
         // Compare without an early exit, so timing does not reveal how much of the secret matched.
         if (entry.secret ^ secret) != 0 {

@@ -218,13 +218,29 @@ impl Config {
     }
 }
 
-/// Replaces `${NAME}` with the variable's value; `$$` stands for a literal `$`.
+/// Replaces `${NAME}` with the variable's value; `$$` stands for a literal `$`. Comment
+/// lines (first non-blank character `#`) are left as they are.
 pub fn substitute_env(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+        } else {
+            substitute_line(line, env, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn substitute_line(
+    line: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    out: &mut String,
+) -> Result<(), ConfigError> {
+    let mut rest = line;
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos + 1..];
@@ -236,10 +252,8 @@ pub fn substitute_env(
                 .find('}')
                 .ok_or_else(|| ConfigError::new("${...}", "unterminated ${ in configuration"))?;
             let name = &body[..end];
-            let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let valid =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid {
                 return Err(ConfigError::new(
                     format!("${{{name}}}"),
@@ -247,10 +261,7 @@ pub fn substitute_env(
                 ));
             }
             let value = env(name).ok_or_else(|| {
-                ConfigError::new(
-                    format!("${{{name}}}"),
-                    "environment variable is not set",
-                )
+                ConfigError::new(format!("${{{name}}}"), "environment variable is not set")
             })?;
             out.push_str(&value);
             rest = &body[end + 1..];
@@ -260,15 +271,13 @@ pub fn substitute_env(
         }
     }
     out.push_str(rest);
-    Ok(out)
+    Ok(())
 }
 
 /// Parses `250ms`, `5s`, `2m`, `1h` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -286,9 +295,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses `512`, `64KiB`, `16MiB`, `1GiB` (also KB/MB/GB, meaning the same powers of two).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: usize = num
         .parse()
@@ -428,16 +435,24 @@ mod raw {
     impl Config {
         pub fn validate(self, base: &Path) -> Result<super::Config, ConfigError> {
             let listen: SocketAddr = self.listen.parse().map_err(|_| {
-                ConfigError::new("listen", format!("`{}` is not an address like 127.0.0.1:6432", self.listen))
+                ConfigError::new(
+                    "listen",
+                    format!("`{}` is not an address like 127.0.0.1:6432", self.listen),
+                )
             })?;
             let metrics_listen = match &self.metrics_listen {
                 None => None,
                 Some(s) => Some(s.parse().map_err(|_| {
-                    ConfigError::new("metrics_listen", format!("`{s}` is not an address like 127.0.0.1:9187"))
+                    ConfigError::new(
+                        "metrics_listen",
+                        format!("`{s}` is not an address like 127.0.0.1:9187"),
+                    )
                 })?),
             };
             let cores = match self.cores {
-                None | Some(0) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                None | Some(0) => std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
                 Some(n) if n > 1024 => return Err(ConfigError::new("cores", "at most 1024")),
                 Some(n) => n,
             };
@@ -445,13 +460,19 @@ mod raw {
                 None => (None, false),
                 Some(t) => {
                     let tls = match (t.cert, t.key) {
-                        (Some(c), Some(k)) => Some(super::ClientTls { cert: resolve(base, &c), key: resolve(base, &k) }),
+                        (Some(c), Some(k)) => Some(super::ClientTls {
+                            cert: resolve(base, &c),
+                            key: resolve(base, &k),
+                        }),
                         (None, None) => None,
                         _ => return Err(ConfigError::new("tls", "cert and key go together")),
                     };
                     let require = t.require_for_non_loopback.unwrap_or(tls.is_some());
                     if require && tls.is_none() {
-                        return Err(ConfigError::new("tls.require_for_non_loopback", "requires tls.cert and tls.key"));
+                        return Err(ConfigError::new(
+                            "tls.require_for_non_loopback",
+                            "requires tls.cert and tls.key",
+                        ));
                     }
                     (tls, require)
                 }
@@ -459,19 +480,33 @@ mod raw {
             let l = self.limits.unwrap_or_default();
             let max_message_bytes = match &l.max_message_bytes {
                 None => sluice_pgwire::DEFAULT_MAX_MESSAGE_LEN,
-                Some(s) => parse_size(s).map_err(|m| ConfigError::new("limits.max_message_bytes", m))?,
+                Some(s) => {
+                    parse_size(s).map_err(|m| ConfigError::new("limits.max_message_bytes", m))?
+                }
             };
             if !(1024..=sluice_pgwire::DEFAULT_MAX_MESSAGE_LEN).contains(&max_message_bytes) {
-                return Err(ConfigError::new("limits.max_message_bytes", "must be between 1KiB and 1GiB"));
+                return Err(ConfigError::new(
+                    "limits.max_message_bytes",
+                    "must be between 1KiB and 1GiB",
+                ));
             }
             let limits = super::Limits {
                 max_message_bytes,
-                startup_timeout: dur("limits.startup_timeout", &l.startup_timeout, Duration::from_secs(15))?,
-                max_client_connections_per_core: l.max_client_connections_per_core.unwrap_or(10_000),
+                startup_timeout: dur(
+                    "limits.startup_timeout",
+                    &l.startup_timeout,
+                    Duration::from_secs(15),
+                )?,
+                max_client_connections_per_core: l
+                    .max_client_connections_per_core
+                    .unwrap_or(10_000),
             };
 
             if self.connections.is_empty() {
-                return Err(ConfigError::new("connections", "at least one connection is needed"));
+                return Err(ConfigError::new(
+                    "connections",
+                    "at least one connection is needed",
+                ));
             }
             let mut connections = Vec::with_capacity(self.connections.len());
             let mut names = HashSet::new();
@@ -481,19 +516,29 @@ mod raw {
                     return Err(ConfigError::new(f("name"), "must not be empty"));
                 }
                 if !names.insert(c.name.clone()) {
-                    return Err(ConfigError::new(f("name"), format!("`{}` is defined twice", c.name)));
+                    return Err(ConfigError::new(
+                        f("name"),
+                        format!("`{}` is defined twice", c.name),
+                    ));
                 }
                 let tls = match c.tls.as_deref().unwrap_or("disable") {
                     "disable" => BackendTls::Disable,
                     "prefer" => BackendTls::Prefer,
                     "require" => BackendTls::Require,
                     "verify-full" => BackendTls::VerifyFull {
-                        ca: resolve(base, c.tls_ca.as_deref().ok_or_else(|| ConfigError::new(f("tls_ca"), "verify-full needs a CA file"))?),
+                        ca: resolve(
+                            base,
+                            c.tls_ca.as_deref().ok_or_else(|| {
+                                ConfigError::new(f("tls_ca"), "verify-full needs a CA file")
+                            })?,
+                        ),
                     },
                     other => {
                         return Err(ConfigError::new(
                             f("tls"),
-                            format!("`{other}` is not one of disable, prefer, require, verify-full"),
+                            format!(
+                                "`{other}` is not one of disable, prefer, require, verify-full"
+                            ),
                         ))
                     }
                 };
@@ -508,18 +553,45 @@ mod raw {
                     size,
                     timeout: dur(&f("pool.timeout"), &p.timeout, Duration::from_secs(10))?,
                     reset_query: p.reset_query.unwrap_or_else(|| "DISCARD ALL".into()),
-                    check_after: dur(&f("pool.check_after"), &p.check_after, Duration::from_secs(30))?,
-                    max_lifetime: dur(&f("pool.max_lifetime"), &p.max_lifetime, Duration::from_secs(3600))?,
-                    connect_timeout: dur(&f("pool.connect_timeout"), &p.connect_timeout, Duration::from_secs(5))?,
+                    check_after: dur(
+                        &f("pool.check_after"),
+                        &p.check_after,
+                        Duration::from_secs(30),
+                    )?,
+                    max_lifetime: dur(
+                        &f("pool.max_lifetime"),
+                        &p.max_lifetime,
+                        Duration::from_secs(3600),
+                    )?,
+                    connect_timeout: dur(
+                        &f("pool.connect_timeout"),
+                        &p.connect_timeout,
+                        Duration::from_secs(5),
+                    )?,
                 };
                 if c.users.is_empty() {
-                    return Err(ConfigError::new(f("users"), "at least one backend user is needed"));
+                    return Err(ConfigError::new(
+                        f("users"),
+                        "at least one backend user is needed",
+                    ));
                 }
                 let mut users = HashMap::new();
                 for (j, u) in c.users.into_iter().enumerate() {
                     let user = u.user.unwrap_or_else(|| u.name.clone());
-                    if users.insert(u.name.clone(), BackendUser { user, password: u.password }).is_some() {
-                        return Err(ConfigError::new(f(&format!("users[{j}].name")), format!("`{}` is defined twice", u.name)));
+                    if users
+                        .insert(
+                            u.name.clone(),
+                            BackendUser {
+                                user,
+                                password: u.password,
+                            },
+                        )
+                        .is_some()
+                    {
+                        return Err(ConfigError::new(
+                            f(&format!("users[{j}].name")),
+                            format!("`{}` is defined twice", u.name),
+                        ));
                     }
                 }
                 connections.push(super::Connection {
@@ -536,11 +608,17 @@ mod raw {
             let mut roles = Vec::with_capacity(self.roles.len());
             for (i, r) in self.roles.into_iter().enumerate() {
                 if r.subjects.is_empty() && r.groups.is_empty() {
-                    return Err(ConfigError::new(format!("roles[{i}]"), "names no subjects and no groups, so nobody has it"));
+                    return Err(ConfigError::new(
+                        format!("roles[{i}]"),
+                        "names no subjects and no groups, so nobody has it",
+                    ));
                 }
                 for (conn, user) in &r.connections {
                     let Some(c) = connections.iter().find(|c| &c.name == conn) else {
-                        return Err(ConfigError::new(format!("roles[{i}].connections.{conn}"), "no such connection"));
+                        return Err(ConfigError::new(
+                            format!("roles[{i}].connections.{conn}"),
+                            "no such connection",
+                        ));
                     };
                     if !c.users.contains_key(user) {
                         return Err(ConfigError::new(
@@ -662,6 +740,10 @@ roles:
         assert_eq!(substitute_env("a${A}b$$c$d", &e).unwrap(), "axb$c$d");
         assert!(substitute_env("${A", &e).is_err());
         assert!(substitute_env("${A-B}", &e).is_err());
+        assert_eq!(
+            substitute_env("  # ${UNSET}\nx: ${A}\n", &e).unwrap(),
+            "  # ${UNSET}\nx: x\n"
+        );
     }
 
     #[test]

@@ -76,7 +76,9 @@ impl BackendError {
             BackendError::PoolTimeout { secs, .. } => {
                 format!("timed out after {secs}s waiting for a server connection")
             }
-            BackendError::Refused { message, .. } => format!("backend refused the connection: {message}"),
+            BackendError::Refused { message, .. } => {
+                format!("backend refused the connection: {message}")
+            }
             BackendError::Auth(_) => "the gateway could not authenticate to the backend".into(),
             BackendError::Connect { .. } | BackendError::Timeout { .. } => {
                 "the backend database is not reachable".into()

@@ -1,6 +1,7 @@
 //! Small I/O helpers over monoio's owned-buffer reads and writes.
 
 use bytes::{Bytes, BytesMut};
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use sluice_pgwire::ProtocolError;
 
@@ -26,9 +27,12 @@ pub async fn fill<R: AsyncReadRent>(r: &mut R, buf: &mut BytesMut) -> std::io::R
     if buf.capacity() - buf.len() < READ_SIZE / 4 {
         buf.reserve(READ_SIZE);
     }
-    let owned = std::mem::take(buf);
+    // monoio reads into a buffer from its start: give it the spare capacity as a slice so
+    // the read appends instead of overwriting what is buffered.
+    let len = buf.len();
+    let owned = std::mem::take(buf).slice_mut(len..);
     let (res, owned) = r.read(owned).await;
-    *buf = owned;
+    *buf = owned.into_inner();
     res
 }
 

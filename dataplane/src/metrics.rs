@@ -110,15 +110,26 @@ core_metrics! {
 pub fn render(cores: &[Arc<CoreMetrics>]) -> String {
     let mut out = String::new();
     for (name, kind, help) in CoreMetrics::describe() {
-        let kind = if *kind == "Counter" { "counter" } else { "gauge" };
+        let kind = if *kind == "Counter" {
+            "counter"
+        } else {
+            "gauge"
+        };
         let suffix = if kind == "counter" { "_total" } else { "" };
         let _ = writeln!(out, "# HELP sluice_{name}{suffix} {}", help.trim());
         let _ = writeln!(out, "# TYPE sluice_{name}{suffix} {kind}");
         for (i, m) in cores.iter().enumerate() {
-            let _ = writeln!(out, "sluice_{name}{suffix}{{core=\"{i}\"}} {}", m.value(name));
+            let _ = writeln!(
+                out,
+                "sluice_{name}{suffix}{{core=\"{i}\"}} {}",
+                m.value(name)
+            );
         }
     }
-    let _ = writeln!(out, "# HELP sluice_io_uring 1 if the core runs io_uring, 0 if it fell back to epoll");
+    let _ = writeln!(
+        out,
+        "# HELP sluice_io_uring 1 if the core runs io_uring, 0 if it fell back to epoll"
+    );
     let _ = writeln!(out, "# TYPE sluice_io_uring gauge");
     for (i, m) in cores.iter().enumerate() {
         let _ = writeln!(out, "sluice_io_uring{{core=\"{i}\"}} {}", m.io_uring.get());
@@ -137,8 +148,14 @@ mod tests {
         a.queries.add(3);
         b.clients_active.inc();
         let text = render(&[a, b]);
-        assert!(text.contains("sluice_queries_total{core=\"0\"} 3"), "{text}");
-        assert!(text.contains("sluice_clients_active{core=\"1\"} 1"), "{text}");
+        assert!(
+            text.contains("sluice_queries_total{core=\"0\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_clients_active{core=\"1\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE sluice_queries_total counter"));
     }
 }

@@ -112,7 +112,8 @@ impl Pool {
                 continue;
             }
             if conn.state.idle_since.elapsed() >= self.cfg.check_after {
-                let check = monoio::time::timeout(Duration::from_secs(5), conn.run_control_query("")).await;
+                let check =
+                    monoio::time::timeout(Duration::from_secs(5), conn.run_control_query("")).await;
                 if !matches!(check, Ok(Ok(()))) {
                     tracing::info!(backend = %self.target.addr, "idle server connection failed its check; closing it");
                     self.close(conn);

@@ -66,7 +66,10 @@ impl StatementRegistry {
             query: query.into(),
             param_types: param_types.into(),
         });
-        self.by_query.entry(query.into()).or_default().push(stmt.clone());
+        self.by_query
+            .entry(query.into())
+            .or_default()
+            .push(stmt.clone());
         self.count += 1;
         stmt
     }

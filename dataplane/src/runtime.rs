@@ -48,7 +48,9 @@ impl Shared {
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let verifier = TokenVerifier::new(&config.auth).context("auth")?;
         if verifier.is_empty() {
-            tracing::warn!("no token issuers or static tokens are configured: every client will be refused");
+            tracing::warn!(
+                "no token issuers or static tokens are configured: every client will be refused"
+            );
         }
         if config.tls.is_some() && !config.require_tls_for_non_loopback {
             tracing::warn!("tls.require_for_non_loopback is false: tokens from the network may travel in clear text");
@@ -61,15 +63,24 @@ impl Shared {
         for c in &config.connections {
             let addr = (c.host.as_str(), c.port)
                 .to_socket_addrs()
-                .with_context(|| format!("connection {}: cannot resolve {}:{}", c.name, c.host, c.port))?
+                .with_context(|| {
+                    format!(
+                        "connection {}: cannot resolve {}:{}",
+                        c.name, c.host, c.port
+                    )
+                })?
                 .next()
                 .with_context(|| format!("connection {}: {} has no address", c.name, c.host))?;
             let tls_config = match &c.tls {
                 BackendTls::Disable => None,
-                BackendTls::Prefer | BackendTls::Require => Some(sluice_auth::tls::client_config(&BackendTlsVerify::Insecure)?),
+                BackendTls::Prefer | BackendTls::Require => Some(sluice_auth::tls::client_config(
+                    &BackendTlsVerify::Insecure,
+                )?),
                 BackendTls::VerifyFull { ca } => Some(
-                    sluice_auth::tls::client_config(&BackendTlsVerify::Full { ca_pem_path: Some(ca.clone()) })
-                        .with_context(|| format!("connection {}: tls_ca", c.name))?,
+                    sluice_auth::tls::client_config(&BackendTlsVerify::Full {
+                        ca_pem_path: Some(ca.clone()),
+                    })
+                    .with_context(|| format!("connection {}: tls_ca", c.name))?,
                 ),
             };
             backends.insert(c.name.clone(), BackendInfo { addr, tls_config });
@@ -78,7 +89,9 @@ impl Shared {
         Ok(Self {
             verifier,
             cancel: CancelRegistry::new(cores),
-            metrics: (0..cores).map(|_| Arc::new(CoreMetrics::default())).collect(),
+            metrics: (0..cores)
+                .map(|_| Arc::new(CoreMetrics::default()))
+                .collect(),
             client_tls,
             backends,
             config: Arc::new(config),
@@ -124,7 +137,12 @@ impl CoreCtx {
         };
         let cores = self.shared.config.cores;
         let per_core = conn.pool.size.div_ceil(cores);
-        let pool = Rc::new(Pool::new(target, conn.pool.clone(), per_core, self.metrics.clone()));
+        let pool = Rc::new(Pool::new(
+            target,
+            conn.pool.clone(),
+            per_core,
+            self.metrics.clone(),
+        ));
         self.pools.borrow_mut().insert(key, pool.clone());
         pool
     }
@@ -165,7 +183,8 @@ impl Dataplane {
         }
         if let Some(addr) = config.metrics_listen {
             let shared = shared.clone();
-            let listener = std::net::TcpListener::bind(addr).with_context(|| format!("metrics_listen {addr}"))?;
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("metrics_listen {addr}"))?;
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
             std::thread::Builder::new()
                 .name("sluice-metrics".into())
@@ -206,7 +225,9 @@ fn bind_listeners(addr: SocketAddr, cores: usize) -> anyhow::Result<Vec<std::net
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
-        socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+        socket
+            .bind(&addr.into())
+            .with_context(|| format!("binding {addr}"))?;
         socket.listen(1024)?;
         let listener: std::net::TcpListener = socket.into();
         // The first bind resolves port 0; the others join it.
@@ -235,14 +256,20 @@ fn build_runtime(core: usize) -> anyhow::Result<(CoreRuntime, &'static str)> {
         Err(e) => e,
     };
     tracing::warn!(core, error = %e, "io_uring with COOP_TASKRUN refused; trying a default ring");
-    let plain = RuntimeBuilder::<monoio::FusionDriver>::new().with_entries(256).enable_timer().build();
+    let plain = RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(256)
+        .enable_timer()
+        .build();
     let e = match plain {
         Ok(rt @ FusionRuntime::Uring(_)) => return Ok((rt, "io_uring")),
         Ok(rt) => return Ok((rt, "epoll")),
         Err(e) => e,
     };
     tracing::warn!(core, error = %e, "io_uring refused; falling back to epoll");
-    let legacy = RuntimeBuilder::<LegacyDriver>::new().enable_timer().build().context("building an epoll runtime")?;
+    let legacy = RuntimeBuilder::<LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .context("building an epoll runtime")?;
     Ok((legacy.into(), "epoll"))
 }
 
@@ -255,7 +282,10 @@ fn run_core(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) -> 
     }
     let ctx = Rc::new(CoreCtx {
         id,
-        tls_acceptor: shared.client_tls.clone().map(monoio_rustls::TlsAcceptor::from),
+        tls_acceptor: shared
+            .client_tls
+            .clone()
+            .map(monoio_rustls::TlsAcceptor::from),
         metrics,
         pools: RefCell::new(HashMap::new()),
         statements: RefCell::new(StatementRegistry::new(id)),

@@ -123,7 +123,11 @@ struct LoggedIn {
 
 /// Startup and authentication. Returns `None` when the connection is done (a CancelRequest,
 /// or a failure already reported to the client).
-async fn login(ctx: &Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) -> Option<(ClientStream, BytesMut, LoggedIn)> {
+async fn login(
+    ctx: &Rc<CoreCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<(ClientStream, BytesMut, LoggedIn)> {
     let mut stream = Some(ClientStream::Plain(tcp));
     let mut buf = BytesMut::with_capacity(1024);
     let result = login_inner(ctx, &mut stream, &mut buf, peer).await;
@@ -198,7 +202,11 @@ async fn login_inner(
             StartupPacket::SslRequest | StartupPacket::GssEncRequest if !buf.is_empty() => {
                 // Bytes pipelined after an encryption request would bypass it (CVE-2021-23214).
                 m.protocol_errors.inc();
-                return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "unexpected data after an encryption request").into());
+                return Err(Fatal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "unexpected data after an encryption request",
+                )
+                .into());
             }
             StartupPacket::SslRequest => {
                 let acceptor = ctx.tls_acceptor.as_ref().filter(|_| !tls_tried);
@@ -238,7 +246,8 @@ async fn login_inner(
             StartupPacket::Startup(_) => break frame,
         }
     };
-    let StartupPacket::Startup(params) = startup::parse_startup(&frame).map_err(Fatal::from)? else {
+    let StartupPacket::Startup(params) = startup::parse_startup(&frame).map_err(Fatal::from)?
+    else {
         unreachable!("loop breaks only on a StartupMessage");
     };
 
@@ -251,14 +260,25 @@ async fn login_inner(
         )
         .into());
     }
-    if params.get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
-        return Err(Fatal::new(sqlstate::FEATURE_NOT_SUPPORTED, "replication connections are not supported by the gateway").into());
+    if params
+        .get("replication")
+        .is_some_and(|v| v != "false" && v != "0" && v != "off")
+    {
+        return Err(Fatal::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported by the gateway",
+        )
+        .into());
     }
     let wanted = session_params(params.iter())?;
     let database = params.database().or(params.user()).unwrap_or("").to_owned();
 
     let mut out = BytesMut::with_capacity(512);
-    let unknown_options: Vec<&str> = params.iter().map(|(k, _)| k).filter(|k| k.starts_with("_pq_.")).collect();
+    let unknown_options: Vec<&str> = params
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("_pq_."))
+        .collect();
     if params.minor > 0 || !unknown_options.is_empty() {
         encode::negotiate_protocol_version(&mut out, 0, &unknown_options);
     }
@@ -266,20 +286,35 @@ async fn login_inner(
     // Token in the password field.
     encode::authentication_cleartext_password(&mut out);
     write_all(stream!(), out.split().freeze()).await?;
-    let frame = read_frame(stream!(), buf, |b| sluice_pgwire::frame_len(b, MAX_PASSWORD_MESSAGE)).await?;
+    let frame = read_frame(stream!(), buf, |b| {
+        sluice_pgwire::frame_len(b, MAX_PASSWORD_MESSAGE)
+    })
+    .await?;
     if frame[0] != frontend::PASSWORD {
         m.protocol_errors.inc();
         return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "expected a password message").into());
     }
     let token = frontend::password_cleartext(&frame[5..]).map_err(Fatal::from)?;
-    let token = std::str::from_utf8(token).map_err(|_| Fatal::new(sqlstate::INVALID_PASSWORD, "token authentication failed: token is not UTF-8"))?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let token = std::str::from_utf8(token).map_err(|_| {
+        Fatal::new(
+            sqlstate::INVALID_PASSWORD,
+            "token authentication failed: token is not UTF-8",
+        )
+    })?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let identity = match shared.verifier.verify(token, now) {
         Ok(id) => id,
         Err(e) => {
             m.auth_failures.inc();
             tracing::warn!(%peer, token = %fingerprint(token), error = %e, "client token rejected");
-            return Err(Fatal::new(sqlstate::INVALID_PASSWORD, format!("token authentication failed: {e}")).into());
+            return Err(Fatal::new(
+                sqlstate::INVALID_PASSWORD,
+                format!("token authentication failed: {e}"),
+            )
+            .into());
         }
     };
 
@@ -293,13 +328,20 @@ async fn login_inner(
         .into());
     };
     let Some(connection) = config.connection(&database) else {
-        return Err(Fatal::new(sqlstate::INVALID_CATALOG_NAME, format!("connection \"{database}\" does not exist")).into());
+        return Err(Fatal::new(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("connection \"{database}\" does not exist"),
+        )
+        .into());
     };
     let Some(backend_user) = role.connections.get(&connection.name) else {
         tracing::warn!(%peer, subject = %identity.subject, role = %role.name, connection = %connection.name, "role may not use connection");
         return Err(Fatal::new(
             sqlstate::INSUFFICIENT_PRIVILEGE,
-            format!("role \"{}\" may not use connection \"{}\"", role.name, connection.name),
+            format!(
+                "role \"{}\" may not use connection \"{}\"",
+                role.name, connection.name
+            ),
         )
         .into());
     };
@@ -317,7 +359,10 @@ async fn login_inner(
     if let Err(e) = server.apply_params(&wanted).await {
         tracing::info!(%peer, error = %e, "client startup parameters rejected by the backend");
         let fatal = match &e {
-            BackendError::Refused { message, .. } => Fatal::new(sqlstate::PROTOCOL_VIOLATION, format!("invalid startup parameter: {message}")),
+            BackendError::Refused { message, .. } => Fatal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid startup parameter: {message}"),
+            ),
             other => Fatal::from(other),
         };
         pool.broken_or_close(server, &e);
@@ -360,7 +405,9 @@ async fn login_inner(
 
 /// Session parameters from the StartupMessage that the proxy applies to each server
 /// connection it hands this client (PostgreSQL applies them at backend start).
-fn session_params<'a>(params: impl Iterator<Item = (&'a str, &'a str)>) -> Result<Vec<(String, String)>, Fatal> {
+fn session_params<'a>(
+    params: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<(String, String)>, Fatal> {
     let mut wanted: Vec<(String, String)> = Vec::new();
     let mut fallback_app = None;
     let mut app = None;
@@ -377,7 +424,10 @@ fn session_params<'a>(params: impl Iterator<Item = (&'a str, &'a str)>) -> Resul
             }
             k if valid_param_name(k) => wanted.push((k.to_owned(), v.to_owned())),
             k => {
-                return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, format!("invalid startup parameter name \"{k}\"")));
+                return Err(Fatal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid startup parameter name \"{k}\""),
+                ));
             }
         }
     }
@@ -404,11 +454,17 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, Fatal> {
             None
         };
         let Some((name, value)) = setting.and_then(|s| s.split_once('=')) else {
-            return Err(Fatal::new(sqlstate::FEATURE_NOT_SUPPORTED, format!("unsupported startup option \"{w}\" (only -c name=value)")));
+            return Err(Fatal::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("unsupported startup option \"{w}\" (only -c name=value)"),
+            ));
         };
         let name = name.replace('-', "_");
         if !valid_param_name(&name) {
-            return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, format!("invalid setting name \"{name}\" in options")));
+            return Err(Fatal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid setting name \"{name}\" in options"),
+            ));
         }
         out.push((name, value.to_owned()));
     }
@@ -493,7 +549,13 @@ struct Session {
     subject: String,
 }
 
-async fn relay(ctx: Rc<CoreCtx>, stream: ClientStream, buf: BytesMut, login: LoggedIn, client_fd: RawFd) {
+async fn relay(
+    ctx: Rc<CoreCtx>,
+    stream: ClientStream,
+    buf: BytesMut,
+    login: LoggedIn,
+    client_fd: RawFd,
+) {
     let LoggedIn {
         pool,
         wanted,
@@ -591,7 +653,9 @@ impl Session {
 
     /// Whether the attached server can go back to the pool now.
     fn releasable(&self, st: &State) -> bool {
-        st.tracker.is_idle() && st.ready == Some(b'I') && (self.mode == PoolMode::Transaction || st.closing)
+        st.tracker.is_idle()
+            && st.ready == Some(b'I')
+            && (self.mode == PoolMode::Transaction || st.closing)
     }
 
     /// Returns the attached server to the pool if it is parked, writable and idle.
@@ -600,7 +664,9 @@ impl Session {
         if !self.releasable(&st) {
             return;
         }
-        let Some(a) = st.attached.as_mut() else { return };
+        let Some(a) = st.attached.as_mut() else {
+            return;
+        };
         if a.write.is_none() || a.parked.is_none() {
             return;
         }
@@ -646,7 +712,10 @@ impl Session {
             st.closing = true;
             self.out_ready.notify();
         } else {
-            self.fatal(Fatal::new(sqlstate::CONNECTION_FAILURE, "server connection lost; the session is closed"));
+            self.fatal(Fatal::new(
+                sqlstate::CONNECTION_FAILURE,
+                "server connection lost; the session is closed",
+            ));
         }
     }
 
@@ -710,7 +779,8 @@ impl Session {
     fn need_more(&self, buf: &[u8]) -> bool {
         match parse_header(buf, self.max_message) {
             Ok(Some(h)) => {
-                let streamable = h.tag == frontend::COPY_DATA && h.total_len() > STREAM_COPY_DATA_ABOVE;
+                let streamable =
+                    h.tag == frontend::COPY_DATA && h.total_len() > STREAM_COPY_DATA_ABOVE;
                 !streamable && buf.len() < h.total_len()
             }
             Ok(None) => true,
@@ -720,7 +790,11 @@ impl Session {
 
     /// Turns buffered client messages into bytes for the server, recording what answers to
     /// expect. Pass-through messages are split off the read buffer without copying.
-    fn process_client(self: &Rc<Self>, buf: &mut BytesMut, copy_skip: &mut usize) -> Result<(Vec<Bytes>, bool), Fatal> {
+    fn process_client(
+        self: &Rc<Self>,
+        buf: &mut BytesMut,
+        copy_skip: &mut usize,
+    ) -> Result<(Vec<Bytes>, bool), Fatal> {
         let mut chunks = Vec::new();
         let mut st_guard = self.st.borrow_mut();
         let st = &mut *st_guard;
@@ -749,7 +823,9 @@ impl Session {
                 }
                 continue;
             }
-            let Some(h) = parse_header(&buf[pos..], self.max_message)? else { break };
+            let Some(h) = parse_header(&buf[pos..], self.max_message)? else {
+                break;
+            };
             let total = h.total_len();
             let available = buf.len() - pos;
             if available < total {
@@ -768,38 +844,82 @@ impl Session {
                 FrontendMessage::Query { .. } => {
                     m.queries.inc();
                     st.ready = None;
-                    st.tracker.push(Request::Simple, Delivery::Forward, None, &mut synth, &mut unprepared);
+                    st.tracker.push(
+                        Request::Simple,
+                        Delivery::Forward,
+                        None,
+                        &mut synth,
+                        &mut unprepared,
+                    );
                 }
                 FrontendMessage::FunctionCall(_) => {
                     st.ready = None;
-                    st.tracker.push(Request::Simple, Delivery::Forward, None, &mut synth, &mut unprepared);
+                    st.tracker.push(
+                        Request::Simple,
+                        Delivery::Forward,
+                        None,
+                        &mut synth,
+                        &mut unprepared,
+                    );
                 }
                 FrontendMessage::Sync => {
                     m.queries.inc();
                     st.ready = None;
-                    st.tracker.push(Request::Sync, Delivery::Forward, None, &mut synth, &mut unprepared);
+                    st.tracker.push(
+                        Request::Sync,
+                        Delivery::Forward,
+                        None,
+                        &mut synth,
+                        &mut unprepared,
+                    );
                 }
-                FrontendMessage::Parse { name, query, param_types } if txn && !name.is_empty() => {
+                FrontendMessage::Parse {
+                    name,
+                    query,
+                    param_types,
+                } if txn && !name.is_empty() => {
                     let stmt = self.ctx.intern_statement(query, param_types);
                     st.statements.insert(name.to_owned(), stmt.clone());
                     let server = st.attached.as_mut().expect("attached before processing");
                     st.ready = None;
                     if server.state.prepared.contains(&stmt.id) {
-                        st.tracker.push(Request::Parse, Delivery::Synthesize, Some(stmt.id), &mut synth, &mut unprepared);
+                        st.tracker.push(
+                            Request::Parse,
+                            Delivery::Synthesize,
+                            Some(stmt.id),
+                            &mut synth,
+                            &mut unprepared,
+                        );
                         rewritten = Some(BytesMut::new());
                     } else {
                         server.state.prepared.insert(stmt.id);
                         let mut b = BytesMut::with_capacity(total + 16);
                         encode::parse(&mut b, &stmt.server_name, query, param_types);
-                        st.tracker.push(Request::Parse, Delivery::Forward, Some(stmt.id), &mut synth, &mut unprepared);
+                        st.tracker.push(
+                            Request::Parse,
+                            Delivery::Forward,
+                            Some(stmt.id),
+                            &mut synth,
+                            &mut unprepared,
+                        );
                         rewritten = Some(b);
                     }
                 }
                 FrontendMessage::Parse { .. } => {
                     st.ready = None;
-                    st.tracker.push(Request::Parse, Delivery::Forward, None, &mut synth, &mut unprepared);
+                    st.tracker.push(
+                        Request::Parse,
+                        Delivery::Forward,
+                        None,
+                        &mut synth,
+                        &mut unprepared,
+                    );
                 }
-                FrontendMessage::Bind { portal, statement, rest } => {
+                FrontendMessage::Bind {
+                    portal,
+                    statement,
+                    rest,
+                } => {
                     st.ready = None;
                     if txn && !statement.is_empty() {
                         if let Some(stmt) = st.statements.get(statement).cloned() {
@@ -809,11 +929,21 @@ impl Session {
                             rewritten = Some(b);
                         }
                     }
-                    st.tracker.push(Request::Bind, Delivery::Forward, None, &mut synth, &mut unprepared);
+                    st.tracker.push(
+                        Request::Bind,
+                        Delivery::Forward,
+                        None,
+                        &mut synth,
+                        &mut unprepared,
+                    );
                 }
                 FrontendMessage::Describe { kind, name } => {
                     st.ready = None;
-                    let request = if kind == b'S' { Request::DescribeStatement } else { Request::DescribePortal };
+                    let request = if kind == b'S' {
+                        Request::DescribeStatement
+                    } else {
+                        Request::DescribePortal
+                    };
                     if txn && kind == b'S' && !name.is_empty() {
                         if let Some(stmt) = st.statements.get(name).cloned() {
                             let mut b = BytesMut::with_capacity(64);
@@ -822,22 +952,48 @@ impl Session {
                             rewritten = Some(b);
                         }
                     }
-                    st.tracker.push(request, Delivery::Forward, None, &mut synth, &mut unprepared);
+                    st.tracker.push(
+                        request,
+                        Delivery::Forward,
+                        None,
+                        &mut synth,
+                        &mut unprepared,
+                    );
                 }
-                FrontendMessage::Close { kind, name } if txn && kind == b'S' && !name.is_empty() => {
+                FrontendMessage::Close { kind, name }
+                    if txn && kind == b'S' && !name.is_empty() =>
+                {
                     // The server keeps the statement for other clients; the client's name goes.
                     st.ready = None;
                     st.statements.remove(name);
-                    st.tracker.push(Request::Close, Delivery::Synthesize, None, &mut synth, &mut unprepared);
+                    st.tracker.push(
+                        Request::Close,
+                        Delivery::Synthesize,
+                        None,
+                        &mut synth,
+                        &mut unprepared,
+                    );
                     rewritten = Some(BytesMut::new());
                 }
                 FrontendMessage::Close { .. } => {
                     st.ready = None;
-                    st.tracker.push(Request::Close, Delivery::Forward, None, &mut synth, &mut unprepared);
+                    st.tracker.push(
+                        Request::Close,
+                        Delivery::Forward,
+                        None,
+                        &mut synth,
+                        &mut unprepared,
+                    );
                 }
                 FrontendMessage::Execute { .. } => {
                     st.ready = None;
-                    st.tracker.push(Request::Execute, Delivery::Forward, None, &mut synth, &mut unprepared);
+                    st.tracker.push(
+                        Request::Execute,
+                        Delivery::Forward,
+                        None,
+                        &mut synth,
+                        &mut unprepared,
+                    );
                 }
                 FrontendMessage::Flush
                 | FrontendMessage::CopyData(_)
@@ -848,7 +1004,10 @@ impl Session {
                     rewritten = Some(BytesMut::new());
                 }
                 FrontendMessage::Password(_) => {
-                    return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "unexpected password message after authentication"));
+                    return Err(Fatal::new(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "unexpected password message after authentication",
+                    ));
                 }
                 FrontendMessage::Unknown { tag, .. } => {
                     return Err(Fatal::new(
@@ -888,11 +1047,24 @@ impl Session {
 
     /// Makes sure the attached server has `stmt` prepared, injecting a Parse whose answer
     /// the client never sees.
-    fn ensure_prepared(&self, st: &mut State, stmt: &Statement, out: &mut BytesMut, synth: &mut BytesMut, unprepared: &mut Vec<u64>) {
+    fn ensure_prepared(
+        &self,
+        st: &mut State,
+        stmt: &Statement,
+        out: &mut BytesMut,
+        synth: &mut BytesMut,
+        unprepared: &mut Vec<u64>,
+    ) {
         let server = st.attached.as_mut().expect("attached before processing");
         if server.state.prepared.insert(stmt.id) {
             encode::parse(out, &stmt.server_name, &stmt.query, &stmt.param_types);
-            st.tracker.push(Request::Parse, Delivery::Swallow, Some(stmt.id), synth, unprepared);
+            st.tracker.push(
+                Request::Parse,
+                Delivery::Swallow,
+                Some(stmt.id),
+                synth,
+                unprepared,
+            );
         }
     }
 
@@ -927,11 +1099,17 @@ impl Session {
     }
 
     /// Relays the server's answers until it owes nothing more, then parks (or releases).
-    async fn server_reader(self: Rc<Self>, mut read: ServerRead, mut buf: BytesMut, generation: u64) {
+    async fn server_reader(
+        self: Rc<Self>,
+        mut read: ServerRead,
+        mut buf: BytesMut,
+        generation: u64,
+    ) {
         let mut skip = 0usize;
         let mut skip_forward = true;
         loop {
-            if let Err(e) = self.process_server(&mut buf, &mut skip, &mut skip_forward, generation) {
+            if let Err(e) = self.process_server(&mut buf, &mut skip, &mut skip_forward, generation)
+            {
                 self.server_lost(generation, &format!("protocol error: {e}"));
                 return;
             }
@@ -973,7 +1151,13 @@ impl Session {
 
     /// Walks the server bytes in `buf`: forwards runs of messages as split-off chunks,
     /// inspects the few message types that matter, drops answers to injected requests.
-    fn process_server(&self, buf: &mut BytesMut, skip: &mut usize, skip_forward: &mut bool, generation: u64) -> Result<(), ProtocolError> {
+    fn process_server(
+        &self,
+        buf: &mut BytesMut,
+        skip: &mut usize,
+        skip_forward: &mut bool,
+        generation: u64,
+    ) -> Result<(), ProtocolError> {
         let mut st_guard = self.st.borrow_mut();
         let st = &mut *st_guard;
         if st.generation != generation {
@@ -1003,12 +1187,21 @@ impl Session {
                 }
                 continue;
             }
-            let Some(h) = parse_header(&buf[pos..], max)? else { break };
+            let Some(h) = parse_header(&buf[pos..], max)? else {
+                break;
+            };
             let total = h.total_len();
             let available = buf.len() - pos;
-            let inspect = matches!(h.tag, bmsg::READY_FOR_QUERY | bmsg::PARAMETER_STATUS | bmsg::COMMAND_COMPLETE);
+            let inspect = matches!(
+                h.tag,
+                bmsg::READY_FOR_QUERY | bmsg::PARAMETER_STATUS | bmsg::COMMAND_COMPLETE
+            );
             if inspect && total > MAX_INSPECTED_MESSAGE {
-                return Err(ProtocolError::MessageTooLarge { tag: h.tag, len: total, max: MAX_INSPECTED_MESSAGE });
+                return Err(ProtocolError::MessageTooLarge {
+                    tag: h.tag,
+                    len: total,
+                    max: MAX_INSPECTED_MESSAGE,
+                });
             }
             if inspect && available < total {
                 break;
@@ -1025,7 +1218,9 @@ impl Session {
                             a.state.reported.insert(name.to_owned(), value.to_owned());
                         }
                     }
-                    bmsg::BackendMessage::CommandComplete { tag } if tag == "DISCARD ALL" || tag == "DEALLOCATE ALL" => {
+                    bmsg::BackendMessage::CommandComplete { tag }
+                        if tag == "DISCARD ALL" || tag == "DEALLOCATE ALL" =>
+                    {
                         if let Some(a) = st.attached.as_mut() {
                             a.state.prepared.clear();
                         }
@@ -1083,7 +1278,9 @@ impl Session {
         if !st.closing {
             return;
         }
-        let Some(a) = st.attached.as_ref() else { return };
+        let Some(a) = st.attached.as_ref() else {
+            return;
+        };
         if a.parked.is_none() || a.write.is_none() {
             return;
         }
@@ -1110,7 +1307,10 @@ impl Session {
         self.out_space.notify();
         let busy_fd = {
             let st = self.st.borrow();
-            st.attached.as_ref().filter(|a| a.parked.is_none()).map(|a| a.fd)
+            st.attached
+                .as_ref()
+                .filter(|a| a.parked.is_none())
+                .map(|a| a.fd)
         };
         match busy_fd {
             None => self.finish_if_closing(),
@@ -1188,6 +1388,9 @@ async fn client_writer(s: Rc<Session>, mut write: ClientWrite) {
 /// Refuses a client over the per-core connection limit with 53300, as PostgreSQL does.
 pub async fn refuse(mut tcp: TcpStream, why: &str) {
     let mut out = BytesMut::new();
-    encode::error_response(&mut out, &ErrorResponse::fatal(sqlstate::TOO_MANY_CONNECTIONS, why));
+    encode::error_response(
+        &mut out,
+        &ErrorResponse::fatal(sqlstate::TOO_MANY_CONNECTIONS, why),
+    );
     let _ = write_all(&mut tcp, out.freeze()).await;
 }

@@ -247,7 +247,10 @@ mod tests {
         push(&mut t, Simple, Forward, None);
         let (v, _, _) = run(&mut t, b"TDDCE");
         assert!(v.iter().all(|&v| v == Fwd));
-        assert!(!t.is_idle(), "an error inside a simple query does not end it");
+        assert!(
+            !t.is_idle(),
+            "an error inside a simple query does not end it"
+        );
         run(&mut t, b"Z");
         assert!(t.is_idle());
     }
@@ -327,7 +330,10 @@ mod tests {
         push(&mut t, Sync, Forward, None);
         let (v, out, unprepared) = run(&mut t, b"E");
         assert_eq!(v, vec![Fwd]);
-        assert!(out.is_empty(), "the server skipped the Parse: no ParseComplete");
+        assert!(
+            out.is_empty(),
+            "the server skipped the Parse: no ParseComplete"
+        );
         assert_eq!(unprepared, vec![4]);
         assert_eq!(t.pending(), 1);
         run(&mut t, b"Z");

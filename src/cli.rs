@@ -1,0 +1,84 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sluice_dataplane::{Config, Dataplane};
+
+/// Sluice: an identity-aware PostgreSQL gateway for AI agents and automation.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    /// Log filter, e.g. `info`, `sluice_dataplane=debug` (also RUST_LOG).
+    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the data plane from a local configuration file.
+    Dataplane {
+        /// YAML configuration (see configs/example.yaml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit.
+    CheckConfig {
+        /// YAML configuration.
+        config: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL with sample data and the gateway in front of it.
+    Demo {
+        /// Address the gateway listens on.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: SocketAddr,
+        /// Port for the throwaway PostgreSQL (default: a free one).
+        #[arg(long)]
+        pg_port: Option<u16>,
+    },
+}
+
+/// Parses arguments and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or(cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Dataplane { config } => run_dataplane(&config),
+        Command::CheckConfig { config } => Config::from_file(&config)
+            .map(|c| {
+                println!(
+                    "{}: ok ({} connections, {} roles)",
+                    config.display(),
+                    c.connections.len(),
+                    c.roles.len()
+                )
+            })
+            .map_err(Into::into),
+        Command::Demo { listen, pg_port } => crate::demo::run(listen, pg_port),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_dataplane(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::from_file(path)?;
+    let dp = Dataplane::start(config).context("starting the data plane")?;
+    dp.wait();
+    Ok(())
+}
