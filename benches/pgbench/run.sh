@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Whole-system benchmark: pgbench directly against PostgreSQL, through PgBouncer (transaction
+# pooling) and through Sluice (transaction pooling), interleaved in one run, with ratios.
+#
+#   bash benches/pgbench/run.sh                 # full matrix (~10 min on 2 cores)
+#   DURATION=3 REPS=1 CLIENTS="16 64" bash benches/pgbench/run.sh   # quick look
+#
+# Needs: PostgreSQL server binaries and pgbench (apt-get install postgresql), pgbouncer
+# (apt-get install pgbouncer), cargo. Everything runs on 127.0.0.1 and is removed at exit.
+# The last line is `ratio sluice/pgbouncer select-only c=64 simple: X`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+DURATION=${DURATION:-8}
+REPS=${REPS:-2}
+CLIENTS=${CLIENTS:-"1 16 64 256"}
+MODES=${MODES:-"simple extended"}
+SCRIPTS=${SCRIPTS:-"select-only tpcb"}
+SCALE=${SCALE:-10}
+POOL_SIZE=${POOL_SIZE:-20}
+THREADS=${THREADS:-2}
+
+bindir=$(pg_config --bindir 2>/dev/null || true)
+[ -x "$bindir/postgres" ] || bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -x "$bindir/postgres" ] || { echo "no PostgreSQL server binaries: apt-get install -y postgresql" >&2; exit 1; }
+command -v pgbouncer >/dev/null || { echo "no pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
+PGBENCH=$bindir/pgbench
+[ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench)
+
+echo "building sluice (release) ..." >&2
+cargo build --release --quiet
+SLUICE=$PWD/target/release/sluice
+
+work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [ -f "$work/data/postmaster.pid" ]; then as_pg "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The server refuses to run as root: run it as the postgres account when we are root.
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+PG_PORT=$(free_port)
+mkdir -p "$work/data" "$work/run"
+[ "$(id -u)" -eq 0 ] && chown -R postgres "$work/data" "$work/run"
+as_pg "$bindir/initdb" -D "$work/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >/dev/null
+cat >>"$work/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$work/run'
+max_connections = 400
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/run/pg.log" -w start >/dev/null
+"$bindir/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qAt -c "create database bench" >/dev/null
+"$PGBENCH" -h 127.0.0.1 -p "$PG_PORT" -U postgres -i -q -s "$SCALE" bench >/dev/null 2>&1
+
+BOUNCER_PORT=$(free_port)
+cat >"$work/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = 1000
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+EOF
+echo '"bench" ""' >"$work/userlist.txt"
+[ "$(id -u)" -eq 0 ] && chown -R postgres "$work"
+as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+pids+=($!)
+
+SLUICE_PORT=$(free_port)
+TOKEN=bench-$RANDOM$RANDOM
+cat >"$work/sluice.yaml" <<EOF
+listen: 127.0.0.1:$SLUICE_PORT
+cores: $THREADS
+auth:
+  static_tokens: [{ token: "$TOKEN", subject: bench, groups: [bench] }]
+connections:
+  - name: bench
+    port: $PG_PORT
+    database: bench
+    pool: { mode: transaction, size: $POOL_SIZE }
+    users: [{ name: pg, user: postgres }]
+roles:
+  - { name: bench, groups: [bench], connections: { bench: pg } }
+EOF
+SLUICE_LOG=warn "$SLUICE" dataplane --config "$work/sluice.yaml" &
+pids+=($!)
+
+for port in "$BOUNCER_PORT" "$SLUICE_PORT"; do
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
+# target name → connection options
+conn() {
+    case $1 in
+        direct) echo "-h 127.0.0.1 -p $PG_PORT -U postgres bench" ;;
+        pgbouncer) echo "-h 127.0.0.1 -p $BOUNCER_PORT -U bench bench" ;;
+        sluice) echo "-h 127.0.0.1 -p $SLUICE_PORT -U bench bench" ;;
+    esac
+}
+
+results=$work/results.tsv
+: >"$results"
+printf '%-10s %-11s %-8s %5s %4s %12s %10s\n' target script mode c rep tps lat_ms >&2
+for rep in $(seq "$REPS"); do
+    for script in $SCRIPTS; do
+        sflag=""; [ "$script" = select-only ] && sflag="-S"
+        for mode in $MODES; do
+            for c in $CLIENTS; do
+                j=$THREADS; [ "$c" -lt "$j" ] && j=$c
+                for target in direct pgbouncer sluice; do
+                    out=$(PGPASSWORD=$TOKEN "$PGBENCH" $(conn $target) $sflag -M "$mode" -c "$c" -j "$j" -T "$DURATION" -n 2>&1) || {
+                        echo "pgbench failed for $target $script $mode c=$c:" >&2; echo "$out" | tail -5 >&2; exit 1; }
+                    tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -1)
+                    lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+                    printf '%-10s %-11s %-8s %5s %4s %12s %10s\n' "$target" "$script" "$mode" "$c" "$rep" "$tps" "$lat" >&2
+                    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$script" "$mode" "$c" "$rep" "$tps" "$lat" >>"$results"
+                done
+            done
+        done
+    done
+done
+
+echo
+echo "Median TPS over $REPS repetition(s), ${DURATION}s each, scale $SCALE, pool $POOL_SIZE, $(nproc) cores:"
+python3 - "$results" "$SCRIPTS" "$MODES" "$CLIENTS" <<'EOF'
+import sys, statistics, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+scripts, modes, clients = sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
+tps = collections.defaultdict(list); lat = collections.defaultdict(list)
+for t, s, m, c, r, v, l in rows:
+    tps[(t, s, m, c)].append(float(v)); lat[(t, s, m, c)].append(float(l))
+med = lambda d, k: statistics.median(d[k])
+print(f"{'script':<11} {'mode':<8} {'c':>4} {'direct':>10} {'pgbouncer':>10} {'sluice':>10} {'lat ms d/b/s':>20} {'s/direct':>9} {'s/bouncer':>9}")
+for s in scripts:
+    for m in modes:
+        for c in clients:
+            d, b, x = (med(tps, (t, s, m, c)) for t in ("direct", "pgbouncer", "sluice"))
+            ld, lb, lx = (med(lat, (t, s, m, c)) for t in ("direct", "pgbouncer", "sluice"))
+            print(f"{s:<11} {m:<8} {c:>4} {d:>10.0f} {b:>10.0f} {x:>10.0f} {ld:>6.2f}/{lb:>5.2f}/{lx:>5.2f} {x/d:>9.2f} {x/b:>9.2f}")
+k = ("select-only", "simple", "64")
+if all((t,) + k in tps for t in ("sluice", "pgbouncer")):
+    print(f"ratio sluice/pgbouncer select-only c=64 simple: {med(tps, ('sluice',) + k) / med(tps, ('pgbouncer',) + k):.2f}")
+EOF
