@@ -244,7 +244,15 @@ type CoreRuntime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDri
 /// its limits refuse.
 fn build_runtime(core: usize) -> anyhow::Result<(CoreRuntime, &'static str)> {
     let mut urb = io_uring::IoUring::builder();
-    urb.setup_coop_taskrun();
+    match std::env::var("SLUICE_URING_SETUP").as_deref() {
+        Ok("defer") => {
+            urb.setup_single_issuer().setup_defer_taskrun();
+        }
+        Ok("default") => {}
+        _ => {
+            urb.setup_coop_taskrun();
+        }
+    }
     let tuned = RuntimeBuilder::<monoio::FusionDriver>::new()
         .with_entries(1024)
         .uring_builder(urb)
