@@ -448,10 +448,8 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, Fatal> {
             words.next()
         } else if let Some(rest) = w.strip_prefix("--") {
             Some(rest)
-        } else if let Some(rest) = w.strip_prefix("-c") {
-            Some(rest)
         } else {
-            None
+            w.strip_prefix("-c")
         };
         let Some((name, value)) = setting.and_then(|s| s.split_once('=')) else {
             return Err(Fatal::new(
@@ -843,7 +841,6 @@ impl Session {
             match msg {
                 FrontendMessage::Query { .. } => {
                     m.queries.inc();
-                    st.ready = None;
                     st.tracker.push(
                         Request::Simple,
                         Delivery::Forward,
@@ -853,7 +850,6 @@ impl Session {
                     );
                 }
                 FrontendMessage::FunctionCall(_) => {
-                    st.ready = None;
                     st.tracker.push(
                         Request::Simple,
                         Delivery::Forward,
@@ -864,7 +860,6 @@ impl Session {
                 }
                 FrontendMessage::Sync => {
                     m.queries.inc();
-                    st.ready = None;
                     st.tracker.push(
                         Request::Sync,
                         Delivery::Forward,
@@ -881,7 +876,6 @@ impl Session {
                     let stmt = self.ctx.intern_statement(query, param_types);
                     st.statements.insert(name.to_owned(), stmt.clone());
                     let server = st.attached.as_mut().expect("attached before processing");
-                    st.ready = None;
                     if server.state.prepared.contains(&stmt.id) {
                         st.tracker.push(
                             Request::Parse,
@@ -906,7 +900,6 @@ impl Session {
                     }
                 }
                 FrontendMessage::Parse { .. } => {
-                    st.ready = None;
                     st.tracker.push(
                         Request::Parse,
                         Delivery::Forward,
@@ -920,7 +913,6 @@ impl Session {
                     statement,
                     rest,
                 } => {
-                    st.ready = None;
                     if txn && !statement.is_empty() {
                         if let Some(stmt) = st.statements.get(statement).cloned() {
                             let mut b = BytesMut::with_capacity(total + 64);
@@ -938,7 +930,6 @@ impl Session {
                     );
                 }
                 FrontendMessage::Describe { kind, name } => {
-                    st.ready = None;
                     let request = if kind == b'S' {
                         Request::DescribeStatement
                     } else {
@@ -964,7 +955,6 @@ impl Session {
                     if txn && kind == b'S' && !name.is_empty() =>
                 {
                     // The server keeps the statement for other clients; the client's name goes.
-                    st.ready = None;
                     st.statements.remove(name);
                     st.tracker.push(
                         Request::Close,
@@ -976,7 +966,6 @@ impl Session {
                     rewritten = Some(BytesMut::new());
                 }
                 FrontendMessage::Close { .. } => {
-                    st.ready = None;
                     st.tracker.push(
                         Request::Close,
                         Delivery::Forward,
@@ -986,7 +975,6 @@ impl Session {
                     );
                 }
                 FrontendMessage::Execute { .. } => {
-                    st.ready = None;
                     st.tracker.push(
                         Request::Execute,
                         Delivery::Forward,
@@ -1015,6 +1003,12 @@ impl Session {
                         format!("invalid frontend message type {}", tag.escape_ascii()),
                     ));
                 }
+            }
+            // Anything that reaches the server (but Flush, which it never answers) means the
+            // server is no longer known to be idle at ReadyForQuery.
+            let forwarded = rewritten.as_ref().is_none_or(|b| !b.is_empty());
+            if forwarded && tag != frontend::FLUSH && tag != frontend::TERMINATE {
+                st.ready = None;
             }
             if let Some(state) = st.attached.as_mut() {
                 for id in unprepared.drain(..) {
@@ -1128,11 +1122,13 @@ impl Session {
                 }
             }
             loop {
-                let st = self.st.borrow();
-                if st.closing || st.out_bytes <= HIGH_WATER {
+                let full = {
+                    let st = self.st.borrow();
+                    !st.closing && st.out_bytes > HIGH_WATER
+                };
+                if !full {
                     break;
                 }
-                drop(st);
                 self.out_space.notified().await;
             }
             match fill(&mut read, &mut buf).await {

@@ -1,7 +1,5 @@
 //! Byte streams to clients and backends: plain TCP or TLS, behind one type each.
 
-use std::future::Future;
-
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
@@ -25,59 +23,47 @@ pub type BackendStream = MaybeTls<monoio_rustls::ClientTlsStream<TcpStream>>;
 unsafe impl<T: Split> Split for MaybeTls<T> {}
 
 impl<T: AsyncReadRent> AsyncReadRent for MaybeTls<T> {
-    fn read<B: IoBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
-        async move {
-            match self {
-                MaybeTls::Plain(s) => s.read(buf).await,
-                MaybeTls::Tls(s) => s.read(buf).await,
-            }
+    async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(s) => s.read(buf).await,
+            MaybeTls::Tls(s) => s.read(buf).await,
         }
     }
 
-    fn readv<B: IoVecBufMut>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
-        async move {
-            match self {
-                MaybeTls::Plain(s) => s.readv(buf).await,
-                MaybeTls::Tls(s) => s.readv(buf).await,
-            }
+    async fn readv<B: IoVecBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(s) => s.readv(buf).await,
+            MaybeTls::Tls(s) => s.readv(buf).await,
         }
     }
 }
 
 impl<T: AsyncWriteRent> AsyncWriteRent for MaybeTls<T> {
-    fn write<B: IoBuf>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
-        async move {
-            match self {
-                MaybeTls::Plain(s) => s.write(buf).await,
-                MaybeTls::Tls(s) => s.write(buf).await,
-            }
+    async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(s) => s.write(buf).await,
+            MaybeTls::Tls(s) => s.write(buf).await,
         }
     }
 
-    fn writev<B: IoVecBuf>(&mut self, buf: B) -> impl Future<Output = BufResult<usize, B>> {
-        async move {
-            match self {
-                MaybeTls::Plain(s) => s.writev(buf).await,
-                MaybeTls::Tls(s) => s.writev(buf).await,
-            }
+    async fn writev<B: IoVecBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(s) => s.writev(buf).await,
+            MaybeTls::Tls(s) => s.writev(buf).await,
         }
     }
 
-    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> {
-        async move {
-            match self {
-                MaybeTls::Plain(s) => s.flush().await,
-                MaybeTls::Tls(s) => s.flush().await,
-            }
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            MaybeTls::Plain(s) => s.flush().await,
+            MaybeTls::Tls(s) => s.flush().await,
         }
     }
 
-    fn shutdown(&mut self) -> impl Future<Output = std::io::Result<()>> {
-        async move {
-            match self {
-                MaybeTls::Plain(s) => s.shutdown().await,
-                MaybeTls::Tls(s) => s.shutdown().await,
-            }
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            MaybeTls::Plain(s) => s.shutdown().await,
+            MaybeTls::Tls(s) => s.shutdown().await,
         }
     }
 }
