@@ -983,10 +983,16 @@ impl Session {
                         &mut unprepared,
                     );
                 }
-                FrontendMessage::Flush
-                | FrontendMessage::CopyData(_)
-                | FrontendMessage::CopyDone
-                | FrontendMessage::CopyFail { .. } => {}
+                FrontendMessage::Flush | FrontendMessage::CopyData(_) => {}
+                FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                    st.tracker.push(
+                        Request::CopyEnd,
+                        Delivery::Forward,
+                        None,
+                        &mut synth,
+                        &mut unprepared,
+                    );
+                }
                 FrontendMessage::Terminate => {
                     // Not forwarded: the server connection stays open for the pool.
                     rewritten = Some(BytesMut::new());

@@ -34,11 +34,15 @@ pub enum Request {
     DescribePortal,
     /// Execute: CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
     Execute,
+    /// CopyDone or CopyFail from the client: a marker that is never answered. It ends the
+    /// stretch in which the server, being in copy-in mode, ignores Sync (tokio-postgres sends
+    /// Bind, Execute, Sync before the COPY data).
+    CopyEnd,
 }
 
 impl Request {
     fn is_extended(self) -> bool {
-        !matches!(self, Request::Simple | Request::Sync)
+        !matches!(self, Request::Simple | Request::Sync | Request::CopyEnd)
     }
 
     /// Whether `tag` is the message that finishes the answer to this request.
@@ -55,6 +59,7 @@ impl Request {
             Request::Execute => {
                 tag == COMMAND_COMPLETE || tag == EMPTY_QUERY || tag == PORTAL_SUSPENDED
             }
+            Request::CopyEnd => false,
         }
     }
 }
@@ -94,6 +99,9 @@ pub struct Tracker {
     /// An extended-protocol error happened and no Sync has been sent since: the server
     /// discards what arrives until then, so new entries are discarded too.
     skipping: bool,
+    /// The server is in copy-in mode and the client has not ended the COPY yet: the server
+    /// ignores the Syncs it gets meanwhile, so they are not recorded.
+    copy_in: bool,
 }
 
 impl Tracker {
@@ -123,6 +131,16 @@ impl Tracker {
         to_client: &mut BytesMut,
         unprepared: &mut Vec<u64>,
     ) {
+        if self.copy_in {
+            match request {
+                Request::Sync => return,
+                Request::CopyEnd => {
+                    self.copy_in = false;
+                    return;
+                }
+                _ => {}
+            }
+        }
         if self.skipping {
             if request == Request::Sync {
                 self.skipping = false;
@@ -184,6 +202,8 @@ impl Tracker {
         let delivery = head.delivery;
         if head.request.completed_by(tag) {
             self.queue.pop_front();
+        } else if tag == COPY_IN {
+            self.enter_copy_in();
         }
         let verdict = if delivery == Delivery::Swallow && tag != ERROR_RESPONSE {
             Verdict::Drop
@@ -198,10 +218,38 @@ impl Tracker {
     pub fn reset(&mut self) {
         self.queue.clear();
         self.skipping = false;
+        self.copy_in = false;
+    }
+
+    /// CopyInResponse to the request at the head: the server ignores Sync until the client's
+    /// CopyDone or CopyFail, so the Syncs already recorded before that never get an answer.
+    fn enter_copy_in(&mut self) {
+        let mut i = 1;
+        loop {
+            match self.queue.get(i).map(|e| e.request) {
+                Some(Request::Sync) => {
+                    self.queue.remove(i);
+                }
+                Some(Request::CopyEnd) => {
+                    self.queue.remove(i);
+                    return;
+                }
+                Some(_) => i += 1,
+                None => {
+                    self.copy_in = true;
+                    return;
+                }
+            }
+        }
     }
 
     fn emit_synthetic(&mut self, to_client: &mut BytesMut) {
         while let Some(e) = self.queue.front() {
+            if e.request == Request::CopyEnd {
+                // A marker whose COPY ended without copy-in mode (e.g. it failed at once).
+                self.queue.pop_front();
+                continue;
+            }
             if e.delivery != Delivery::Synthesize {
                 break;
             }
@@ -366,6 +414,53 @@ mod tests {
         assert_eq!(t.pending(), 1);
         let (v, _, _) = run(&mut t, b"A");
         assert_eq!(v, vec![Fwd]);
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_get_no_answer() {
+        // tokio-postgres: Bind, Execute, Sync, then the data once CopyInResponse arrived.
+        for end in [b'C', b'E'] {
+            let mut t = Tracker::new();
+            for r in [Bind, Execute, Sync] {
+                push(&mut t, r, Forward, None);
+            }
+            run(&mut t, b"2G");
+            push(&mut t, Sync, Forward, None); // ignored by the server in copy-in mode
+            push(&mut t, CopyEnd, Forward, None);
+            push(&mut t, Sync, Forward, None);
+            // CommandComplete after CopyDone, or an error after CopyFail.
+            run(&mut t, &[end]);
+            assert_eq!(t.pending(), 1);
+            run(&mut t, b"Z");
+            assert!(t.is_idle(), "after {}", end as char);
+        }
+
+        // The same messages pipelined before the server's CopyInResponse.
+        let mut t = Tracker::new();
+        for r in [Bind, Execute, Sync, CopyEnd, Sync] {
+            push(&mut t, r, Forward, None);
+        }
+        run(&mut t, b"2GC");
+        assert_eq!(t.pending(), 1);
+        run(&mut t, b"Z");
+        assert!(t.is_idle());
+
+        // COPY by simple query: nothing to forget.
+        let mut t = Tracker::new();
+        push(&mut t, Simple, Forward, None);
+        run(&mut t, b"G");
+        push(&mut t, CopyEnd, Forward, None);
+        run(&mut t, b"C");
+        assert_eq!(t.pending(), 1);
+        run(&mut t, b"Z");
+        assert!(t.is_idle());
+
+        // A COPY that fails before copy-in mode leaves no marker behind.
+        let mut t = Tracker::new();
+        push(&mut t, Simple, Forward, None);
+        push(&mut t, CopyEnd, Forward, None);
+        run(&mut t, b"EZ");
+        assert!(t.is_idle());
     }
 
     #[test]
