@@ -6,6 +6,8 @@
 //! clients (`psql`, `pgbench`, tokio-postgres). Use it from a test file with `mod common;`.
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
+pub mod gateway;
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -202,4 +204,65 @@ pub fn wait_port(addr: impl ToSocketAddrs + std::fmt::Debug, timeout: Duration) 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs `cmd` (stdin closed), panicking if it fails; returns stdout and stderr.
+pub fn run_ok_both(cmd: &mut Command) -> (String, String) {
+    let out = run(cmd);
+    if !out.status.success() {
+        panic!("{cmd:?} failed ({}):\n{}", out.status, streams(&out));
+    }
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The cluster shared by the tests of one binary (see [`shared_pg`]).
+static SHARED: std::sync::Mutex<Option<PgCluster>> = std::sync::Mutex::new(None);
+
+/// Port of a cluster shared by the tests of this binary, started on first use with
+/// `max_connections = 300` and `log_connections = on`, and prepared with
+/// [`gateway::prepare_backend`]. It is stopped and removed when the process exits (statics
+/// are never dropped, so an `atexit` hook does it). Tests that stop or kill their backend
+/// start their own cluster instead.
+pub fn shared_pg() -> u16 {
+    let mut guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = guard.as_ref() {
+        return c.port();
+    }
+    let cluster = start_pg(shared_options());
+    gateway::prepare_backend(&cluster);
+    let port = cluster.port();
+    *guard = Some(cluster);
+    extern "C" fn stop_shared() {
+        let taken = SHARED.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(taken);
+    }
+    // SAFETY: registers a plain `extern "C" fn` without arguments; it only takes the cluster
+    // out of its mutex and drops it (pg_ctl stop, temp dir removal), and never unwinds.
+    let registered = unsafe { libc::atexit(stop_shared) };
+    assert_eq!(registered, 0, "atexit refused the cleanup hook");
+    port
+}
+
+/// Options of the clusters these tests start: room for the 500-client test's direct
+/// connections, and connection logging (the server log shows the backend auth method).
+pub fn shared_options() -> ClusterOptions {
+    ClusterOptions::default()
+        .setting("max_connections", "300")
+        .setting("log_connections", "on")
+}
+
+/// Runs `f` with the shared cluster (started if needed), holding its lock meanwhile.
+pub fn with_shared_pg<R>(f: impl FnOnce(&PgCluster) -> R) -> R {
+    shared_pg();
+    let guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.as_ref().expect("started above"))
+}
+
+/// The superuser of a cluster started with the default options, on `port`.
+pub fn superuser_on(port: u16, db: &str) -> PgTarget {
+    let defaults = ClusterOptions::default();
+    PgTarget::new(port, &defaults.superuser, &defaults.superuser_password, db)
 }
