@@ -1309,9 +1309,13 @@ impl Session {
         self.out_space.notify();
         let busy_fd = {
             let st = self.st.borrow();
+            // A reader that owes nothing parks (and settles the server) as soon as it runs,
+            // without reading: e.g. one spawned for messages that then failed validation. Shut
+            // its socket down and it would park a dead connection back into the pool.
+            let owes_answers = !(st.tracker.is_idle() && st.ready.is_some());
             st.attached
                 .as_ref()
-                .filter(|a| a.parked.is_none())
+                .filter(|a| a.parked.is_none() && owes_answers)
                 .map(|a| a.fd)
         };
         match busy_fd {
