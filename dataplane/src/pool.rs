@@ -21,6 +21,11 @@ use crate::metrics::CoreMetrics;
 /// What a queued client receives: a connection, or word that a slot freed up.
 type Handoff = Option<ServerConn>;
 
+/// Idle connections idle at least this long have their socket peeked at before reuse. Under
+/// load connections come back within microseconds and skip the syscall; after a backend
+/// restart the dead ones have sat longer than this and are caught before a client gets one.
+const PEEK_AFTER: Duration = Duration::from_millis(10);
+
 /// One core's pool for one (connection, backend user).
 pub struct Pool {
     target: Target,
@@ -109,6 +114,13 @@ impl Pool {
             let mut conn = self.idle.borrow_mut().pop()?;
             if !self.reusable(&conn) {
                 self.close(conn);
+                continue;
+            }
+            if conn.state.idle_since.elapsed() >= PEEK_AFTER && !socket_is_quiet(conn.state.fd) {
+                // An idle server says nothing: EOF or bytes mean it went away (a restart sends
+                // FATAL 57P01 then closes). Its whole generation is suspect.
+                tracing::info!(backend = %self.target.addr, "idle server connection was closed by the server; dropping its generation");
+                self.broken(Some(conn));
                 continue;
             }
             if conn.state.idle_since.elapsed() >= self.cfg.check_after {
@@ -206,4 +218,21 @@ impl Pool {
             }
         }
     }
+}
+
+/// Whether an idle server socket has nothing to read and no EOF pending, without consuming
+/// anything. Only for connections with no read in flight (idle in the pool).
+fn socket_is_quiet(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv(2) into a one-byte stack buffer that outlives the call, on a socket the
+    // pool owns and nobody reads meanwhile; MSG_PEEK consumes nothing, MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            std::ptr::addr_of_mut!(byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
 }
