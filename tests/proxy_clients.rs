@@ -517,9 +517,6 @@ fn session_settings_persist_in_session_mode() {
 }
 
 #[test]
-#[ignore = "gateway bug: in transaction mode a client's SET of a parameter it also sent in its \
-            StartupMessage (application_name, DateStyle, TimeZone...) is undone before its next \
-            transaction, though the client was sent ParameterStatus with the new value"]
 fn transaction_mode_keeps_a_clients_reported_parameters() {
     let gw = gateway_on_new_db("settings_txn_db", GatewayOptions::default());
     // A setting the client did not send at startup survives...
@@ -533,8 +530,6 @@ fn transaction_mode_keeps_a_clients_reported_parameters() {
 }
 
 #[test]
-#[ignore = "gateway bug: a session-mode server connection's read half is parked while the \
-            client is idle, so a NOTIFY for an idle listener waits for its next query"]
 fn notifications_reach_an_idle_listener_in_session_mode() {
     let gw = gateway_on_new_db("notify_idle_db", session());
     runtime().block_on(async {

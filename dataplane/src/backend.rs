@@ -63,6 +63,8 @@ pub struct ServerState {
     pub epoch: u64,
     /// The socket's descriptor, to shut it down when a busy connection is abandoned.
     pub fd: std::os::fd::RawFd,
+    /// Whether the connection runs TLS (its socket then carries records, not messages).
+    pub tls: bool,
 }
 
 /// An open, logged-in, idle server connection.
@@ -101,6 +103,7 @@ impl ServerConn {
         let _ = tcp.set_nodelay(true);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
         let mut stream = Self::negotiate_tls(target, tcp).await?;
+        let tls = matches!(stream, MaybeTls::Tls(_));
 
         let mut out = BytesMut::with_capacity(256);
         encode::startup_message(
@@ -194,6 +197,7 @@ impl ServerConn {
                 idle_since: now,
                 epoch,
                 fd,
+                tls,
             },
         })
     }

@@ -116,7 +116,12 @@ impl Pool {
                 self.close(conn);
                 continue;
             }
-            if conn.state.idle_since.elapsed() >= PEEK_AFTER && !socket_is_quiet(conn.state.fd) {
+            // A TLS socket may hold records that are not messages (e.g. session tickets), so
+            // only plain sockets are peeked; TLS ones rely on the check below.
+            if !conn.state.tls
+                && conn.state.idle_since.elapsed() >= PEEK_AFTER
+                && !socket_is_quiet(conn.state.fd)
+            {
                 // An idle server says nothing: EOF or bytes mean it went away (a restart sends
                 // FATAL 57P01 then closes). Its whole generation is suspect.
                 tracing::info!(backend = %self.target.addr, "idle server connection was closed by the server; dropping its generation");

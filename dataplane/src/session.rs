@@ -528,14 +528,30 @@ struct State {
     /// Client statement name → statement (transaction pooling).
     statements: HashMap<String, Rc<Statement>>,
     last_forwarded_tag: u8,
+    /// Session parameters this client wants on every server connection it gets: from its
+    /// startup packet, updated when the server reports that the client changed one.
+    wanted: Rc<Vec<(String, String)>>,
+    /// Session mode: the reset query was sent by `finish`, so the connection is clean once
+    /// the server reader has read its answer.
+    reset_sent: bool,
 }
+
+/// Parameters PostgreSQL reports with ParameterStatus that a client may change with SET and
+/// expects to keep in transaction pooling (as PgBouncer tracks them).
+const TRACKED_PARAMS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+];
 
 struct Session {
     ctx: Rc<CoreCtx>,
     pool: Rc<Pool>,
     mode: PoolMode,
     max_message: usize,
-    wanted: Vec<(String, String)>,
     slot: Arc<CancelSlot>,
     client_fd: RawFd,
     st: RefCell<State>,
@@ -569,10 +585,11 @@ async fn relay(
         mode: pool.config().mode,
         ctx: ctx.clone(),
         pool,
-        wanted,
         slot,
         client_fd,
         st: RefCell::new(State {
+            wanted: Rc::new(wanted),
+            reset_sent: false,
             tracker: Tracker::new(),
             attached: None,
             generation: 0,
@@ -669,6 +686,7 @@ impl Session {
             return;
         }
         let a = st.attached.take().expect("checked above");
+        let st_reset_sent = std::mem::take(&mut st.reset_sent);
         drop(st);
         self.slot.set(None);
         let (read, rbuf) = a.parked.expect("checked above");
@@ -678,10 +696,15 @@ impl Session {
             write: a.write.expect("checked above"),
             state: a.state,
         };
-        if self.mode == PoolMode::Session {
+        if self.mode == PoolMode::Session && !st_reset_sent {
             let pool = self.pool.clone();
             monoio::spawn(async move { pool.release_after_reset(conn).await });
         } else {
+            let mut conn = conn;
+            if st_reset_sent {
+                conn.state.applied.clear();
+                conn.state.prepared.clear();
+            }
             self.pool.release(conn);
         }
     }
@@ -741,7 +764,8 @@ impl Session {
             if self.st.borrow().attached.is_none() {
                 match self.pool.acquire().await {
                     Ok(mut conn) => {
-                        if let Err(e) = conn.apply_params(&self.wanted).await {
+                        let wanted = self.st.borrow().wanted.clone();
+                        if let Err(e) = conn.apply_params(&wanted).await {
                             tracing::warn!(peer = %self.peer, error = %e, "could not prepare a server connection");
                             self.pool.broken_or_close(conn, &e);
                             self.fatal(Fatal::from(&e));
@@ -1118,7 +1142,15 @@ impl Session {
                 if st.generation != generation || st.attached.is_none() {
                     return;
                 }
-                if skip == 0 && buf.is_empty() && st.tracker.is_idle() && st.ready.is_some() {
+                // Session mode keeps reading an idle server while its client is there, so
+                // notifications and server-initiated messages reach the client at once.
+                let may_park = self.mode == PoolMode::Transaction || st.closing;
+                if may_park
+                    && skip == 0
+                    && buf.is_empty()
+                    && st.tracker.is_idle()
+                    && st.ready.is_some()
+                {
                     let a = st.attached.as_mut().expect("checked above");
                     a.parked = Some((read, buf));
                     drop(st);
@@ -1215,8 +1247,18 @@ impl Session {
                 match bmsg::parse(frame)? {
                     bmsg::BackendMessage::ReadyForQuery { status } => st.ready = Some(status),
                     bmsg::BackendMessage::ParameterStatus { name, value } => {
+                        // The client changed a parameter (or the server did for it): keep the
+                        // new value for the server connections it gets next.
+                        let wanted_before = st.wanted.iter().any(|(n, _)| n == name);
+                        if wanted_before || TRACKED_PARAMS.contains(&name) {
+                            let wanted = Rc::make_mut(&mut st.wanted);
+                            match wanted.iter_mut().find(|(n, _)| n == name) {
+                                Some(entry) => entry.1 = value.to_owned(),
+                                None => wanted.push((name.to_owned(), value.to_owned())),
+                            }
+                        }
                         if let Some(a) = st.attached.as_mut() {
-                            a.state.applied.remove(name);
+                            a.state.applied.insert(name.to_owned(), value.to_owned());
                             a.state.reported.insert(name.to_owned(), value.to_owned());
                         }
                     }
@@ -1318,6 +1360,9 @@ impl Session {
                 .filter(|a| a.parked.is_none() && owes_answers)
                 .map(|a| a.fd)
         };
+        if busy_fd.is_none() && self.reset_through_reader().await {
+            return;
+        }
         match busy_fd {
             None => self.finish_if_closing(),
             Some(fd) => {
@@ -1331,6 +1376,56 @@ impl Session {
                 shutdown_fd(fd);
             }
         }
+    }
+}
+
+impl Session {
+    /// Session mode, client gone, server idle with its reader still reading: send the reset
+    /// query (or an empty one) so the reader gets an answer, swallows it and parks, and the
+    /// connection goes back to the pool clean. Returns false if there was nothing to do.
+    async fn reset_through_reader(self: &Rc<Self>) -> bool {
+        let (generation, mut write) = {
+            let mut st = self.st.borrow_mut();
+            let idle = st.tracker.is_idle() && st.ready == Some(b'I');
+            let generation = st.generation;
+            let Some(a) = st.attached.as_mut().filter(|a| a.parked.is_none()) else {
+                return false;
+            };
+            if self.mode != PoolMode::Session || !idle {
+                return false;
+            }
+            let Some(w) = a.write.take() else {
+                return false;
+            };
+            let mut ignored = (BytesMut::new(), Vec::new());
+            st.tracker.push(
+                Request::Simple,
+                Delivery::Swallow,
+                None,
+                &mut ignored.0,
+                &mut ignored.1,
+            );
+            st.ready = None;
+            st.reset_sent = true;
+            (generation, w)
+        };
+        let mut q = BytesMut::new();
+        encode::query(&mut q, &self.pool.config().reset_query);
+        let result = write_all(&mut write, q.freeze()).await;
+        {
+            let mut st = self.st.borrow_mut();
+            if st.generation == generation {
+                if let Some(a) = st.attached.as_mut() {
+                    a.write = Some(write);
+                }
+            }
+        }
+        if let Err(e) = result {
+            self.server_lost(generation, &format!("write failed: {e}"));
+        }
+        // The reader parks once it has read the answer, and settles the connection.
+        self.finish_if_closing();
+        true
     }
 }
 
