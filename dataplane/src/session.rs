@@ -1103,23 +1103,34 @@ impl Session {
                     None => return false,
                 }
             };
-            let mut write = write;
-            let result = write_all(&mut write, chunk).await;
-            {
-                let mut st = self.st.borrow_mut();
-                if st.generation == generation {
-                    if let Some(a) = st.attached.as_mut() {
-                        a.write = Some(write);
-                    }
-                }
-            }
-            if let Err(e) = result {
-                self.server_lost(generation, &format!("write failed: {e}"));
+            if !self.write_taken(generation, write, chunk).await {
                 return false;
             }
         }
         self.release_if_idle();
         !self.st.borrow().closing
+    }
+
+    /// Writes `chunk` with the write half taken out of the attached server, puts the half
+    /// back (unless the server changed meanwhile), and reports a failed write as a lost
+    /// server. Returns whether the write succeeded.
+    async fn write_taken(&self, generation: u64, mut write: ServerWrite, chunk: Bytes) -> bool {
+        let result = write_all(&mut write, chunk).await;
+        {
+            let mut st = self.st.borrow_mut();
+            if st.generation == generation {
+                if let Some(a) = st.attached.as_mut() {
+                    a.write = Some(write);
+                }
+            }
+        }
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.server_lost(generation, &format!("write failed: {e}"));
+                false
+            }
+        }
     }
 
     /// Relays the server's answers until it owes nothing more, then parks (or releases).
@@ -1384,7 +1395,7 @@ impl Session {
     /// query (or an empty one) so the reader gets an answer, swallows it and parks, and the
     /// connection goes back to the pool clean. Returns false if there was nothing to do.
     async fn reset_through_reader(self: &Rc<Self>) -> bool {
-        let (generation, mut write) = {
+        let (generation, write) = {
             let mut st = self.st.borrow_mut();
             let idle = st.tracker.is_idle() && st.ready == Some(b'I');
             let generation = st.generation;
@@ -1411,18 +1422,7 @@ impl Session {
         };
         let mut q = BytesMut::new();
         encode::query(&mut q, &self.pool.config().reset_query);
-        let result = write_all(&mut write, q.freeze()).await;
-        {
-            let mut st = self.st.borrow_mut();
-            if st.generation == generation {
-                if let Some(a) = st.attached.as_mut() {
-                    a.write = Some(write);
-                }
-            }
-        }
-        if let Err(e) = result {
-            self.server_lost(generation, &format!("write failed: {e}"));
-        }
+        self.write_taken(generation, write, q.freeze()).await;
         // The reader parks once it has read the answer, and settles the connection.
         self.finish_if_closing();
         true
