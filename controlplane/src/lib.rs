@@ -1,3 +1,16 @@
-//! The Sluice control plane. Its HTTP API, policy compiler and audit store arrive with issue 3;
-//! until then the data plane runs from a local configuration file.
+//! The Sluice control plane: the HTTP API users configure Sluice through, the store behind it
+//! (SQLite embedded, PostgreSQL for production), compiled snapshots pushed to data planes by
+//! long-poll, just-in-time grants signed with Ed25519, and the audit-record collector.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod audit;
+pub mod cli;
+pub mod compile;
+pub mod crypto;
+pub mod document;
+pub mod grants;
+pub mod metrics;
+pub mod service;
+pub mod snapshot;
+pub mod store;

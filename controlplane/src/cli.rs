@@ -1,0 +1,425 @@
+//! The control plane's commands, for the `sluice` binary to embed: `up` serves the API; the
+//! others are HTTP clients of a running control plane (`--server`, `--token`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::crypto::{MasterKey, MASTER_KEY_ENV};
+use crate::service::{ControlPlane, Settings};
+use crate::store::{redact_url, Backend, Store};
+
+/// Control-plane commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the control plane (API, snapshots, grants, audit) on the embedded store, or on
+    /// PostgreSQL with --store.
+    Up(UpArgs),
+    /// Apply a whole document (YAML or JSON) as a new version.
+    Apply {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// Validate and show the diff only.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show what the control plane holds.
+    Get {
+        kind: Kind,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// What applying FILE would change.
+    Diff {
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make an earlier document version current again (as a new version).
+    Rollback {
+        version: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Issue a just-in-time grant token.
+    Grant {
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        connection: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Audit records.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCommand,
+    },
+}
+
+/// `sluice audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the latest records, then follow new ones.
+    Tail {
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        connection: Option<String>,
+        #[arg(long)]
+        verdict: Option<String>,
+        /// How many past records to print first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+        /// Print and exit instead of following.
+        #[arg(long)]
+        no_follow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// What `sluice get` shows.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Kind {
+    Connections,
+    IdentityProviders,
+    Roles,
+    Policies,
+    Document,
+    Documents,
+    Snapshot,
+    Grants,
+    Nodes,
+    ApiAudit,
+}
+
+impl Kind {
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Connections => "/v1/connections",
+            Kind::IdentityProviders => "/v1/identity-providers",
+            Kind::Roles => "/v1/roles",
+            Kind::Policies => "/v1/policies",
+            Kind::Document => "/v1/document",
+            Kind::Documents => "/v1/documents",
+            Kind::Snapshot => "/v1/snapshot/current",
+            Kind::Grants => "/v1/grants",
+            Kind::Nodes => "/v1/nodes",
+            Kind::ApiAudit => "/v1/api-audit",
+        }
+    }
+}
+
+/// `sluice up` options.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded SQLite store (and, if the environment has none, a generated
+    /// master key and bootstrap admin token).
+    #[arg(long, default_value = "sluice-data")]
+    pub data_dir: PathBuf,
+    /// A PostgreSQL URL instead of the embedded store.
+    #[arg(long, env = "SLUICE_STORE")]
+    pub store: Option<String>,
+    /// `iss` of grant tokens (generated once and kept in the store when absent).
+    #[arg(long)]
+    pub issuer: Option<String>,
+}
+
+/// How the client commands reach the control plane.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// API token (else SLUICE_ADMIN_TOKEN, else ./sluice-data/admin.token).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Runs a command.
+pub fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Up(args) => up(args),
+        Command::Apply {
+            file,
+            dry_run,
+            client,
+        } => {
+            let body =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let q = if dry_run { "?dry_run=true" } else { "" };
+            let out = Client::new(client)?.send(
+                "POST",
+                &format!("/v1/apply{q}"),
+                Some((content_type(&file), body)),
+            )?;
+            println!("{out}");
+            Ok(())
+        }
+        Command::Diff { file, client } => {
+            let body =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let out = Client::new(client)?.send(
+                "POST",
+                "/v1/apply?dry_run=true",
+                Some((content_type(&file), body)),
+            )?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            println!("{}", serde_json::to_string_pretty(&v["diff"])?);
+            Ok(())
+        }
+        Command::Get { kind, client } => {
+            println!("{}", Client::new(client)?.send("GET", kind.path(), None)?);
+            Ok(())
+        }
+        Command::Rollback { version, client } => {
+            println!(
+                "{}",
+                Client::new(client)?.send("POST", &format!("/v1/rollback/{version}"), None)?
+            );
+            Ok(())
+        }
+        Command::Grant {
+            identity,
+            connection,
+            role,
+            ttl,
+            client,
+        } => {
+            let body = serde_json::json!({"identity": identity, "connection": connection, "role": role, "ttl": ttl});
+            let out = Client::new(client)?.send(
+                "POST",
+                "/v1/grants",
+                Some(("application/json", body.to_string().into_bytes())),
+            )?;
+            println!("{out}");
+            Ok(())
+        }
+        Command::Audit {
+            cmd:
+                AuditCommand::Tail {
+                    identity,
+                    connection,
+                    verdict,
+                    lines,
+                    no_follow,
+                    client,
+                },
+        } => {
+            let c = Client::new(client)?;
+            let mut filters = String::new();
+            for (k, v) in [
+                ("identity", identity),
+                ("connection", connection),
+                ("verdict", verdict),
+            ] {
+                if let Some(v) = v {
+                    filters.push_str(&format!("&{k}={}", urlencode(&v)));
+                }
+            }
+            let page: crate::audit::AuditPage = serde_json::from_str(&c.send(
+                "GET",
+                &format!("/v1/audit?limit={}{filters}", lines.max(1)),
+                None,
+            )?)?;
+            let mut last = page.records.first().map_or(0, |r| r.id);
+            for r in page.records.iter().rev() {
+                println!("{}", serde_json::to_string(r)?);
+            }
+            while !no_follow {
+                std::thread::sleep(Duration::from_secs(1));
+                let page: crate::audit::AuditPage = serde_json::from_str(&c.send(
+                    "GET",
+                    &format!("/v1/audit?after={last}&limit=1000{filters}"),
+                    None,
+                )?)?;
+                for r in &page.records {
+                    println!("{}", serde_json::to_string(r)?);
+                    last = r.id;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn content_type(file: &Path) -> &'static str {
+    match file.extension().and_then(|e| e.to_str()) {
+        Some("json") => "application/json",
+        _ => "application/yaml",
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A blocking HTTP client of the API.
+struct Client {
+    agent: ureq::Agent,
+    server: String,
+    token: String,
+}
+
+impl Client {
+    fn new(args: ClientArgs) -> Result<Client> {
+        let token = match args.token.or_else(|| std::env::var("SLUICE_ADMIN_TOKEN").ok()) {
+            Some(t) => t,
+            None => std::fs::read_to_string("sluice-data/admin.token")
+                .map(|t| t.trim().to_owned())
+                .context("no API token: pass --token, set SLUICE_TOKEN, or run next to `sluice up`'s sluice-data/")?,
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Ok(Client {
+            agent,
+            server: args.server.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// Sends a request; a non-2xx answer becomes an error carrying the server's message.
+    fn send(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<String> {
+        let url = format!("{}{path}", self.server);
+        let auth = format!("Bearer {}", self.token);
+        let mut resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
+            (_, Some((ct, b))) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", ct)
+                .send(&b[..]),
+            (_, None) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+        }
+        .with_context(|| format!("{method} {url}"))?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        if !status.is_success() {
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .map(|v| serde_json::to_string_pretty(&v["error"]).unwrap_or_default())
+                .unwrap_or(text);
+            bail!("{method} {path}: {status}\n{msg}");
+        }
+        Ok(text)
+    }
+}
+
+/// Reads `name` from the data dir, or writes `make()` there (mode 0600) on first start.
+fn data_dir_secret(dir: &Path, name: &str, make: impl FnOnce() -> String) -> Result<String> {
+    let path = dir.join(name);
+    if let Ok(v) = std::fs::read_to_string(&path) {
+        return Ok(v.trim().to_owned());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let v = make();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    use std::io::Write as _;
+    opts.open(&path)
+        .and_then(|mut f| f.write_all(v.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::warn!(path = %path.display(), "generated {name}; keep it safe (set the environment variable in production)");
+    Ok(v)
+}
+
+fn up(args: UpArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let embedded = args.store.is_none();
+        let key = match std::env::var(MASTER_KEY_ENV) {
+            Ok(k) => MasterKey::from_base64(&k)?,
+            Err(_) if embedded => MasterKey::from_base64(&data_dir_secret(
+                &args.data_dir,
+                "master.key",
+                MasterKey::generate_base64,
+            )?)?,
+            Err(_) => {
+                bail!("{MASTER_KEY_ENV} must be set (base64 of 32 bytes) with a PostgreSQL store")
+            }
+        };
+        let admin_token = match std::env::var("SLUICE_ADMIN_TOKEN") {
+            Ok(t) => Some(t),
+            Err(_) if embedded => Some(data_dir_secret(&args.data_dir, "admin.token", || {
+                crate::crypto::new_token("sluice_admin")
+            })?),
+            Err(_) => None,
+        };
+        let store = match &args.store {
+            Some(url) => Store::open(url)
+                .await
+                .with_context(|| format!("opening store {}", redact_url(url)))?,
+            None => Store::open_data_dir(&args.data_dir).await?,
+        };
+        let settings = Settings {
+            issuer: args.issuer,
+            admin_token,
+            ..Settings::default()
+        };
+        let cp = ControlPlane::start(store, key, settings).await?;
+        if cp.store().backend() == Backend::Postgres {
+            // Other replicas over the same store may commit snapshots; pick them up.
+            let cp2 = cp.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Err(e) = cp2.refresh_from_store().await {
+                        tracing::warn!(error = %e, "refreshing the snapshot from the store");
+                    }
+                }
+            });
+        }
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        eprintln!(
+            "sluice control plane on http://{} (snapshot v{}, issuer {})",
+            listener.local_addr()?,
+            cp.current_snapshot().version,
+            cp.issuer()
+        );
+        crate::api::serve(listener, cp, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        Ok(())
+    })
+}

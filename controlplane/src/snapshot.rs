@@ -1,0 +1,215 @@
+//! The compiled, immutable, versioned snapshot that data planes load.
+//!
+//! Only serde, serde_json and sha2 here (no HTTP, no store), so the module can move to the
+//! shared crate the data plane will depend on. The content hash is SHA-256 over a canonical
+//! JSON encoding of [`SnapshotContent`] (object keys sorted at every depth, lists sorted by
+//! name when compiled), so equal content always hashes equally, whatever its version.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// A snapshot as delivered to a data plane.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// Increases by one with every change (apply, rollback, revocation).
+    pub version: u64,
+    /// The policy-document version this snapshot was compiled from.
+    pub document_version: u64,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Hex SHA-256 of the canonical encoding of `content`.
+    pub content_hash: String,
+    pub content: SnapshotContent,
+}
+
+/// Everything a data plane needs to authenticate, authorize and connect.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotContent {
+    /// Grants from the control plane: their `iss` and the public keys that verify them.
+    pub grants: GrantIssuer,
+    pub connections: Vec<SnapshotConnection>,
+    pub identity_providers: Vec<SnapshotIdentityProvider>,
+    pub roles: Vec<SnapshotRole>,
+    /// Policies as given in the document, until the policy compiler produces their compiled form.
+    pub policies: Vec<Value>,
+    /// Ids (`jti`) of revoked grants that have not expired yet, sorted.
+    pub revoked_grants: Vec<String>,
+}
+
+/// The control plane as a token issuer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantIssuer {
+    pub issuer: String,
+    /// A JWKS document: `{"keys": [ {kty: OKP, crv: Ed25519, alg: EdDSA, kid, x} ]}`.
+    pub jwks: Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConnection {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub tls: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    /// Pool settings as strings, in the data plane's configuration syntax.
+    pub pool: std::collections::BTreeMap<String, Value>,
+    pub users: Vec<SnapshotUser>,
+}
+
+/// A backend user with its password, for the data plane only.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotUser {
+    pub name: String,
+    pub user: String,
+    /// `None` for trust authentication, or when redacted for an API reader.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SnapshotUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotUser")
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotIdentityProvider {
+    pub name: String,
+    pub issuer: String,
+    pub audience: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    pub groups_claim: String,
+    pub leeway_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRole {
+    pub name: String,
+    pub subjects: Vec<String>,
+    pub groups: Vec<String>,
+    /// Connection name → backend user name.
+    pub connections: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+impl SnapshotContent {
+    /// Canonical bytes: JSON with object keys sorted at every depth, no whitespace.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let v = serde_json::to_value(self).expect("snapshot content always serializes");
+        let mut out = Vec::with_capacity(1024);
+        write_canonical(&v, &mut out);
+        out
+    }
+
+    /// Hex SHA-256 of [`SnapshotContent::canonical_bytes`].
+    pub fn content_hash(&self) -> String {
+        hex(&Sha256::digest(self.canonical_bytes()))
+    }
+
+    /// A copy without backend passwords, for API readers.
+    pub fn redacted(&self) -> SnapshotContent {
+        let mut c = self.clone();
+        for conn in &mut c.connections {
+            for u in &mut conn.users {
+                u.password = None;
+            }
+        }
+        c
+    }
+}
+
+impl Snapshot {
+    /// Wraps content with its version and hash.
+    pub fn new(
+        version: u64,
+        document_version: u64,
+        created_at_ms: i64,
+        content: SnapshotContent,
+    ) -> Self {
+        Snapshot {
+            version,
+            document_version,
+            created_at_ms,
+            content_hash: content.content_hash(),
+            content,
+        }
+    }
+
+    /// True when the hash matches the content (what a data plane checks before loading).
+    pub fn verify_hash(&self) -> bool {
+        self.content.content_hash() == self.content_hash
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+                out.push(b':');
+                write_canonical(&map[k], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_ignores_key_order_and_version() {
+        let mut a = SnapshotContent::default();
+        a.policies
+            .push(serde_json::json!({"b": 1, "a": {"y": 2, "x": 1}}));
+        let mut b = SnapshotContent::default();
+        b.policies
+            .push(serde_json::from_str(r#"{"a": {"x": 1, "y": 2}, "b": 1}"#).unwrap());
+        assert_eq!(a.content_hash(), b.content_hash());
+        let s1 = Snapshot::new(1, 1, 0, a.clone());
+        let s2 = Snapshot::new(2, 1, 5, b);
+        assert_eq!(s1.content_hash, s2.content_hash);
+        assert!(s1.verify_hash());
+        a.revoked_grants.push("g".into());
+        assert_ne!(a.content_hash(), s1.content_hash);
+    }
+}
