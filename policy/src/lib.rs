@@ -1,2 +1,27 @@
 //! Sluice's policy model, SQL statement analysis and pure verdict evaluation.
+//!
+//! The data plane calls [`analyze`] on every statement text and [`judge`] (or
+//! [`judge_with`], which resolves `EXECUTE`) with the role's [`Policy`], caching verdicts per
+//! core in a [`VerdictCache`]. The control plane validates documents with
+//! [`PolicySet::from_yaml`]. Everything here is pure and synchronous.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod analyze;
+mod cache;
+mod evaluate;
+mod glob;
+mod model;
+
+pub use analyze::{
+    analyze, analyze_with, Analysis, CopyEndpoint, CopyFacts, Kind, Limits, Name, StatementFacts,
+    MAX_SQL_BYTES, RECURSION_LIMIT,
+};
+pub use cache::VerdictCache;
+pub use evaluate::{judge, judge_statement, judge_with, Verdict, BUILTIN_DENIED_FUNCTIONS};
+pub use glob::{Case, Glob, GlobError};
+pub use model::{
+    AllowList, ClassDecision, ClassSet, DenyEntry, Detector, FunctionDeny, Keep, MaskRule,
+    MaskStrategy, NameTarget, Policy, PolicyError, PolicySet, ReviewSettings, RuleId, RuleKind,
+    StatementClass,
+};
