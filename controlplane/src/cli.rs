@@ -239,7 +239,10 @@ pub fn run(cmd: Command) -> Result<()> {
             for r in page.records.iter().rev() {
                 println!("{}", serde_json::to_string(r)?);
             }
-            while !no_follow {
+            if no_follow {
+                return Ok(());
+            }
+            loop {
                 std::thread::sleep(Duration::from_secs(1));
                 let page: crate::audit::AuditPage = serde_json::from_str(&c.send(
                     "GET",
@@ -251,7 +254,6 @@ pub fn run(cmd: Command) -> Result<()> {
                     last = r.id;
                 }
             }
-            Ok(())
         }
     }
 }

@@ -185,9 +185,7 @@ fn document_format(headers: &HeaderMap, body: &[u8]) -> Format {
         .unwrap_or("");
     if ct.contains("yaml") {
         Format::Yaml
-    } else if ct.contains("json") {
-        Format::Json
-    } else if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+    } else if ct.contains("json") || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
         Format::Json
     } else {
         Format::Yaml
