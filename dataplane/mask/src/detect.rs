@@ -347,9 +347,8 @@ fn card_at(hay: &[u8], i: usize) -> Option<Range<usize>> {
         let run = digit_run(hay, j);
         // Grouped numbers are printed in groups of 3 to 6 (4-4-4-4, 4-6-5, 4-4-4-4-3).
         if n + run > digits.len() || (sep.is_some() && !(3..=6).contains(&run)) {
-            if sep.is_none() {
-                return None; // longer than any card: an id, a hash, a long number
-            }
+            // Ungrouped and longer than any card: an id, a hash, a long number.
+            sep?;
             j -= 1; // end before the separator and this group
             break;
         }

@@ -277,7 +277,8 @@ pub fn mask_row(
 const BATCH: usize = 32;
 
 /// Masks a DataRow frame (header included) where it lies, if every masked value keeps its
-/// length. Returns `Ok(false)`, with the frame untouched, when some value would change length:
+/// length. The row is walked (and validated) up to the last column that needs work; the bytes
+/// after it are forwarded as they are. Returns `Ok(false)`, with the frame untouched, when some value would change length:
 /// call [`mask_row_into`] then. Detector findings are always overwritten in place.
 pub fn mask_row_in_place(frame: &mut [u8], plan: &RowPlan) -> Result<bool, MaskError> {
     if plan.is_noop() {

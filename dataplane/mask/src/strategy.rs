@@ -227,15 +227,13 @@ impl ColumnMask {
         self.write(value, &mut out).then(|| out.to_vec())
     }
 
-    /// Whether every non-NULL value can be rewritten in place, whatever its content.
+    /// Whether every non-NULL value can be rewritten in place, whatever its content and length
+    /// (so the row rewriter can skip [`ColumnMask::fits_in_place`]).
     pub fn always_in_place(&self) -> bool {
-        use TypeKind as T;
-        match (&self.strategy.0, self.kind) {
-            (Kind::Null, _) | (_, T::Other) => false,
-            (Kind::RedactFill(_), T::Text | T::Bpchar) => true,
-            (_, T::Int2 | T::Int4 | T::Int8 | T::Float4 | T::Float8 | T::Uuid) => self.binary,
-            _ => false,
-        }
+        matches!(
+            (&self.strategy.0, self.kind),
+            (Kind::RedactFill(_), TypeKind::Text | TypeKind::Bpchar)
+        )
     }
 
     /// Whether masking this non-NULL value keeps its length, so [`ColumnMask::apply_in_place`]
@@ -868,8 +866,11 @@ fn read_int(v: &[u8]) -> i64 {
 /// only pass values already in range.
 fn write_int(v: &mut [u8], n: i64) {
     let bytes = n.to_be_bytes();
-    let w = v.len().min(8);
-    v.copy_from_slice(&bytes[8 - w..]);
+    if let Some(tail) = bytes.get(8usize.saturating_sub(v.len())..) {
+        if tail.len() == v.len() {
+            v.copy_from_slice(tail);
+        }
+    }
 }
 
 /// Decimal text of `n` into `buf`; returns its length.
