@@ -463,8 +463,11 @@ fn statement_facts(stmt: &Statement) -> StatementFacts {
                 f.explain_analyze_write = f.writes() || f.data_modifying_cte;
             } else if f.class.is_some() {
                 // Without ANALYZE nothing runs: a plan is a read of what it would touch.
-                let targets = std::mem::take(&mut f.targets);
-                f.reads.extend(targets);
+                for t in std::mem::take(&mut f.targets) {
+                    if !f.reads.contains(&t) {
+                        f.reads.push(t);
+                    }
+                }
                 f.unfiltered_writes.clear();
                 f.data_modifying_cte = false;
                 f.class = Some(C::Read);
