@@ -365,10 +365,7 @@ fn statement_facts(stmt: &Statement) -> StatementFacts {
 
         // ---- copy ----
         Statement::Copy {
-            source,
-            to,
-            target,
-            ..
+            source, to, target, ..
         } => {
             let mut f = StatementFacts::new("COPY", Some(C::Copy));
             let endpoint = match target {
@@ -456,10 +453,19 @@ fn statement_facts(stmt: &Statement) -> StatementFacts {
             return f;
         }
         Statement::Explain {
-            analyze, statement, ..
+            analyze,
+            statement,
+            options,
+            ..
         } => {
             let mut f = statement_facts(statement);
-            if *analyze {
+            // `EXPLAIN (ANALYZE [true|on|1]) ...` is the same as `EXPLAIN ANALYZE`; any
+            // argument other than an explicit false counts as on (fail closed).
+            let analyze = *analyze
+                || options.iter().flatten().any(|o| {
+                    o.name.value.eq_ignore_ascii_case("analyze") && !is_false(o.arg.as_ref())
+                });
+            if analyze {
                 f.explain_analyze_write = f.writes() || f.data_modifying_cte;
             } else if f.class.is_some() {
                 // Without ANALYZE nothing runs: a plan is a read of what it would touch.
@@ -472,7 +478,7 @@ fn statement_facts(stmt: &Statement) -> StatementFacts {
                 f.data_modifying_cte = false;
                 f.class = Some(C::Read);
             }
-            f.kind = Kind::Explain { analyze: *analyze };
+            f.kind = Kind::Explain { analyze };
             f.tag = "EXPLAIN";
             return f;
         }
@@ -486,9 +492,7 @@ fn statement_facts(stmt: &Statement) -> StatementFacts {
             let mut f = StatementFacts::new("EXECUTE", Some(C::Read));
             match name {
                 Some(n) if !immediate && using.is_empty() && into.is_empty() => {
-                    f.kind = Kind::Execute {
-                        name: last_part(n),
-                    }
+                    f.kind = Kind::Execute { name: last_part(n) }
                 }
                 _ => {
                     f.class = None;
@@ -849,6 +853,25 @@ fn set_facts(set: &ast::Set) -> StatementFacts {
     f
 }
 
+/// An option argument that is explicitly false (`false`, `off`, `0`, `'off'`, ...).
+fn is_false(arg: Option<&Expr>) -> bool {
+    let text = match arg {
+        None => return false,
+        Some(Expr::Value(v)) => match &v.value {
+            Value::Boolean(b) => return !b,
+            Value::Number(n, _) => n.clone(),
+            Value::SingleQuotedString(s) => s.clone(),
+            _ => return false,
+        },
+        Some(Expr::Identifier(i)) => i.value.clone(),
+        Some(_) => return false,
+    };
+    matches!(
+        text.to_ascii_lowercase().as_str(),
+        "false" | "off" | "0" | "no"
+    )
+}
+
 fn is_role_param(p: &str) -> bool {
     matches!(p, "role" | "session_authorization")
 }
@@ -999,9 +1022,9 @@ impl Collector {
 
     fn dml_target(&mut self, table: &TableFactor) {
         match table {
-            TableFactor::Table { name, args: None, .. } => {
-                push_name(&mut self.facts, name, Slot::Target)
-            }
+            TableFactor::Table {
+                name, args: None, ..
+            } => push_name(&mut self.facts, name, Slot::Target),
             _ => self.facts.opaque = Some("a write to something other than a table"),
         }
     }
@@ -1022,7 +1045,9 @@ fn trivially_true(e: &Expr) -> bool {
             left,
             op: ast::BinaryOperator::Eq,
             right,
-        } => matches!((&**left, &**right), (Expr::Value(a), Expr::Value(b)) if a.value == b.value && !matches!(a.value, Value::Null)),
+        } => {
+            matches!((&**left, &**right), (Expr::Value(a), Expr::Value(b)) if a.value == b.value && !matches!(a.value, Value::Null))
+        }
         Expr::BinaryOp {
             left,
             op: ast::BinaryOperator::Or,
@@ -1098,8 +1123,16 @@ impl Visitor for Collector {
         if let Some(with) = &q.with {
             self.ctes.push(CteFrame {
                 query: ptr,
-                names: with.cte_tables.iter().map(|c| fold(&c.alias.name)).collect(),
-                bodies: with.cte_tables.iter().map(|c| &*c.query as *const Query).collect(),
+                names: with
+                    .cte_tables
+                    .iter()
+                    .map(|c| fold(&c.alias.name))
+                    .collect(),
+                bodies: with
+                    .cte_tables
+                    .iter()
+                    .map(|c| &*c.query as *const Query)
+                    .collect(),
                 recursive: with.recursive,
                 visible: 0,
                 current: None,
@@ -1112,7 +1145,10 @@ impl Visitor for Collector {
                 SetExpr::Table(t) => match &t.table_name {
                     Some(name) => {
                         let n = Name {
-                            schema: t.schema_name.as_ref().map(|s| s.to_ascii_lowercase().into()),
+                            schema: t
+                                .schema_name
+                                .as_ref()
+                                .map(|s| s.to_ascii_lowercase().into()),
                             name: name.to_ascii_lowercase().into(),
                         };
                         let is_cte = n.schema.is_none()
@@ -1152,9 +1188,11 @@ impl Visitor for Collector {
             self.facts.class = Some(StatementClass::Ddl);
             for t in &into.targets {
                 match t {
-                    Expr::Identifier(i) => {
-                        push_name(&mut self.facts, &ObjectName::from(vec![i.clone()]), Slot::Target)
-                    }
+                    Expr::Identifier(i) => push_name(
+                        &mut self.facts,
+                        &ObjectName::from(vec![i.clone()]),
+                        Slot::Target,
+                    ),
                     Expr::CompoundIdentifier(is) => {
                         push_name(&mut self.facts, &ObjectName::from(is.clone()), Slot::Target)
                     }
@@ -1185,9 +1223,7 @@ impl Visitor for Collector {
                 self.skip.push(name);
                 push_name(&mut self.facts, name, Slot::Function);
             }
-            TableFactor::Function { name, .. } => {
-                push_name(&mut self.facts, name, Slot::Function)
-            }
+            TableFactor::Function { name, .. } => push_name(&mut self.facts, name, Slot::Function),
             _ => {}
         }
         ControlFlow::Continue(())

@@ -177,7 +177,10 @@ mod tests {
         assert!(c.get(1, "q0").is_some());
         assert!(c.get(1, "q3").is_some());
         assert_eq!(
-            ["q1", "q2"].iter().filter(|q| c.get(1, q).is_some()).count(),
+            ["q1", "q2"]
+                .iter()
+                .filter(|q| c.get(1, q).is_some())
+                .count(),
             1
         );
         for i in 0..100 {

@@ -51,9 +51,7 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Verdict::Allow => f.write_str("allow"),
-            Verdict::Deny { message, .. } | Verdict::Review { message, .. } => {
-                f.write_str(message)
-            }
+            Verdict::Deny { message, .. } | Verdict::Review { message, .. } => f.write_str(message),
         }
     }
 }
@@ -68,23 +66,47 @@ pub const BUILTIN_DENIED_FUNCTIONS: &[(&str, &str)] = &[
     ("pg_stat_file", "inspects a file on the database server"),
     ("pg_ls_*", "lists a directory on the database server"),
     ("pg_logdir_ls", "lists the server log directory"),
-    ("pg_file_*", "writes, renames or deletes server files (adminpack)"),
+    (
+        "pg_file_*",
+        "writes, renames or deletes server files (adminpack)",
+    ),
     // Large objects: a storage channel outside every table rule; lo_import/lo_export also
     // touch server files. All of them, not only import/export.
-    ("lo_*", "large objects bypass table rules (and lo_import/lo_export touch server files)"),
+    (
+        "lo_*",
+        "large objects bypass table rules (and lo_import/lo_export touch server files)",
+    ),
     ("loread", "large objects bypass table rules"),
     ("lowrite", "large objects bypass table rules"),
     // Other servers and background execution.
-    ("dblink*", "connects to another server or runs SQL out of the gateway's sight"),
+    (
+        "dblink*",
+        "connects to another server or runs SQL out of the gateway's sight",
+    ),
     ("pg_background_*", "runs SQL in a background worker"),
-    ("query_export_to_s3", "runs a query and exports the result (aws_s3)"),
-    ("table_import_from_s3", "loads external data into a table (aws_s3)"),
+    (
+        "query_export_to_s3",
+        "runs a query and exports the result (aws_s3)",
+    ),
+    (
+        "table_import_from_s3",
+        "loads external data into a table (aws_s3)",
+    ),
     // Dynamic SQL: these take a query (or table name) as text and run it.
     ("query_to_xml*", "runs a query given as text"),
     ("cursor_to_xml*", "reads a cursor given by name"),
-    ("table_to_xml*", "reads a table given as text, bypassing table rules"),
-    ("schema_to_xml*", "reads a whole schema, bypassing table rules"),
-    ("database_to_xml*", "reads the whole database, bypassing table rules"),
+    (
+        "table_to_xml*",
+        "reads a table given as text, bypassing table rules",
+    ),
+    (
+        "schema_to_xml*",
+        "reads a whole schema, bypassing table rules",
+    ),
+    (
+        "database_to_xml*",
+        "reads the whole database, bypassing table rules",
+    ),
     ("ts_stat", "runs a query given as text"),
     ("ts_rewrite", "can run a query given as text"),
     // Other sessions and the server process.
@@ -93,21 +115,33 @@ pub const BUILTIN_DENIED_FUNCTIONS: &[(&str, &str)] = &[
     ("pg_reload_conf", "reloads the server configuration"),
     ("pg_rotate_logfile*", "rotates the server log"),
     ("pg_promote", "promotes a standby"),
-    ("pg_log_backend_memory_contexts", "writes other sessions' internals to the log"),
+    (
+        "pg_log_backend_memory_contexts",
+        "writes other sessions' internals to the log",
+    ),
     ("pg_switch_wal", "forces a WAL switch"),
     ("pg_create_restore_point", "writes a WAL restore point"),
     ("pg_backup_*", "starts or stops a base backup"),
     ("pg_start_backup", "starts a base backup"),
     ("pg_stop_backup", "stops a base backup"),
     ("pg_wal_replay_*", "pauses or resumes recovery"),
-    ("pg_*replication_slot*", "creates, copies, advances or drops replication slots"),
-    ("pg_logical_slot_*", "reads every change in the database through a logical slot"),
+    (
+        "pg_*replication_slot*",
+        "creates, copies, advances or drops replication slots",
+    ),
+    (
+        "pg_logical_slot_*",
+        "reads every change in the database through a logical slot",
+    ),
     ("pg_logical_emit_message", "writes into the WAL stream"),
     ("pg_replication_origin_*", "changes replication progress"),
     ("pg_stat_*reset*", "resets server statistics"),
     ("binary_upgrade_*", "pg_upgrade internals"),
     // Session state the gateway relies on: set_config can change role and search_path.
-    ("set_config", "changes session settings (role, search_path) behind the gateway's back"),
+    (
+        "set_config",
+        "changes session settings (role, search_path) behind the gateway's back",
+    ),
     // Sleeping holds a pooled backend connection hostage: one agent could starve a pool
     // shared by many. Deny; a policy that wants it can send it to review.
     ("pg_sleep*", "holds a pooled backend connection idle"),
@@ -249,14 +283,18 @@ impl Judge<'_> {
                 _ => self.violate(
                     RuleKind::Unparsed,
                     "execute",
-                    format!("EXECUTE of a prepared statement the gateway did not see prepared: {name}"),
+                    format!(
+                        "EXECUTE of a prepared statement the gateway did not see prepared: {name}"
+                    ),
                 ),
             };
         }
         match s.class {
             None => {
                 if !p.allow_unparsed {
-                    let why = s.opaque.unwrap_or("a statement kind the gateway does not judge");
+                    let why = s
+                        .opaque
+                        .unwrap_or("a statement kind the gateway does not judge");
                     self.violate(
                         RuleKind::Unparsed,
                         "allow_unparsed",
@@ -409,7 +447,11 @@ impl Judge<'_> {
                 self.violate_id(
                     RuleKind::Tables,
                     deny.id.clone(),
-                    format!("{verb} {r} is denied ({} {})", target_word(deny.target), deny.glob),
+                    format!(
+                        "{verb} {r} is denied ({} {})",
+                        target_word(deny.target),
+                        deny.glob
+                    ),
                 )?;
             }
         }
@@ -446,7 +488,10 @@ impl Judge<'_> {
         }
         for allow in policy.allow.iter().filter(|a| a.classes.contains(class)) {
             if allow.target == NameTarget::Schema
-                && !allow.globs.iter().any(|g| g.matches(&[schema], Case::Exact))
+                && !allow
+                    .globs
+                    .iter()
+                    .any(|g| g.matches(&[schema], Case::Exact))
             {
                 self.violate_id(
                     RuleKind::Tables,

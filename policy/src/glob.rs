@@ -132,18 +132,21 @@ impl Glob {
             return false;
         }
         let offset = name.len() - self.parts.len();
-        self.parts.iter().zip(&name[offset..]).all(|(p, n)| match case {
-            Case::Exact => wildcard(&p.pattern, n),
-            Case::Insensitive => {
-                // Names are short; lower-casing one here is cheaper than keeping two copies of
-                // every analysed name.
-                if n.chars().any(char::is_uppercase) {
-                    wildcard(&p.lower, &n.to_lowercase())
-                } else {
-                    wildcard(&p.lower, n)
+        self.parts
+            .iter()
+            .zip(&name[offset..])
+            .all(|(p, n)| match case {
+                Case::Exact => wildcard(&p.pattern, n),
+                Case::Insensitive => {
+                    // Names are short; lower-casing one here is cheaper than keeping two copies of
+                    // every analysed name.
+                    if n.chars().any(char::is_uppercase) {
+                        wildcard(&p.lower, &n.to_lowercase())
+                    } else {
+                        wildcard(&p.lower, n)
+                    }
                 }
-            }
-        })
+            })
     }
 }
 

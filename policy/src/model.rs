@@ -633,9 +633,8 @@ struct RawMask {
 }
 
 fn glob(text: &str, max: usize, path: &str) -> Result<Glob, PolicyError> {
-    Glob::parse(text, max).map_err(|e: GlobError| {
-        PolicyError::invalid(path, format!("invalid glob {text:?}: {e}"))
-    })
+    Glob::parse(text, max)
+        .map_err(|e: GlobError| PolicyError::invalid(path, format!("invalid glob {text:?}: {e}")))
 }
 
 fn class_set(names: &[String], path: &str) -> Result<ClassSet, PolicyError> {
@@ -644,9 +643,8 @@ fn class_set(names: &[String], path: &str) -> Result<ClassSet, PolicyError> {
     }
     let mut set = ClassSet::default();
     for (i, n) in names.iter().enumerate() {
-        let c = StatementClass::parse(n).ok_or_else(|| {
-            PolicyError::invalid(format!("{path}[{i}]"), unknown_class(n))
-        })?;
+        let c = StatementClass::parse(n)
+            .ok_or_else(|| PolicyError::invalid(format!("{path}[{i}]"), unknown_class(n)))?;
         set.insert(c);
     }
     Ok(set)
@@ -682,7 +680,8 @@ fn build_policy(
     ] {
         for (i, n) in list.iter().enumerate() {
             let at = format!("{path}.classes.{label}[{i}]");
-            let c = StatementClass::parse(n).ok_or_else(|| PolicyError::invalid(&at, unknown_class(n)))?;
+            let c = StatementClass::parse(n)
+                .ok_or_else(|| PolicyError::invalid(&at, unknown_class(n)))?;
             if let Some(other) = seen[c as usize] {
                 return Err(PolicyError::invalid(
                     at,
@@ -694,13 +693,45 @@ fn build_policy(
         }
     }
 
-    add_names(&mut p, &raw.tables, NameTarget::Table, ClassSet::ALL, name, path, "tables")?;
-    add_names(&mut p, &raw.schemas, NameTarget::Schema, ClassSet::ALL, name, path, "schemas")?;
+    add_names(
+        &mut p,
+        &raw.tables,
+        NameTarget::Table,
+        ClassSet::ALL,
+        name,
+        path,
+        "tables",
+    )?;
+    add_names(
+        &mut p,
+        &raw.schemas,
+        NameTarget::Schema,
+        ClassSet::ALL,
+        name,
+        path,
+        "schemas",
+    )?;
     for (r, rule) in raw.rules.iter().enumerate() {
         let local = format!("rules[{r}]");
         let classes = class_set(&rule.classes, &format!("{path}.{local}.classes"))?;
-        add_names(&mut p, &rule.tables, NameTarget::Table, classes, name, path, &format!("{local}.tables"))?;
-        add_names(&mut p, &rule.schemas, NameTarget::Schema, classes, name, path, &format!("{local}.schemas"))?;
+        add_names(
+            &mut p,
+            &rule.tables,
+            NameTarget::Table,
+            classes,
+            name,
+            path,
+            &format!("{local}.tables"),
+        )?;
+        add_names(
+            &mut p,
+            &rule.schemas,
+            NameTarget::Schema,
+            classes,
+            name,
+            path,
+            &format!("{local}.schemas"),
+        )?;
     }
 
     for (i, f) in raw.functions.deny.iter().enumerate() {
@@ -772,7 +803,8 @@ fn build_policy(
     p.review = review;
 
     for (i, m) in raw.masking.iter().enumerate() {
-        p.masking.push(build_mask(m, name, &format!("{path}.masking[{i}]"), i)?);
+        p.masking
+            .push(build_mask(m, name, &format!("{path}.masking[{i}]"), i)?);
     }
     Ok(p)
 }
@@ -839,7 +871,10 @@ fn build_mask(m: &RawMask, name: &str, path: &str, i: usize) -> Result<MaskRule,
     for (t, ty) in m.types.iter().enumerate() {
         let ty = ty.trim();
         if ty.is_empty() {
-            return Err(PolicyError::invalid(format!("{path}.types[{t}]"), "empty type name"));
+            return Err(PolicyError::invalid(
+                format!("{path}.types[{t}]"),
+                "empty type name",
+            ));
         }
         types.push(ty.to_lowercase().into());
     }
@@ -848,7 +883,9 @@ fn build_mask(m: &RawMask, name: &str, path: &str, i: usize) -> Result<MaskRule,
         detectors.push(Detector::parse(det).ok_or_else(|| {
             PolicyError::invalid(
                 format!("{path}.detectors[{d}]"),
-                format!("unknown detector {det:?} (expected email, card, ssn, phone, iban, api_key)"),
+                format!(
+                    "unknown detector {det:?} (expected email, card, ssn, phone, iban, api_key)"
+                ),
             )
         })?);
     }
@@ -872,7 +909,9 @@ fn parse_strategy(v: &serde_yaml_ng::Value, path: &str) -> Result<MaskStrategy, 
         Value::Null => ("null", None),
         Value::Mapping(m) if m.len() == 1 => {
             let (k, a) = m.iter().next().ok_or_else(|| bad("empty strategy"))?;
-            let k = k.as_str().ok_or_else(|| bad("strategy name must be a string"))?;
+            let k = k
+                .as_str()
+                .ok_or_else(|| bad("strategy name must be a string"))?;
             (k, Some(a))
         }
         _ => return Err(bad("expected a strategy name or a map with one strategy")),
@@ -938,13 +977,17 @@ fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let d = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -1036,14 +1079,20 @@ policies:
         let set = PolicySet::from_yaml(doc, 7).unwrap();
         let p = set.get("analyst").unwrap();
         assert_eq!(p.class_decision(StatementClass::Read), ClassDecision::Allow);
-        assert_eq!(p.class_decision(StatementClass::Write), ClassDecision::Review);
+        assert_eq!(
+            p.class_decision(StatementClass::Write),
+            ClassDecision::Review
+        );
         assert_eq!(p.class_decision(StatementClass::Ddl), ClassDecision::Deny);
         assert_eq!(p.max_rows(), Some(1000));
         assert_eq!(p.review().timeout, Duration::from_secs(120));
         assert_eq!(p.review().min_approvers, 2);
         assert!(!p.review().wait);
         assert_eq!(p.masking().len(), 4);
-        assert_eq!(p.masking()[0].strategy, MaskStrategy::Partial(Keep::Last(4)));
+        assert_eq!(
+            p.masking()[0].strategy,
+            MaskStrategy::Partial(Keep::Last(4))
+        );
         assert_eq!(p.masking()[2].strategy, MaskStrategy::Null);
         assert_eq!(p.allow.len(), 2);
         assert_eq!(p.deny[0].id.as_str(), "analyst/tables.deny[0]");
@@ -1053,7 +1102,9 @@ policies:
             1,
         )
         .unwrap_err();
-        assert!(e.to_string().starts_with("policies[0].masking[0].strategy: partial needs"));
+        assert!(e
+            .to_string()
+            .starts_with("policies[0].masking[0].strategy: partial needs"));
     }
 
     #[test]

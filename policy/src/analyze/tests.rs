@@ -21,7 +21,10 @@ fn classes() {
         ("INSERT INTO t VALUES (1)", Some(C::Write)),
         ("UPDATE t SET a = 1 WHERE id = 2", Some(C::Write)),
         ("DELETE FROM t WHERE id = 2", Some(C::Write)),
-        ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", Some(C::Write)),
+        (
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            Some(C::Write),
+        ),
         ("TRUNCATE t", Some(C::Write)),
         ("LOCK TABLE t", Some(C::Write)),
         ("CALL p()", Some(C::Write)),
@@ -48,7 +51,10 @@ fn classes() {
         ("ROLLBACK", Some(C::Transaction)),
         ("SAVEPOINT a", Some(C::Transaction)),
         ("RELEASE SAVEPOINT a", Some(C::Transaction)),
-        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Some(C::Transaction)),
+        (
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            Some(C::Transaction),
+        ),
         ("SET statement_timeout = 1000", Some(C::Session)),
         ("SET TIME ZONE 'UTC'", Some(C::Session)),
         ("RESET statement_timeout", Some(C::Session)),
@@ -74,7 +80,10 @@ fn classes() {
 #[test]
 fn relations_are_folded_and_qualified() {
     let f = one(r#"SELECT * FROM Orders o JOIN "Sales"."Items" i ON i.o = o.id, db.Public.T"#);
-    assert_eq!(names(&f.reads), ["orders", "\"Sales\".\"Items\"", "public.t"]);
+    assert_eq!(
+        names(&f.reads),
+        ["orders", "\"Sales\".\"Items\"", "public.t"]
+    );
 }
 
 #[test]
@@ -92,7 +101,13 @@ fn writes_and_reads() {
     assert_eq!(names(&f.unfiltered_writes), ["t"]);
     let f = one("COPY public.t (a, b) FROM STDIN");
     assert_eq!(names(&f.targets), ["public.t"]);
-    assert_eq!(f.copy, Some(CopyFacts { to: false, endpoint: CopyEndpoint::Client }));
+    assert_eq!(
+        f.copy,
+        Some(CopyFacts {
+            to: false,
+            endpoint: CopyEndpoint::Client
+        })
+    );
     let f = one("DROP TABLE a, s.b");
     assert_eq!(names(&f.targets), ["a", "s.b"]);
     assert_eq!(f.target_class, C::Ddl);
@@ -116,9 +131,11 @@ fn ctes_are_not_tables_but_shadowing_is_scoped() {
         names(&one("WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a, b").reads),
         ["b"]
     );
-    assert!(one("WITH RECURSIVE r AS (SELECT 1 UNION ALL SELECT * FROM r) SELECT * FROM r")
-        .reads
-        .is_empty());
+    assert!(
+        one("WITH RECURSIVE r AS (SELECT 1 UNION ALL SELECT * FROM r) SELECT * FROM r")
+            .reads
+            .is_empty()
+    );
     // A qualified name is never a CTE.
     assert_eq!(
         names(&one("WITH t AS (SELECT 1) SELECT * FROM public.t").reads),
@@ -161,10 +178,19 @@ fn functions_everywhere() {
 #[test]
 fn special_kinds() {
     assert_eq!(one("EXECUTE p(1)").kind, Kind::Execute { name: "p".into() });
-    assert_eq!(one("PREPARE P AS SELECT 1").kind, Kind::Prepare { name: "p".into() });
+    assert_eq!(
+        one("PREPARE P AS SELECT 1").kind,
+        Kind::Prepare { name: "p".into() }
+    );
     assert_eq!(one("DEALLOCATE ALL").kind, Kind::Deallocate { name: None });
-    assert_eq!(one("DECLARE c CURSOR FOR SELECT 1").kind, Kind::DeclareCursor { name: "c".into() });
-    assert_eq!(one("FETCH NEXT FROM c").kind, Kind::Fetch { name: "c".into() });
+    assert_eq!(
+        one("DECLARE c CURSOR FOR SELECT 1").kind,
+        Kind::DeclareCursor { name: "c".into() }
+    );
+    assert_eq!(
+        one("FETCH NEXT FROM c").kind,
+        Kind::Fetch { name: "c".into() }
+    );
     assert_eq!(one("CLOSE ALL").kind, Kind::Close { name: None });
     assert!(one("SET ROLE admin").role_change);
     assert!(one("SET SESSION AUTHORIZATION bob").role_change);
@@ -178,23 +204,66 @@ fn special_kinds() {
     assert!(one("EXPLAIN ANALYZE UPDATE t SET a = 1 WHERE id = 1").explain_analyze_write);
     assert!(!one("EXPLAIN ANALYZE SELECT 1").explain_analyze_write);
     assert!(one("CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql").code_definition);
-    assert!(one("CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()").code_definition);
+    assert!(
+        one("CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()")
+            .code_definition
+    );
     assert_eq!(
         one("COPY t TO PROGRAM 'gzip > /tmp/x'").copy,
-        Some(CopyFacts { to: true, endpoint: CopyEndpoint::Program("gzip > /tmp/x".into()) })
+        Some(CopyFacts {
+            to: true,
+            endpoint: CopyEndpoint::Program("gzip > /tmp/x".into())
+        })
     );
 }
 
 #[test]
 fn unparsed_and_do_blocks() {
-    for sql in ["SELEC 1", "VACUUM (FULL) t", "CLUSTER t", "REINDEX TABLE t", "SELECT 1; FOO", "CREATE RULE r AS ON INSERT TO t DO INSTEAD NOTHING"] {
-        assert!(matches!(analyze(sql), Analysis::Unparsed { do_block: false, .. }), "{sql}");
+    for sql in [
+        "SELEC 1",
+        "VACUUM (FULL) t",
+        "CLUSTER t",
+        "REINDEX TABLE t",
+        "SELECT 1; FOO",
+        "CREATE RULE r AS ON INSERT TO t DO INSTEAD NOTHING",
+    ] {
+        assert!(
+            matches!(
+                analyze(sql),
+                Analysis::Unparsed {
+                    do_block: false,
+                    ..
+                }
+            ),
+            "{sql}"
+        );
     }
-    for sql in ["DO $$BEGIN END$$", "do language plpgsql $x$ begin end $x$;", "DO 'begin end' LANGUAGE plpgsql"] {
-        assert!(matches!(analyze(sql), Analysis::Unparsed { do_block: true, .. }), "{sql}");
+    for sql in [
+        "DO $$BEGIN END$$",
+        "do language plpgsql $x$ begin end $x$;",
+        "DO 'begin end' LANGUAGE plpgsql",
+    ] {
+        assert!(
+            matches!(analyze(sql), Analysis::Unparsed { do_block: true, .. }),
+            "{sql}"
+        );
     }
-    for sql in ["DO $$BEGIN END$$; DROP TABLE t", "/* DO */ SELEC 1", "DO $$ $$ $$ $$", "SELECT 1; DO $$ $$"] {
-        assert!(matches!(analyze(sql), Analysis::Unparsed { do_block: false, .. }), "{sql}");
+    for sql in [
+        "DO $$BEGIN END$$; DROP TABLE t",
+        "/* DO */ SELEC 1",
+        "DO $$ $$ $$ $$",
+        "SELECT 1; DO $$ $$",
+    ] {
+        assert!(
+            matches!(
+                analyze(sql),
+                Analysis::Unparsed {
+                    do_block: false,
+                    ..
+                }
+            ),
+            "{sql}"
+        );
     }
     assert_eq!(analyze(""), Analysis::Statements(vec![]));
     assert_eq!(analyze(" ; "), Analysis::Statements(vec![]));
