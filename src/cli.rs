@@ -41,6 +41,9 @@ enum Command {
         #[arg(long)]
         pg_port: Option<u16>,
     },
+    /// Control-plane commands: `up` serves the API; the others are its clients.
+    #[command(flatten)]
+    Control(sluice_controlplane::cli::Command),
 }
 
 /// Parses arguments and runs the subcommand.
@@ -66,6 +69,7 @@ pub fn main() -> ExitCode {
             })
             .map_err(Into::into),
         Command::Demo { listen, pg_port } => crate::demo::run(listen, pg_port),
+        Command::Control(cmd) => sluice_controlplane::cli::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
