@@ -929,7 +929,113 @@ enum Slot {
     Unfiltered,
 }
 
+/// PostgreSQL's reserved keywords (they can never be unquoted identifiers there).
+const PG_RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "column",
+    "constraint",
+    "create",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "from",
+    "grant",
+    "group",
+    "having",
+    "in",
+    "initially",
+    "intersect",
+    "into",
+    "lateral",
+    "leading",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "not",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "select",
+    "session_user",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// Whether sqlparser took a PostgreSQL reserved word for a name. PostgreSQL would read the
+/// text differently (`FROM ONLY secrets` is parsed as table `only` aliased `secrets`), so
+/// the statement is opaque rather than judged on the parser's reading.
+fn misread_keyword(obj: &ObjectName, relation: bool) -> bool {
+    obj.0.iter().any(|p| match p {
+        ObjectNamePart::Identifier(i) if i.quote_style.is_none() => {
+            let v = i.value.to_ascii_lowercase();
+            if relation {
+                PG_RESERVED.contains(&v.as_str())
+            } else {
+                // CURRENT_TIMESTAMP and friends are legitimately function-like.
+                v == "only"
+            }
+        }
+        _ => false,
+    })
+}
+
 fn push_name(f: &mut StatementFacts, obj: &ObjectName, slot: Slot) {
+    if misread_keyword(obj, !matches!(slot, Slot::Function)) {
+        f.opaque = f.opaque.or(Some(
+            "a reserved word where a name was expected (e.g. ONLY)",
+        ));
+        return;
+    }
     match to_name(obj) {
         Ok(n) => {
             let v = match slot {

@@ -521,3 +521,29 @@ fn explain_options() {
         ],
     );
 }
+
+#[test]
+fn more_spellings() {
+    let p = policy("agent");
+    denied(
+        &p,
+        &[
+            // sqlparser reads `ONLY secrets` as table `only` aliased `secrets`.
+            "SELECT * FROM ONLY secrets",
+            "SELECT * FROM ONLY (secrets)",
+            "UPDATE ONLY secrets SET a = 1 WHERE id = 1",
+            "DELETE FROM ONLY secrets WHERE id = 1",
+            "SELECT * FROM t JOIN ONLY secrets s ON s.id = t.id",
+            "SELECT * FROM public . secrets",
+            "SELECT * FROM \"public\".\"SECRETS\"",
+            "TABLE secrets",
+            "SELECT * FROM (TABLE secrets) s",
+            "SELECT t.* FROM (SELECT * FROM (SELECT * FROM secrets) a) t",
+            "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET a = pg_read_file('x')",
+            "INSERT INTO t VALUES (1) RETURNING pg_read_file('x')",
+            "SELECT 1 FROM t WHERE a IN (VALUES ((SELECT pg_sleep(1))))",
+            "select\tpg_sleep\n(1)",
+            "SELECT 1;\n-- innocent\nDELETE FROM t",
+        ],
+    );
+}
