@@ -33,7 +33,7 @@ pub enum DetectorKind {
 }
 
 impl DetectorKind {
-    /// Every kind, in the order [`Detectors::scrub`] runs them.
+    /// Every kind.
     pub const ALL: [DetectorKind; 6] = [
         DetectorKind::ApiKey,
         DetectorKind::Email,
@@ -115,17 +115,16 @@ impl Detectors {
         self.0 == 0
     }
 
-    /// Calls `found` for each span the enabled detectors find in `hay`, detector by detector
-    /// (spans of different detectors may overlap; each detector's spans are in order).
+    /// Calls `found` for each span the enabled detectors find in `hay`: API keys, then emails,
+    /// then the numeric shapes (IBAN, card, SSN, phone, tried in that order at each number).
+    /// Spans of different stages may overlap; each stage's spans are in order.
     pub fn find(self, hay: &[u8], mut found: impl FnMut(Span)) {
-        for kind in DetectorKind::ALL {
-            if !self.contains(kind) {
-                continue;
-            }
+        let classes = classes(hay);
+        for stage in Stage::ALL {
             let mut pos = 0;
-            while let Some(range) = next_span(kind, hay, pos) {
-                pos = range.end;
-                found(Span { kind, range });
+            while let Some(span) = self.next_in_stage(stage, classes, hay, pos) {
+                pos = span.range.end;
+                found(span);
             }
         }
     }
@@ -138,22 +137,117 @@ impl Detectors {
     }
 
     /// Overwrites every span found in `buf` (same length, see [`Replace`]); returns how many.
-    /// Detectors run in [`DetectorKind::ALL`] order over the progressively scrubbed buffer.
+    /// Stages run as in [`Detectors::find`], each over the buffer the previous one scrubbed.
     pub fn scrub(self, buf: &mut [u8], style: Replace) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
+        let classes = classes(buf);
         let mut count = 0;
-        for kind in DetectorKind::ALL {
-            if !self.contains(kind) {
-                continue;
-            }
+        for stage in Stage::ALL {
             let mut pos = 0;
-            while let Some(range) = next_span(kind, buf, pos) {
-                pos = range.end;
-                overwrite(&mut buf[range], style);
+            while let Some(span) = self.next_in_stage(stage, classes, buf, pos) {
+                pos = span.range.end;
+                overwrite(&mut buf[span.range], style);
                 count += 1;
             }
         }
         count
     }
+
+    /// The next span of one stage at or after `from`, if the value's byte classes allow one.
+    fn next_in_stage(self, stage: Stage, classes: u8, hay: &[u8], from: usize) -> Option<Span> {
+        match stage {
+            Stage::ApiKey => {
+                if !self.contains(DetectorKind::ApiKey)
+                    || hay.len() < MIN_KEY_LEN
+                    || classes & (C_UNDERSCORE | C_DASH | C_UPPER) == 0
+                {
+                    return None;
+                }
+                next_api_key(hay, from, classes).map(|range| Span {
+                    kind: DetectorKind::ApiKey,
+                    range,
+                })
+            }
+            Stage::Email => {
+                if !self.contains(DetectorKind::Email) || classes & C_AT == 0 {
+                    return None;
+                }
+                next_email(hay, from).map(|range| Span {
+                    kind: DetectorKind::Email,
+                    range,
+                })
+            }
+            Stage::Numeric => {
+                if self.0 & NUMERIC_KINDS == 0
+                    || classes & C_DIGIT == 0
+                    || hay.len() < MIN_NUMBER_LEN
+                {
+                    return None;
+                }
+                next_numeric(self, hay, from)
+            }
+        }
+    }
+}
+
+/// Detector stages, in the order they run.
+#[derive(Clone, Copy)]
+enum Stage {
+    ApiKey,
+    Email,
+    Numeric,
+}
+
+impl Stage {
+    const ALL: [Stage; 3] = [Stage::ApiKey, Stage::Email, Stage::Numeric];
+}
+
+const NUMERIC_KINDS: u8 = (1 << DetectorKind::Card as u8)
+    | (1 << DetectorKind::Ssn as u8)
+    | (1 << DetectorKind::Phone as u8)
+    | (1 << DetectorKind::Iban as u8);
+/// Shortest API key shape (`xoxb-` + 10).
+const MIN_KEY_LEN: usize = 15;
+/// Shortest numeric shape (E.164: `+` and 8 digits).
+const MIN_NUMBER_LEN: usize = 9;
+
+const C_DIGIT: u8 = 1;
+const C_AT: u8 = 2;
+const C_UNDERSCORE: u8 = 4;
+const C_DASH: u8 = 8;
+const C_UPPER: u8 = 16;
+
+/// Byte → the class bits it contributes.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = match b as u8 {
+            b'0'..=b'9' => C_DIGIT,
+            b'@' => C_AT,
+            b'_' => C_UNDERSCORE,
+            b'-' => C_DASH,
+            b'A'..=b'Z' => C_UPPER,
+            _ => 0,
+        };
+        b += 1;
+    }
+    t
+};
+
+/// The classes of bytes present in `hay`, stopping early once all are seen.
+fn classes(hay: &[u8]) -> u8 {
+    const ALL: u8 = C_DIGIT | C_AT | C_UNDERSCORE | C_DASH | C_UPPER;
+    let mut acc = 0;
+    for chunk in hay.chunks(64) {
+        acc |= chunk.iter().fold(0, |a, &b| a | CLASS[usize::from(b)]);
+        if acc == ALL {
+            break;
+        }
+    }
+    acc
 }
 
 /// Overwrites letters and digits of a span, skipping backslash escapes (`\n`, `\u00e9`, COPY's
@@ -178,17 +272,6 @@ fn overwrite(span: &mut [u8], style: Replace) {
             span[i] = b'*';
         }
         i += 1;
-    }
-}
-
-/// The next span of `kind` starting at or after `from`.
-fn next_span(kind: DetectorKind, hay: &[u8], from: usize) -> Option<Range<usize>> {
-    match kind {
-        DetectorKind::Email => next_email(hay, from),
-        DetectorKind::ApiKey => next_api_key(hay, from),
-        DetectorKind::Card | DetectorKind::Ssn | DetectorKind::Phone | DetectorKind::Iban => {
-            next_numeric(kind, hay, from)
-        }
     }
 }
 
@@ -317,17 +400,23 @@ fn digit_run(hay: &[u8], i: usize) -> usize {
         .count()
 }
 
-fn next_numeric(kind: DetectorKind, hay: &[u8], from: usize) -> Option<Range<usize>> {
+/// The next IBAN, card, SSN or phone number (tried in that order at each number) at or after
+/// `from`.
+fn next_numeric(set: Detectors, hay: &[u8], from: usize) -> Option<Span> {
+    let checks: [(DetectorKind, fn(&[u8], usize) -> Option<Range<usize>>); 4] = [
+        (DetectorKind::Iban, iban_at),
+        (DetectorKind::Card, card_at),
+        (DetectorKind::Ssn, ssn_at),
+        (DetectorKind::Phone, phone_at),
+    ];
     let mut pos = from;
     while let Some(i) = next_digit(hay, pos) {
-        let found = match kind {
-            DetectorKind::Card => card_at(hay, i),
-            DetectorKind::Ssn => ssn_at(hay, i),
-            DetectorKind::Phone => phone_at(hay, i),
-            _ => iban_at(hay, i),
-        };
-        if found.is_some() {
-            return found;
+        for (kind, check) in checks {
+            if set.contains(kind) {
+                if let Some(range) = check(hay, i) {
+                    return Some(Span { kind, range });
+                }
+            }
         }
         pos = i + digit_run(hay, i).max(1);
     }
@@ -716,31 +805,55 @@ fn run(hay: &[u8], i: usize, f: impl Fn(u8) -> bool) -> usize {
         .map_or(0, |s| s.iter().take_while(|&&b| f(b)).count())
 }
 
-fn next_api_key(hay: &[u8], from: usize) -> Option<Range<usize>> {
+/// Substring searchers for the key prefixes, built once.
+struct Finders {
+    akia: memmem::Finder<'static>,
+    asia: memmem::Finder<'static>,
+    k_live: memmem::Finder<'static>,
+    xox: memmem::Finder<'static>,
+    begin: memmem::Finder<'static>,
+    eyj: memmem::Finder<'static>,
+}
+
+fn finders() -> &'static Finders {
+    static FINDERS: std::sync::OnceLock<Finders> = std::sync::OnceLock::new();
+    FINDERS.get_or_init(|| Finders {
+        akia: memmem::Finder::new(b"AKIA"),
+        asia: memmem::Finder::new(b"ASIA"),
+        k_live: memmem::Finder::new(b"k_live_"),
+        xox: memmem::Finder::new(b"xox"),
+        begin: memmem::Finder::new(b"-----BEGIN "),
+        eyj: memmem::Finder::new(b"eyJ"),
+    })
+}
+
+fn next_api_key(hay: &[u8], from: usize, classes: u8) -> Option<Range<usize>> {
     let rest = hay.get(from..)?;
+    let f = finders();
+    let upper = classes & C_UPPER != 0;
+    let underscore = classes & C_UNDERSCORE != 0;
+    let dash = classes & C_DASH != 0;
     // Each shape's earliest match; the earliest overall wins.
     let candidates = [
-        aws_key(hay, from, rest),
-        github_token(hay, from, rest),
-        stripe_key(hay, from, rest),
-        slack_token(hay, from, rest),
-        pem_private_key(hay, from, rest),
-        jwt(hay, from, rest),
+        upper.then(|| aws_key(f, hay, from, rest)).flatten(),
+        underscore.then(|| github_token(hay, from, rest)).flatten(),
+        underscore.then(|| stripe_key(f, hay, from, rest)).flatten(),
+        dash.then(|| slack_token(f, hay, from, rest)).flatten(),
+        dash.then(|| pem_private_key(f, hay, from, rest)).flatten(),
+        upper.then(|| jwt(f, hay, from, rest)).flatten(),
     ];
     candidates.into_iter().flatten().min_by_key(|r| r.start)
 }
 
 /// `AKIA`/`ASIA` + 16 of `[0-9A-Z]`.
-fn aws_key(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
-    [&b"AKIA"[..], b"ASIA"]
+fn aws_key(f: &Finders, hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
+    [&f.akia, &f.asia]
         .into_iter()
-        .filter_map(|prefix| {
-            memmem::find_iter(rest, prefix)
-                .map(|k| k + from)
-                .find(|&s| {
-                    run(hay, s + 4, |b| b.is_ascii_digit() || b.is_ascii_uppercase()) == 16
-                        && !is_alnum(before(hay, s))
-                })
+        .filter_map(|finder| {
+            finder.find_iter(rest).map(|k| k + from).find(|&s| {
+                run(hay, s + 4, |b| b.is_ascii_digit() || b.is_ascii_uppercase()) == 16
+                    && !is_alnum(before(hay, s))
+            })
         })
         .min()
         .map(|s| s..s + 20)
@@ -767,8 +880,8 @@ fn github_token(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
 }
 
 /// `sk_live_` / `rk_live_` + at least 10 alphanumerics.
-fn stripe_key(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
-    for k in memmem::find_iter(rest, b"k_live_").map(|k| k + from) {
+fn stripe_key(f: &Finders, hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
+    for k in f.k_live.find_iter(rest).map(|k| k + from) {
         let s = k.checked_sub(1)?;
         let body = run(hay, k + 7, is_alnum);
         if matches!(hay[s], b's' | b'r') && !is_alnum(before(hay, s)) && body >= 10 {
@@ -779,8 +892,8 @@ fn stripe_key(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
 }
 
 /// `xox[abpr]-` + at least 10 of `[A-Za-z0-9-]`.
-fn slack_token(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
-    for s in memmem::find_iter(rest, b"xox").map(|k| k + from) {
+fn slack_token(f: &Finders, hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
+    for s in f.xox.find_iter(rest).map(|k| k + from) {
         if b"abpr".contains(&at(hay, s + 3)) && at(hay, s + 4) == b'-' && !is_alnum(before(hay, s))
         {
             let body = run(hay, s + 5, |b| is_alnum(b) || b == b'-');
@@ -794,8 +907,8 @@ fn slack_token(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
 
 /// `-----BEGIN ... PRIVATE KEY-----` through its `-----END ...-----` line, or to the end of the
 /// buffer if the end line is missing (fail closed).
-fn pem_private_key(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
-    for s in memmem::find_iter(rest, b"-----BEGIN ").map(|k| k + from) {
+fn pem_private_key(f: &Finders, hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
+    for s in f.begin.find_iter(rest).map(|k| k + from) {
         let label_start = s + 11;
         let label_len = memmem::find(&hay[label_start..], b"-----")?;
         let label = &hay[label_start..label_start + label_len];
@@ -816,8 +929,8 @@ fn pem_private_key(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>>
 }
 
 /// `eyJ<b64url>.eyJ<b64url>.<b64url>`: a JWT (header and payload are JSON objects).
-fn jwt(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
-    for s in memmem::find_iter(rest, b"eyJ").map(|k| k + from) {
+fn jwt(f: &Finders, hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
+    for s in f.eyj.find_iter(rest).map(|k| k + from) {
         if is_b64url(before(hay, s)) {
             continue;
         }

@@ -123,6 +123,8 @@ pub struct RowPlan {
     work_end: usize,
     /// Every masked column rewrites any value in place, so no fit check is needed.
     always_in_place: bool,
+    /// The only column needing work, when there is exactly one (the common case: a fast path).
+    single: Option<usize>,
     detectors: Detectors,
 }
 
@@ -150,10 +152,19 @@ impl RowPlan {
             .iter()
             .filter_map(|c| c.mask.as_ref())
             .all(ColumnMask::always_in_place);
+        let mut work = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.mask.is_some() || c.scan);
+        let single = match (work.next(), work.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        };
         RowPlan {
             columns,
             work_end,
             always_in_place,
+            single,
             detectors,
         }
     }
@@ -274,7 +285,7 @@ pub fn mask_row(
 }
 
 /// Work items gathered per walk of a row in [`mask_row_in_place`].
-const BATCH: usize = 32;
+const BATCH: usize = 8;
 
 /// Masks a DataRow frame (header included) where it lies, if every masked value keeps its
 /// length. The row is walked (and validated) up to the last column that needs work; the bytes
@@ -285,6 +296,9 @@ pub fn mask_row_in_place(frame: &mut [u8], plan: &RowPlan) -> Result<bool, MaskE
         let walk = data_row_ranges(frame)?;
         plan.check_count(walk.columns())?;
         return Ok(true);
+    }
+    if let Some(i) = plan.single {
+        return rewrite_single(frame, plan, i);
     }
     // Walk with the codec's validating iterator, gathering (column, range) for the columns that
     // need work; then rewrite them. The first walk also checks every masked value fits, so
@@ -339,6 +353,36 @@ pub fn mask_row_in_place(frame: &mut [u8], plan: &RowPlan) -> Result<bool, MaskE
             return Ok(true);
         }
     }
+}
+
+/// [`mask_row_in_place`] for a plan with one column needing work, `i` (the last one walked).
+fn rewrite_single(frame: &mut [u8], plan: &RowPlan, i: usize) -> Result<bool, MaskError> {
+    let range = {
+        let walk = data_row_ranges(frame)?;
+        plan.check_count(walk.columns())?;
+        let mut last = None;
+        for r in walk.take(i + 1) {
+            last = r?;
+        }
+        last
+    };
+    let Some(r) = range else {
+        return Ok(true); // NULL stays NULL
+    };
+    let col = &plan.columns[i];
+    let v = &mut frame[r];
+    match &col.mask {
+        Some(m) => {
+            if !plan.always_in_place && !m.fits_in_place(v) {
+                return Ok(false);
+            }
+            m.apply_fitting(v);
+        }
+        None => {
+            plan.detectors.scrub(v, col.ty.kind().replace_style());
+        }
+    }
+    Ok(true)
 }
 
 /// Appends the masked form of a DataRow frame to `out`: untouched spans are copied as whole
