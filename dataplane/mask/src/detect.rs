@@ -400,10 +400,13 @@ fn digit_run(hay: &[u8], i: usize) -> usize {
         .count()
 }
 
+/// A shape check at one position: the span it matches there, if any.
+type Shape = fn(&[u8], usize) -> Option<Range<usize>>;
+
 /// The next IBAN, card, SSN or phone number (tried in that order at each number) at or after
 /// `from`.
 fn next_numeric(set: Detectors, hay: &[u8], from: usize) -> Option<Span> {
-    let checks: [(DetectorKind, fn(&[u8], usize) -> Option<Range<usize>>); 4] = [
+    let checks: [(DetectorKind, Shape); 4] = [
         (DetectorKind::Iban, iban_at),
         (DetectorKind::Card, card_at),
         (DetectorKind::Ssn, ssn_at),
