@@ -142,9 +142,6 @@ pub const BUILTIN_DENIED_FUNCTIONS: &[(&str, &str)] = &[
         "set_config",
         "changes session settings (role, search_path) behind the gateway's back",
     ),
-    // Sleeping holds a pooled backend connection hostage: one agent could starve a pool
-    // shared by many. Deny; a policy that wants it can send it to review.
-    ("pg_sleep*", "holds a pooled backend connection idle"),
 ];
 
 /// Judges a whole text against a policy; `EXECUTE` of a prepared statement is denied,
