@@ -12,5 +12,6 @@ pub mod document;
 pub mod grants;
 pub mod metrics;
 pub mod service;
-pub mod snapshot;
+/// The snapshot format lives in the shared crate; re-exported at its old path.
+pub use sluice_policy::snapshot;
 pub mod store;

@@ -3,7 +3,8 @@
 //! The data plane calls [`analyze`] on every statement text and [`judge`] (or
 //! [`judge_with`], which resolves `EXECUTE`) with the role's [`Policy`], caching verdicts per
 //! core in a [`VerdictCache`]. The control plane validates documents with
-//! [`PolicySet::from_yaml`]. Everything here is pure and synchronous.
+//! [`PolicySet::from_yaml`]. Everything here is pure and synchronous. The [`snapshot`] format
+//! (what the control plane publishes and data planes load) lives here so both planes speak it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -12,6 +13,7 @@ mod cache;
 mod evaluate;
 mod glob;
 mod model;
+pub mod snapshot;
 
 pub use analyze::{
     analyze, analyze_with, Analysis, CopyEndpoint, CopyFacts, Kind, Limits, Name, StatementFacts,

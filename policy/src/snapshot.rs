@@ -1,7 +1,8 @@
-//! The compiled, immutable, versioned snapshot that data planes load.
+//! The compiled, immutable, versioned snapshot the control plane publishes and data planes load.
 //!
-//! Only serde, serde_json and sha2 here (no HTTP, no store), so the module can move to the
-//! shared crate the data plane will depend on. The content hash is SHA-256 over a canonical
+//! Only serde, serde_json and sha2 here (no HTTP, no store): both planes speak this format,
+//! the control plane when it compiles and serves a snapshot, the data plane when it verifies,
+//! persists and loads one. The content hash is SHA-256 over a canonical
 //! JSON encoding of [`SnapshotContent`] (object keys sorted at every depth, lists sorted by
 //! name when compiled), so equal content always hashes equally, whatever its version.
 
@@ -21,6 +22,7 @@ pub struct Snapshot {
     pub created_at_ms: i64,
     /// Hex SHA-256 of the canonical encoding of `content`.
     pub content_hash: String,
+    /// What the snapshot says; hashed by [`SnapshotContent::content_hash`].
     pub content: SnapshotContent,
 }
 
@@ -30,8 +32,11 @@ pub struct Snapshot {
 pub struct SnapshotContent {
     /// Grants from the control plane: their `iss` and the public keys that verify them.
     pub grants: GrantIssuer,
+    /// Backends, sorted by name.
     pub connections: Vec<SnapshotConnection>,
+    /// Trusted OIDC issuers, sorted by name.
     pub identity_providers: Vec<SnapshotIdentityProvider>,
+    /// Roles, sorted by name.
     pub roles: Vec<SnapshotRole>,
     /// Policies as given in the document, until the policy compiler produces their compiled form.
     pub policies: Vec<Value>,
@@ -43,23 +48,32 @@ pub struct SnapshotContent {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantIssuer {
+    /// The `iss` claim of every grant token.
     pub issuer: String,
     /// A JWKS document: `{"keys": [ {kty: OKP, crv: Ed25519, alg: EdDSA, kid, x} ]}`.
     pub jwks: Value,
 }
 
+/// One backend, in the data plane's configuration vocabulary.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotConnection {
+    /// Name clients use as their `database`.
     pub name: String,
+    /// Backend host.
     pub host: String,
+    /// Backend port.
     pub port: u16,
+    /// Real database name on the backend.
     pub database: String,
+    /// `disable`, `prefer`, `require` or `verify-full`.
     pub tls: String,
+    /// CA bundle path on the data plane, for `verify-full`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<String>,
     /// Pool settings as strings, in the data plane's configuration syntax.
     pub pool: std::collections::BTreeMap<String, Value>,
+    /// Backend users the gateway logs in as.
     pub users: Vec<SnapshotUser>,
 }
 
@@ -67,7 +81,9 @@ pub struct SnapshotConnection {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotUser {
+    /// Name roles refer to.
     pub name: String,
+    /// The PostgreSQL role name.
     pub user: String,
     /// `None` for trust authentication, or when redacted for an API reader.
     pub password: Option<String>,
@@ -83,28 +99,41 @@ impl std::fmt::Debug for SnapshotUser {
     }
 }
 
+/// A trusted OIDC issuer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotIdentityProvider {
+    /// Name in the policy document.
     pub name: String,
+    /// Must equal the token's `iss` claim.
     pub issuer: String,
+    /// Accepted `aud` values (any, when empty).
     pub audience: Vec<String>,
+    /// Inline JWKS document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<Value>,
+    /// Where to fetch the JWKS instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
+    /// Claim carrying the caller's groups.
     pub groups_claim: String,
+    /// Clock skew tolerated on `exp`, `nbf`, `iat`, in seconds.
     pub leeway_secs: u64,
 }
 
+/// Which identities a role covers and what it may reach.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotRole {
+    /// Role name.
     pub name: String,
+    /// Token subjects that have this role, sorted.
     pub subjects: Vec<String>,
+    /// Token groups that have this role, sorted.
     pub groups: Vec<String>,
     /// Connection name → backend user name.
     pub connections: std::collections::BTreeMap<String, String>,
+    /// Name of the policy that judges this role's statements.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
 }
