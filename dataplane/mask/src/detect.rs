@@ -1,8 +1,10 @@
 //! Content detectors: find emails, card numbers, SSNs, phone numbers, IBANs and API keys in text,
 //! and overwrite them in place (same length), as defence in depth behind column rules.
 //!
-//! Each detector is a hand-written scanner with a cheap prefilter (`memchr` for `@`, `memmem` for
-//! key prefixes, a word-at-a-time digit search for the numeric ones) and a precise check behind it
+//! Each detector is a hand-written scanner with cheap prefilters (one pass noting which byte
+//! classes a value holds, so a value without `@` skips the email scan and one without digits the
+//! numeric ones; `memchr` for `@`; `memmem` finders for key prefixes, built once and read-only
+//! after; a word-at-a-time digit search) and a precise check behind it
 //! (Luhn and issuer prefixes for cards, the SSA's invalid ranges for SSNs, mod-97 and the
 //! country's length for IBANs, word boundaries everywhere), so ordinary numbers, dates, IPs and
 //! UUIDs are left alone.
@@ -885,7 +887,9 @@ fn github_token(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
 /// `sk_live_` / `rk_live_` + at least 10 alphanumerics.
 fn stripe_key(f: &Finders, hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
     for k in f.k_live.find_iter(rest).map(|k| k + from) {
-        let s = k.checked_sub(1)?;
+        let Some(s) = k.checked_sub(1) else {
+            continue;
+        };
         let body = run(hay, k + 7, is_alnum);
         if matches!(hay[s], b's' | b'r') && !is_alnum(before(hay, s)) && body >= 10 {
             return Some(s..k + 7 + body);

@@ -7,6 +7,30 @@
 //! untouched spans as whole slices). COPY text rows, ErrorResponse/NoticeResponse fields and
 //! NotificationResponse payloads have their own functions in [`row`].
 //!
+//! Per message type, the data plane calls:
+//! - RowDescription: [`RowPlan::from_row_description`] (with Bind's result format codes when the
+//!   description came from a Describe of a statement), then keeps the plan for the portal.
+//! - DataRow: [`mask_row`], or [`mask_row_in_place`] / [`mask_row_into`] directly; skip both when
+//!   [`RowPlan::is_noop`].
+//! - CopyData of a text-format COPY TO STDOUT: [`mask_copy_data`] with a text-format plan.
+//! - ErrorResponse / NoticeResponse: [`scrub_error_response`]; NotificationResponse:
+//!   [`scrub_notification`]. Both in place.
+//!
+//! Any [`MaskError`] means the message must not be forwarded: fail the statement instead.
+//! Which value each strategy produces for each type is tabled on [`ColumnMask`].
+//!
+//! Known limits, by design or not yet done:
+//! - Text is assumed to be UTF-8 (`client_encoding = UTF8`); partial masking counts UTF-8
+//!   characters.
+//! - Binary-format COPY and CSV COPY are not rewritten ([`mask_copy_data`] takes text format
+//!   only); the data plane must refuse them when a plan masks anything.
+//! - Arrays, composites, ranges, enums, dates and times are masked to NULL; domains and extension
+//!   types are NULL unless the caller maps them to a base type OID.
+//! - A row is validated up to the last column that needs work; the bytes after it are forwarded
+//!   as the server sent them.
+//! - Detector findings are overwritten in place (letters and digits → `*`, or digits → `1000…`
+//!   inside JSON and numbers), so the separators of a found value stay visible.
+//!
 //! ```
 //! use bytes::{BufMut, BytesMut};
 //! use sluice_mask::{mask_row, ColumnType, Detectors, RowPlan, Strategy, oid};

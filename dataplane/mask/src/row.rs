@@ -131,7 +131,7 @@ pub struct RowPlan {
 impl RowPlan {
     /// A plan from each column's type and strategy (`None` = untouched), in column order.
     /// `detectors` run over every unmasked column whose type is scanned
-    /// ([`TypeKind::scanned`]); pass [`Detectors::NONE`] to skip them.
+    /// ([`TypeKind::scanned`](crate::TypeKind::scanned)); pass [`Detectors::NONE`] to skip them.
     pub fn new(
         columns: impl IntoIterator<Item = (ColumnType, Option<Strategy>)>,
         detectors: Detectors,
