@@ -69,6 +69,8 @@ pub fn run(listen: SocketAddr, pg_port: Option<u16>) -> anyhow::Result<()> {
     );
     println!();
     println!("Try: SELECT full_name, email, ssn FROM app.customers LIMIT 5;");
+    println!("     DELETE FROM app.orders;           -- denied by the analyst policy (42501)");
+    println!("     SELECT * FROM app.api_keys;       -- denied: that table is off limits");
     println!("Metrics: curl -s http://127.0.0.1:9187/metrics");
     println!("Ctrl-C stops the gateway and removes the cluster.");
 

@@ -100,7 +100,12 @@ connections:
     pool: { mode: transaction, size: $POOL_SIZE }
     users: [{ name: pg, user: postgres }]
 roles:
-  - { name: bench, groups: [bench], connections: { bench: pg } }
+  - { name: bench, groups: [bench], connections: { bench: pg }, policy: pgbench }
+policies:
+  # Every statement is parsed and judged (verdicts cached per core by text).
+  - name: pgbench
+    classes: { allow: [read, write, transaction, session] }
+    tables: { allow: ["public.pgbench_*"] }
 EOF
 SLUICE_LOG=warn "$SLUICE" dataplane --config "$work/sluice.yaml" &
 pids+=($!)

@@ -7,10 +7,12 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_auth::token::TokenConfig;
+use sluice_policy::{Policy, PolicySet};
 
 /// A configuration problem, naming the file (when known), the field and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,9 @@ pub struct Role {
     pub groups: HashSet<String>,
     /// Connection name → backend user name, for the connections this role may use.
     pub connections: HashMap<String, String>,
+    /// The statement policy every statement of this role is judged by. A role without one
+    /// has [`Policy::deny_all`]: it can log in, and every statement is denied.
+    pub policy: Arc<Policy>,
 }
 
 /// TLS towards clients.
@@ -170,6 +175,8 @@ pub struct Config {
     pub connections: Vec<Connection>,
     /// Roles, in order; the first one that matches an identity wins.
     pub roles: Vec<Role>,
+    /// The statement policies roles refer to.
+    pub policies: Arc<PolicySet>,
 }
 
 impl Config {
@@ -332,6 +339,9 @@ mod raw {
         pub connections: Vec<Connection>,
         #[serde(default)]
         pub roles: Vec<Role>,
+        /// Statement policies, in sluice-policy's document format (the list under `policies:`).
+        #[serde(default)]
+        pub policies: Option<serde_yaml_ng::Value>,
     }
 
     #[derive(Deserialize)]
@@ -415,6 +425,8 @@ mod raw {
         #[serde(default)]
         pub groups: Vec<String>,
         pub connections: HashMap<String, String>,
+        #[serde(default)]
+        pub policy: Option<String>,
     }
 
     fn dur(field: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
@@ -605,6 +617,23 @@ mod raw {
                 });
             }
 
+            let policies = match self.policies {
+                None => PolicySet::from_yaml("", 0),
+                Some(v) => {
+                    let mut doc = serde_yaml_ng::Mapping::new();
+                    doc.insert("policies".into(), v);
+                    let text = serde_yaml_ng::to_string(&doc)
+                        .map_err(|e| ConfigError::new("policies", e.to_string()))?;
+                    PolicySet::from_yaml(&text, 0)
+                }
+            }
+            .map_err(|e| match e {
+                sluice_policy::PolicyError::Invalid { path, message } => {
+                    ConfigError::new(path, message)
+                }
+                other => ConfigError::new("policies", other.to_string()),
+            })?;
+            let deny_all = Arc::new(Policy::deny_all());
             let mut roles = Vec::with_capacity(self.roles.len());
             for (i, r) in self.roles.into_iter().enumerate() {
                 if r.subjects.is_empty() && r.groups.is_empty() {
@@ -627,11 +656,21 @@ mod raw {
                         ));
                     }
                 }
+                let policy = match &r.policy {
+                    None => deny_all.clone(),
+                    Some(name) => policies.get(name).cloned().ok_or_else(|| {
+                        ConfigError::new(
+                            format!("roles[{i}].policy"),
+                            format!("no policy named `{name}` under `policies`"),
+                        )
+                    })?,
+                };
                 roles.push(super::Role {
                     name: r.name,
                     subjects: r.subjects.into_iter().collect(),
                     groups: r.groups.into_iter().collect(),
                     connections: r.connections,
+                    policy,
                 });
             }
 
@@ -652,6 +691,7 @@ mod raw {
                 auth,
                 connections,
                 roles,
+                policies: Arc::new(policies),
             })
         }
     }
@@ -682,6 +722,10 @@ roles:
   - name: analyst
     groups: [analysts]
     connections: { demo: ro }
+    policy: read-only
+policies:
+  - name: read-only
+    classes: { allow: [read, transaction, session] }
 "#;
 
     fn env(k: &str) -> Option<String> {
@@ -728,6 +772,10 @@ roles:
         let bad = MINIMAL.replace("timeout: 250ms", "timeout: 5 parsecs");
         let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
         assert_eq!(e.field, "connections[0].pool.timeout");
+
+        let bad = MINIMAL.replace("policy: read-only", "policy: nope");
+        let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "roles[0].policy");
 
         let bad = MINIMAL.replace("cores: 2", "cores: 2\nbogus: 1");
         let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();

@@ -88,6 +88,8 @@ core_metrics! {
     Counter cancel_requests,
     /// Queries (simple Query and Sync) relayed.
     Counter queries,
+    /// Statements denied by policy.
+    Counter statements_denied,
     /// Bytes from clients to servers.
     Counter client_bytes,
     /// Bytes from servers to clients.

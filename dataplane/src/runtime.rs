@@ -116,6 +116,8 @@ pub struct CoreCtx {
     pub tls_acceptor: Option<monoio_rustls::TlsAcceptor>,
     pools: RefCell<HashMap<(String, String), Rc<Pool>>>,
     statements: RefCell<StatementRegistry>,
+    /// Verdicts by statement text and policy version.
+    pub verdicts: RefCell<sluice_policy::VerdictCache>,
 }
 
 impl CoreCtx {
@@ -237,6 +239,9 @@ fn bind_listeners(addr: SocketAddr, cores: usize) -> anyhow::Result<Vec<std::net
     Ok(out)
 }
 
+/// Verdicts cached per core.
+const VERDICT_CACHE_SIZE: usize = 16 * 1024;
+
 type CoreRuntime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
 
 /// Builds this core's runtime: io_uring with cooperative task running (measured faster than
@@ -297,6 +302,7 @@ fn run_core(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) -> 
         metrics,
         pools: RefCell::new(HashMap::new()),
         statements: RefCell::new(StatementRegistry::new(id)),
+        verdicts: RefCell::new(sluice_policy::VerdictCache::new(VERDICT_CACHE_SIZE)),
         shared,
     });
     rt.block_on(accept_loop(ctx, listener))

@@ -112,6 +112,7 @@ pub async fn serve(ctx: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) {
 /// A logged-in client, ready for the relay.
 struct LoggedIn {
     pool: Rc<Pool>,
+    policy: Arc<sluice_policy::Policy>,
     wanted: Vec<(String, String)>,
     identity: Identity,
     pid: i32,
@@ -393,6 +394,7 @@ async fn login_inner(
     }
     tracing::debug!(%peer, subject = %identity.subject, role = %role.name, connection = %connection.name, "client logged in");
     Ok(Some(LoggedIn {
+        policy: role.policy.clone(),
         pool,
         wanted,
         identity,
@@ -550,6 +552,8 @@ const TRACKED_PARAMS: &[&str] = &[
 struct Session {
     ctx: Rc<CoreCtx>,
     pool: Rc<Pool>,
+    /// The role's statement policy.
+    policy: Arc<sluice_policy::Policy>,
     mode: PoolMode,
     max_message: usize,
     slot: Arc<CancelSlot>,
@@ -572,6 +576,7 @@ async fn relay(
 ) {
     let LoggedIn {
         pool,
+        policy,
         wanted,
         identity,
         pid,
@@ -585,6 +590,7 @@ async fn relay(
         mode: pool.config().mode,
         ctx: ctx.clone(),
         pool,
+        policy,
         slot,
         client_fd,
         st: RefCell::new(State {
@@ -862,25 +868,45 @@ impl Session {
             let tag = msg.tag();
             let mut rewritten: Option<BytesMut> = None;
             let txn = self.mode == PoolMode::Transaction;
+            let mut parse_denial = match msg {
+                FrontendMessage::Parse { query, .. } => self.judge(query),
+                _ => None,
+            };
             match msg {
-                FrontendMessage::Query { .. } => {
+                FrontendMessage::Query { sql } => {
                     m.queries.inc();
-                    st.tracker.push(
-                        Request::Simple,
-                        Delivery::Forward,
-                        None,
-                        &mut synth,
-                        &mut unprepared,
-                    );
+                    match self.judge(sql) {
+                        None => st.tracker.push(
+                            Request::Simple,
+                            Delivery::Forward,
+                            None,
+                            &mut synth,
+                            &mut unprepared,
+                        ),
+                        Some(error) => {
+                            st.tracker.push_replacing(Request::Simple, error);
+                            rewritten = Some(stand_in_query());
+                        }
+                    }
                 }
                 FrontendMessage::FunctionCall(_) => {
-                    st.tracker.push(
-                        Request::Simple,
-                        Delivery::Forward,
-                        None,
-                        &mut synth,
-                        &mut unprepared,
+                    // Fastpath calls name a function by OID, out of the policy's sight.
+                    let error = self.denial(
+                        "builtin/function-call",
+                        "function calls by OID (fastpath) are not allowed through the gateway",
                     );
+                    st.tracker.push_replacing(Request::Simple, error);
+                    rewritten = Some(stand_in_query());
+                }
+                FrontendMessage::Parse { name, .. } if parse_denial.is_some() => {
+                    let error = parse_denial.take().expect("checked by the guard");
+                    if txn {
+                        st.statements.remove(name);
+                    }
+                    let mut b = BytesMut::with_capacity(64);
+                    encode::parse(&mut b, "", DENIED_STAND_IN, &[0, 0]);
+                    st.tracker.push_replacing(Request::Parse, error);
+                    rewritten = Some(b);
                 }
                 FrontendMessage::Sync => {
                     m.queries.inc();
@@ -1290,23 +1316,28 @@ impl Session {
             }
             let whole = available >= total;
             let present = total.min(available);
+            let forward = verdict == Verdict::Forward;
             match verdict {
                 Verdict::Forward => {
                     st.last_forwarded_tag = h.tag;
                     bytes += present as u64;
                     pos += present;
                 }
-                Verdict::Drop => {
+                Verdict::Drop | Verdict::Replace(_) => {
                     if pos > 0 {
                         chunks.push(buf.split_to(pos).freeze());
                         pos = 0;
                     }
                     buf.advance(present);
+                    if let Verdict::Replace(ours) = verdict {
+                        st.last_forwarded_tag = h.tag;
+                        chunks.push(ours);
+                    }
                 }
             }
             if !whole {
                 *skip = total - available;
-                *skip_forward = verdict == Verdict::Forward;
+                *skip_forward = forward;
                 break;
             }
             if !synth.is_empty() {
@@ -1426,6 +1457,57 @@ impl Session {
         // The reader parks once it has read the answer, and settles the connection.
         self.finish_if_closing();
         true
+    }
+}
+
+/// What the proxy sends the server in place of a denied statement: text that fails to parse,
+/// so the server itself aborts a transaction in progress, skips to Sync in the extended
+/// protocol and reports the right transaction status; its error is replaced by the
+/// gateway's (see [`Delivery::ReplaceError`]).
+const DENIED_STAND_IN: &str = "sluice: statement denied by policy";
+
+fn stand_in_query() -> BytesMut {
+    let mut b = BytesMut::with_capacity(64);
+    encode::query(&mut b, DENIED_STAND_IN);
+    b
+}
+
+impl Session {
+    /// The policy's verdict on a statement text (cached per core): `None` when allowed, else
+    /// the ErrorResponse the client gets.
+    fn judge(&self, sql: &str) -> Option<Bytes> {
+        let mut cache = self.ctx.verdicts.borrow_mut();
+        let verdict = cache.get_or_insert_with(self.policy.cache_key(), sql, || {
+            sluice_policy::judge(&self.policy, &sluice_policy::analyze(sql))
+        });
+        drop(cache);
+        match verdict {
+            sluice_policy::Verdict::Allow => None,
+            sluice_policy::Verdict::Deny { rule, message } => {
+                Some(self.denial(rule.as_str(), &message))
+            }
+            sluice_policy::Verdict::Review { rule, message } => Some(self.denial(
+                rule.as_str(),
+                &format!(
+                    "{message} (needs an approver's review, which this gateway does not run yet: denied)"
+                ),
+            )),
+        }
+    }
+
+    /// Counts and logs a denial, and encodes the client's ErrorResponse (42501).
+    fn denial(&self, rule: &str, message: &str) -> Bytes {
+        self.ctx.metrics.statements_denied.inc();
+        tracing::info!(peer = %self.peer, subject = %self.subject, rule, "statement denied");
+        let mut b = BytesMut::with_capacity(message.len() + 64);
+        encode::error_response(
+            &mut b,
+            &ErrorResponse {
+                hint: Some("the gateway's policy for your role does not allow this statement"),
+                ..ErrorResponse::error(sqlstate::INSUFFICIENT_PRIVILEGE, message)
+            },
+        );
+        b.freeze()
     }
 }
 

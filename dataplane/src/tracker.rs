@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use sluice_pgwire::{backend, encode};
 
 /// The kind of a request, which decides which server message completes it.
@@ -73,6 +73,10 @@ pub enum Delivery {
     Swallow,
     /// The proxy answered it without the server (ParseComplete or CloseComplete).
     Synthesize,
+    /// The proxy sent a stand-in that fails on the server (a denied statement): the server's
+    /// error is replaced by the proxy's, and everything else (ReadyForQuery with the real
+    /// transaction status, the skip to Sync) is the server's own.
+    ReplaceError,
 }
 
 #[derive(Debug)]
@@ -81,15 +85,19 @@ struct Entry {
     delivery: Delivery,
     /// For Parse: the proxy's statement id, reported back if the server never prepares it.
     statement: Option<u64>,
+    /// For [`Delivery::ReplaceError`]: the ErrorResponse the client gets instead.
+    replacement: Option<Bytes>,
 }
 
 /// What to do with one server message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Send it to the client.
     Forward,
     /// Drop it: it answers a request the proxy injected.
     Drop,
+    /// Send this message (a whole ErrorResponse) instead.
+    Replace(Bytes),
 }
 
 /// The queue of requests awaiting their answers.
@@ -158,8 +166,27 @@ impl Tracker {
             request,
             delivery,
             statement,
+            replacement: None,
         });
         self.emit_synthetic(to_client);
+    }
+
+    /// Records a stand-in request whose server error is replaced by `error` (a whole
+    /// ErrorResponse message).
+    pub fn push_replacing(&mut self, request: Request, error: Bytes) {
+        if self.copy_in && request == Request::Sync {
+            return;
+        }
+        if self.skipping {
+            // The server will discard the stand-in, just as it would the original.
+            return;
+        }
+        self.queue.push_back(Entry {
+            request,
+            delivery: Delivery::ReplaceError,
+            statement: None,
+            replacement: Some(error),
+        });
     }
 
     /// Shows the tracker one server message by its tag. Returns whether the client gets it;
@@ -177,6 +204,10 @@ impl Tracker {
         }
         let Some(head) = self.queue.front() else {
             return Verdict::Forward;
+        };
+        let on_error = match (&head.replacement, tag == ERROR_RESPONSE) {
+            (Some(r), true) => Verdict::Replace(r.clone()),
+            _ => Verdict::Forward,
         };
         if tag == ERROR_RESPONSE && head.request.is_extended() {
             // The failing request is answered by the error; the server now skips to Sync.
@@ -197,7 +228,7 @@ impl Tracker {
                 self.skipping = true;
             }
             self.emit_synthetic(to_client);
-            return Verdict::Forward;
+            return on_error;
         }
         let delivery = head.delivery;
         if head.request.completed_by(tag) {
@@ -205,7 +236,9 @@ impl Tracker {
         } else if tag == COPY_IN {
             self.enter_copy_in();
         }
-        let verdict = if delivery == Delivery::Swallow && tag != ERROR_RESPONSE {
+        let verdict = if tag == ERROR_RESPONSE {
+            on_error
+        } else if delivery == Delivery::Swallow {
             Verdict::Drop
         } else {
             Verdict::Forward
@@ -294,7 +327,7 @@ mod tests {
         let mut t = Tracker::new();
         push(&mut t, Simple, Forward, None);
         let (v, _, _) = run(&mut t, b"TDDCE");
-        assert!(v.iter().all(|&v| v == Fwd));
+        assert!(v.iter().all(|v| *v == Fwd));
         assert!(
             !t.is_idle(),
             "an error inside a simple query does not end it"
@@ -403,6 +436,27 @@ mod tests {
         t.push(Sync, Forward, None, &mut out, &mut unprepared);
         assert_eq!(t.pending(), 1);
         run(&mut t, b"Z");
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn a_stand_in_error_is_replaced_and_the_rest_is_the_servers() {
+        let ours = Bytes::from_static(b"E\0\0\0\x04");
+        // Simple query: error replaced, ReadyForQuery forwarded.
+        let mut t = Tracker::new();
+        t.push_replacing(Simple, ours.clone());
+        let (v, _, _) = run(&mut t, b"EZ");
+        assert_eq!(v, vec![Verdict::Replace(ours.clone()), Fwd]);
+        assert!(t.is_idle());
+
+        // Extended: the stand-in Parse fails, the server skips to Sync.
+        let mut t = Tracker::new();
+        t.push_replacing(Parse, ours.clone());
+        push(&mut t, Bind, Forward, None);
+        push(&mut t, Execute, Forward, None);
+        push(&mut t, Sync, Forward, None);
+        let (v, _, _) = run(&mut t, b"EZ");
+        assert_eq!(v, vec![Verdict::Replace(ours), Fwd]);
         assert!(t.is_idle());
     }
 

@@ -181,9 +181,22 @@ roles:
   - name: analyst
     groups: [analysts]
     connections: {{ {CONN}: app, otherdb: app }}
+    policy: unrestricted
   - name: auditor
     groups: [auditors]
     connections: {{ otherdb: app }}
+    policy: read-only
+policies:
+  # The relay tests run everything a client may send; the built-in denials still apply.
+  - name: unrestricted
+    classes: {{ allow: [read, write, ddl, dcl, admin, copy, transaction, session] }}
+    require_where: false
+    allow_unparsed: true
+    allow_do_blocks: true
+  # What the guardrail tests probe: reads only, and never the secrets table.
+  - name: read-only
+    classes: {{ allow: [read, transaction, session] }}
+    tables: {{ deny: [public.secrets] }}
 "#,
         agent = yaml_str(AGENT_TOKEN),
         auditor = yaml_str(AUDITOR_TOKEN),

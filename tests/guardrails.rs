@@ -1,0 +1,165 @@
+//! Statement guardrails through the gateway, against a real PostgreSQL: what the policy
+//! denies never reaches the database (checked on the database itself), the client gets 42501
+//! naming the rule, the session stays usable, and a denial inside a transaction aborts it as
+//! an error from PostgreSQL would. The role `auditor` has the policy `read-only` (reads,
+//! transactions and session settings; never `public.secrets`), see tests/common/gateway.rs.
+
+mod common;
+
+use common::gateway::{
+    connect, create_app_database, runtime, sqlstate, start_gateway, within, GatewayOptions,
+    AUDITOR_TOKEN,
+};
+use common::{psql_cmd, run_err, run_ok, shared_pg, superuser_on, with_shared_pg, PgTarget};
+
+fn setup(db: &str) -> common::gateway::Gateway {
+    with_shared_pg(|c| {
+        create_app_database(c, db);
+        c.psql_as(
+            common::gateway::APP_USER,
+            common::gateway::APP_PASSWORD,
+            db,
+            "CREATE TABLE orders (id int PRIMARY KEY, amount int);
+             INSERT INTO orders SELECT g, g * 10 FROM generate_series(1, 5) g;
+             CREATE TABLE secrets (id int, value text);
+             INSERT INTO secrets VALUES (1, 'the-launch-code');",
+        )
+        .expect("seeding");
+    });
+    start_gateway(
+        shared_pg(),
+        GatewayOptions {
+            database: db.into(),
+            ..GatewayOptions::default()
+        },
+    )
+}
+
+fn auditor(gw: &common::gateway::Gateway) -> PgTarget {
+    PgTarget::new(gw.port(), "auditor", AUDITOR_TOKEN, "otherdb")
+}
+
+fn backend_scalar(db: &str, sql: &str) -> String {
+    run_ok(&mut psql_cmd(&superuser_on(shared_pg(), db), sql))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn denied_statements_never_reach_the_database() {
+    let db = "guardrails_never";
+    let gw = setup(db);
+    let who = auditor(&gw);
+    // Allowed: a read, including a string that merely mentions DROP.
+    let out = run_ok(&mut psql_cmd(
+        &who,
+        "SELECT count(*), 'drop table orders' FROM orders",
+    ));
+    assert_eq!(out.trim(), "5|drop table orders");
+
+    for sql in [
+        "DELETE FROM orders",
+        "DrOp /* hidden */ TABLE public.orders",
+        "SELECT 1; DROP TABLE orders",
+        "UPDATE orders SET amount = 0 WHERE id = 1",
+        "SELECT value FROM \"public\".\"secrets\"",
+        "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d",
+        "SELECT pg_read_file('/etc/passwd')",
+        "COPY orders TO PROGRAM 'cat > /tmp/x'",
+    ] {
+        let err = run_err(&mut psql_cmd(&who, sql));
+        assert!(err.contains("ERROR:  sluice: denied"), "{sql}: {err}");
+        assert!(!err.contains("the-launch-code"), "{sql}: {err}");
+    }
+    // The database saw none of it.
+    assert_eq!(
+        backend_scalar(db, "SELECT count(*), sum(amount) FROM orders"),
+        "5|150"
+    );
+    assert_eq!(
+        backend_scalar(db, "SELECT to_regclass('public.orders') IS NOT NULL"),
+        "t"
+    );
+}
+
+#[test]
+fn a_denial_is_an_ordinary_error_for_the_session() {
+    let db = "guardrails_session";
+    let gw = setup(db);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = connect(&auditor(&gw).conn_str()).await;
+        // Extended protocol with parameters: denied at Parse, 42501, then the session goes on.
+        let err = within(
+            10,
+            "denied query",
+            client.query("DELETE FROM orders WHERE id = $1", &[&1i32]),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(sqlstate(&err), "42501", "{err:?}");
+        let rows = within(
+            10,
+            "next query",
+            client.query("SELECT amount FROM orders WHERE id = $1", &[&2i32]),
+        )
+        .await
+        .expect("the session stays usable");
+        assert_eq!(rows[0].get::<_, i32>(0), 20);
+
+        // Simple protocol inside a transaction: the denial aborts it, as PostgreSQL would.
+        within(10, "begin", client.batch_execute("BEGIN"))
+            .await
+            .unwrap();
+        let err = within(
+            10,
+            "denied in txn",
+            client.batch_execute("DROP TABLE orders"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(sqlstate(&err), "42501");
+        let err = within(10, "after denial", client.batch_execute("SELECT 1"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            sqlstate(&err),
+            "25P02",
+            "the transaction is aborted: {err:?}"
+        );
+        within(10, "rollback", client.batch_execute("ROLLBACK"))
+            .await
+            .unwrap();
+        let n: i64 = within(
+            10,
+            "count",
+            client.query_one("SELECT count(*) FROM orders", &[]),
+        )
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(n, 5);
+
+        // A prepared statement that is denied cannot be used later either.
+        let err = within(
+            10,
+            "prepare denied",
+            client.prepare("SELECT * FROM secrets"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(sqlstate(&err), "42501");
+        let ok = within(
+            10,
+            "prepare allowed",
+            client.prepare("SELECT id FROM orders ORDER BY id"),
+        )
+        .await
+        .unwrap();
+        let rows = within(10, "run prepared", client.query(&ok, &[]))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 5);
+    });
+    assert_eq!(backend_scalar(db, "SELECT count(*) FROM orders"), "5");
+}
