@@ -1,0 +1,1134 @@
+//! Snapshots from the control plane: turned into a [`Config`], fetched by long-poll, kept on disk.
+//!
+//! [`config_from_snapshot`] merges a snapshot with the local file: the process-level settings
+//! (listen, cores, client TLS, limits, metrics, static break-glass tokens) stay local; the
+//! connections, JWT issuers (identity providers and the control plane's grant key), roles and
+//! their statement policies come from the snapshot and go through the same validation as a configuration file, so a
+//! bad snapshot is refused with the field at fault and the one in force stays.
+//!
+//! [`SnapshotClient`] runs on its own thread: it registers the node, long-polls
+//! `GET /v1/nodes/{id}/snapshot?after=V` with `V` the version it runs (which is also how the
+//! control plane learns what the node applied), verifies each answer's content hash, hands it
+//! to a callback and persists it atomically. While the control plane is away it retries with
+//! capped exponential backoff and the last snapshot stays in force (fail-static);
+//! [`SnapshotClient::load_persisted`] reads it back at start so a restart needs no control plane.
+
+use std::collections::HashSet;
+use std::io::{self, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_auth::token::TokenVerifier;
+use sluice_policy::snapshot::Snapshot;
+use sluice_policy::{Policy, PolicySet};
+
+use crate::config::{Config, ConfigError};
+
+/// Largest snapshot accepted, from the control plane or from disk.
+pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 20;
+
+/// The claim of a grant token that names its role; the grant issuer's `groups_claim`, so a
+/// verified grant's [`Identity::groups`](sluice_auth::token::Identity::groups) is `[role]`.
+pub const GRANT_ROLE_CLAIM: &str = "role";
+
+/// Why a snapshot was refused or could not be fetched or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The content does not hash to `content_hash`: corrupted or tampered with.
+    #[error("snapshot version {version}: content hash mismatch (claims {claimed}, content hashes to {actual}); refused")]
+    HashMismatch {
+        /// The version the snapshot claims.
+        version: u64,
+        /// The `content_hash` it carries.
+        claimed: String,
+        /// The hash of its content.
+        actual: String,
+    },
+    /// The content does not make a valid configuration.
+    #[error("snapshot version {version} is invalid: {field}: {message}")]
+    Invalid {
+        /// The version the snapshot claims.
+        version: u64,
+        /// Path of the offending field in the snapshot content, e.g. `roles[0].connections.app`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Not a snapshot document at all.
+    #[error("{origin}: not a snapshot: {source}")]
+    Malformed {
+        /// Where it came from (a file, or the control plane).
+        origin: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+    /// Larger than [`MAX_SNAPSHOT_BYTES`] (or the client's cap).
+    #[error("{origin}: snapshot larger than {limit} bytes; refused")]
+    TooLarge {
+        /// Where it came from.
+        origin: String,
+        /// The cap.
+        limit: u64,
+    },
+    /// Reading or writing the persisted snapshot failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The callback could not put the snapshot in force (e.g. a backend host does not
+    /// resolve); the snapshot is asked for again after a backoff.
+    #[error("snapshot version {version} could not be put in force: {message}")]
+    Refused {
+        /// The version the snapshot claims.
+        version: u64,
+        /// The callback's reason.
+        message: String,
+    },
+    /// The control plane is unreachable or answered with an error.
+    #[error("control plane{}: {message}", status.map(|s| format!(" answered {s}")).unwrap_or_default())]
+    ControlPlane {
+        /// HTTP status, when it answered.
+        status: Option<u16>,
+        /// What went wrong (never contains the node token).
+        message: String,
+    },
+}
+
+impl SnapshotError {
+    /// True for faults of the transport or the disk, which a retry may cure; false for a
+    /// snapshot that is wrong in itself (a retry gets the same bytes).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            SnapshotError::Io { .. } | SnapshotError::ControlPlane { .. }
+        )
+    }
+
+    fn invalid(version: u64, e: ConfigError) -> Self {
+        // serde positions inside the generated document mean nothing to the reader; the
+        // message names the field.
+        let field = if e.field.starts_with("line ") {
+            String::new()
+        } else {
+            e.field
+        };
+        SnapshotError::Invalid {
+            version,
+            field,
+            message: e.message,
+        }
+    }
+}
+
+/// What the cores need about just-in-time grants beyond the token configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrantRules {
+    /// The `iss` of grant tokens (also one of `config.auth.jwt`); `None` when the snapshot
+    /// carries no grant key, so no grant verifies.
+    pub issuer: Option<String>,
+    /// Ids (`jti`) of revoked grants that have not expired yet.
+    pub revoked: HashSet<String>,
+}
+
+impl GrantRules {
+    /// The grant rules of a snapshot.
+    pub fn from_snapshot(snap: &Snapshot) -> Self {
+        let g = &snap.content.grants;
+        GrantRules {
+            issuer: (!g.issuer.is_empty()).then(|| g.issuer.clone()),
+            revoked: snap.content.revoked_grants.iter().cloned().collect(),
+        }
+    }
+
+    /// True when a token from `issuer` is a grant (its role comes from its `role` claim,
+    /// never from its subject or groups).
+    pub fn is_grant_issuer(&self, issuer: &str) -> bool {
+        self.issuer.as_deref() == Some(issuer)
+    }
+
+    /// True when the grant with this id (`jti`, [`Identity::token_id`]) was revoked.
+    ///
+    /// [`Identity::token_id`]: sluice_auth::token::Identity::token_id
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked.contains(jti)
+    }
+}
+
+/// A snapshot accepted and turned into what the cores run.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    /// The snapshot version.
+    pub version: u64,
+    /// Its content hash.
+    pub content_hash: String,
+    /// The merged, validated configuration.
+    pub config: Arc<Config>,
+    /// Grant issuer and revocations (the configuration has no place for them yet).
+    pub grants: Arc<GrantRules>,
+}
+
+/// Verifies the hash and merges the snapshot with the local configuration; see the module
+/// documentation for which settings come from where.
+pub fn apply_snapshot(local: &Config, snap: &Snapshot) -> Result<Applied, SnapshotError> {
+    let config = config_from_snapshot(local, snap)?;
+    Ok(Applied {
+        version: snap.version,
+        content_hash: snap.content_hash.clone(),
+        config: Arc::new(config),
+        grants: Arc::new(GrantRules::from_snapshot(snap)),
+    })
+}
+
+/// Checks that the snapshot's content hashes to its `content_hash`.
+pub fn verify_hash(snap: &Snapshot) -> Result<(), SnapshotError> {
+    let actual = snap.content.content_hash();
+    if actual == snap.content_hash {
+        Ok(())
+    } else {
+        Err(SnapshotError::HashMismatch {
+            version: snap.version,
+            claimed: snap.content_hash.clone(),
+            actual,
+        })
+    }
+}
+
+/// The configuration the data plane runs with this snapshot.
+///
+/// From `local`: `listen`, `cores`, `metrics_listen`, `tls`, `require_tls_for_non_loopback`,
+/// `limits` and `auth.static_tokens` (break-glass access that must not depend on the control
+/// plane). From the snapshot: `connections`, `roles`, and `auth.jwt`: one issuer per identity
+/// provider with an inline JWKS, plus the grant issuer (its Ed25519 JWKS, `groups_claim`
+/// [`GRANT_ROLE_CLAIM`]), and `policies` with each role's `policy` (a role without one
+/// denies every statement; cache keys carry the snapshot version). Identity providers with
+/// only a `jwks_url` are left out with a warning (nothing fetches JWKS URLs yet), so their
+/// tokens are refused. The hash is verified first.
+pub fn config_from_snapshot(local: &Config, snap: &Snapshot) -> Result<Config, SnapshotError> {
+    verify_hash(snap)?;
+    merge(local, snap)
+}
+
+/// [`config_from_snapshot`] after the hash was checked.
+fn merge(local: &Config, snap: &Snapshot) -> Result<Config, SnapshotError> {
+    let version = snap.version;
+    let c = &snap.content;
+    let invalid = |field: String, message: &str| SnapshotError::Invalid {
+        version,
+        field,
+        message: message.to_owned(),
+    };
+
+    let mut jwt = Vec::with_capacity(c.identity_providers.len() + 1);
+    for (i, idp) in c.identity_providers.iter().enumerate() {
+        let Some(jwks) = &idp.jwks else {
+            tracing::warn!(
+                version,
+                identity_provider = %idp.name,
+                "identity provider has only a jwks_url, which the data plane does not fetch yet; its tokens will be refused"
+            );
+            continue;
+        };
+        if idp.issuer.is_empty() {
+            return Err(invalid(
+                format!("identity_providers[{i}].issuer"),
+                "must not be empty",
+            ));
+        }
+        jwt.push(json!({
+            "issuer": idp.issuer,
+            "audience": idp.audience,
+            "jwks": jwks,
+            "groups_claim": idp.groups_claim,
+            "leeway_secs": idp.leeway_secs,
+        }));
+    }
+    if !c.grants.issuer.is_empty() {
+        jwt.push(json!({
+            "issuer": c.grants.issuer,
+            "jwks": c.grants.jwks,
+            "groups_claim": GRANT_ROLE_CLAIM,
+            "leeway_secs": 30,
+        }));
+    }
+
+    let mut connections = Vec::with_capacity(c.connections.len().max(1));
+    for (i, conn) in c.connections.iter().enumerate() {
+        if let Some(ca) = &conn.tls_ca {
+            if !Path::new(ca).is_absolute() {
+                return Err(invalid(
+                    format!("connections[{i}].tls_ca"),
+                    "must be an absolute path on the data plane",
+                ));
+            }
+        }
+        let users: Vec<Value> = conn
+            .users
+            .iter()
+            .map(|u| json!({"name": u.name, "user": u.user, "password": u.password}))
+            .collect();
+        let mut v = json!({
+            "name": conn.name,
+            "host": conn.host,
+            "port": conn.port,
+            "database": conn.database,
+            "tls": conn.tls,
+            "pool": conn.pool,
+            "users": users,
+        });
+        if let Some(ca) = &conn.tls_ca {
+            v["tls_ca"] = json!(ca);
+        }
+        connections.push(v);
+    }
+    // A configuration file needs a connection; a snapshot without one is legitimate (a control
+    // plane before its first apply) and means every client is refused. Validate against a
+    // placeholder nothing can refer to, then drop it.
+    let placeholder = c.connections.is_empty();
+    if placeholder {
+        if let Some((i, r)) = c
+            .roles
+            .iter()
+            .enumerate()
+            .find(|(_, r)| !r.connections.is_empty())
+        {
+            let conn = r
+                .connections
+                .keys()
+                .next()
+                .map(String::as_str)
+                .unwrap_or("");
+            return Err(invalid(
+                format!("roles[{i}].connections.{conn}"),
+                "no such connection",
+            ));
+        }
+        connections.push(json!({
+            "name": "-", "port": 1, "database": "-", "users": [{"name": "-"}],
+        }));
+    }
+    let roles: Vec<Value> = c
+        .roles
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "subjects": r.subjects,
+                "groups": r.groups,
+                "connections": r.connections,
+                "policy": r.policy,
+            })
+        })
+        .collect();
+
+    let doc = json!({
+        "listen": "127.0.0.1:0",
+        "cores": 1,
+        "auth": {"jwt": jwt},
+        "connections": connections,
+        "roles": roles,
+        "policies": c.policies,
+    });
+    // JSON is YAML; every `$` is doubled so `${...}` substitution leaves values as they are.
+    let text = doc.to_string().replace('$', "$$");
+    let mut config = Config::from_yaml(&text, Path::new("/"), &|_| None)
+        .map_err(|e| SnapshotError::invalid(version, e))?;
+
+    // Keys are checked now (the verifier is built again when the cores take the config), so
+    // an unusable JWKS refuses the snapshot instead of failing later.
+    config.auth.static_tokens = local.auth.static_tokens.clone();
+    TokenVerifier::new(&config.auth).map_err(|e| SnapshotError::Invalid {
+        version,
+        field: "identity_providers".into(),
+        message: e.to_string(),
+    })?;
+    // Policies again, now with the snapshot version in their verdict-cache keys, so no core
+    // serves a verdict cached under an older version of a policy with the same name.
+    let policies = PolicySet::from_yaml(&json!({ "policies": c.policies }).to_string(), version)
+        .map_err(|e| SnapshotError::Invalid {
+            version,
+            field: "policies".into(),
+            message: e.to_string(),
+        })?;
+    let deny_all = Arc::new(Policy::deny_all());
+    debug_assert_eq!(config.roles.len(), c.roles.len());
+    for (i, (role, src)) in config.roles.iter_mut().zip(&c.roles).enumerate() {
+        role.policy = match &src.policy {
+            None => deny_all.clone(),
+            Some(name) => policies
+                .get(name)
+                .cloned()
+                .ok_or_else(|| SnapshotError::Invalid {
+                    version,
+                    field: format!("roles[{i}].policy"),
+                    message: format!("no policy named `{name}`"),
+                })?,
+        };
+    }
+    config.policies = Arc::new(policies);
+    // Put the local process-level settings back over the placeholders.
+    if placeholder {
+        config.connections.clear();
+    }
+    config.listen = local.listen;
+    config.cores = local.cores;
+    config.metrics_listen = local.metrics_listen;
+    config.tls = local.tls.clone();
+    config.require_tls_for_non_loopback = local.require_tls_for_non_loopback;
+    config.limits = local.limits.clone();
+    Ok(config)
+}
+
+/// Decodes and verifies a snapshot from bytes (`origin` names where they came from).
+pub fn decode(bytes: &[u8], origin: &str) -> Result<Snapshot, SnapshotError> {
+    let snap: Snapshot =
+        serde_json::from_slice(bytes).map_err(|source| SnapshotError::Malformed {
+            origin: origin.to_owned(),
+            source,
+        })?;
+    verify_hash(&snap)?;
+    Ok(snap)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory (mode 0600,
+/// since snapshots carry backend passwords), fsync, rename, fsync of the directory.
+pub fn persist(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io_err = |source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io_err(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let write = || -> io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err(e)
+    })
+}
+
+/// Where the client finds the control plane, who it is, and its bounds.
+#[derive(Clone)]
+pub struct ClientSettings {
+    /// Base URL of the control plane, e.g. `http://127.0.0.1:7070`.
+    pub server: String,
+    /// A node token (API role `node`).
+    pub token: String,
+    /// This data plane's stable id.
+    pub node_id: String,
+    /// Where its listener is, for operators (`GET /v1/nodes`).
+    pub address: String,
+    /// I/O driver of each core, for operators.
+    pub drivers: Vec<String>,
+    /// Where the last accepted snapshot is kept.
+    pub state_file: PathBuf,
+    /// How long one long-poll may wait for a new version (the control plane caps it at its own
+    /// timeout, ~30 s). Also bounds how long [`SnapshotClient::stop`] takes.
+    pub poll_wait: Duration,
+    /// Connect timeout, and the whole-request timeout on top of `poll_wait`.
+    pub request_timeout: Duration,
+    /// First retry delay after a failure; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Largest snapshot accepted.
+    pub max_snapshot_bytes: u64,
+}
+
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("server", &self.server)
+            .field("token", &sluice_auth::token::fingerprint(&self.token))
+            .field("node_id", &self.node_id)
+            .field("state_file", &self.state_file)
+            .field("poll_wait", &self.poll_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientSettings {
+    /// Settings with the default bounds: 10 s long-polls, 5 s request timeout, backoff from
+    /// 100 ms to 10 s, 64 MiB snapshots.
+    pub fn new(server: &str, token: &str, node_id: &str, state_file: PathBuf) -> Self {
+        ClientSettings {
+            server: server.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            node_id: node_id.to_owned(),
+            address: String::new(),
+            drivers: Vec::new(),
+            state_file,
+            poll_wait: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
+        }
+    }
+}
+
+/// Counters of a running client, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// The snapshot version in force (0 for none).
+    pub version: u64,
+    /// Snapshots accepted and handed to the callback.
+    pub applied: u64,
+    /// Snapshots refused (hash mismatch, invalid, malformed, too large, or by the callback).
+    pub rejected: u64,
+    /// Failed requests (control plane away, errors).
+    pub failures: u64,
+    /// Accepted snapshots that could not be written to disk.
+    pub persist_failures: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    version: AtomicU64,
+    applied: AtomicU64,
+    rejected: AtomicU64,
+    failures: AtomicU64,
+    persist_failures: AtomicU64,
+}
+
+struct Control {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+    counters: Counters,
+}
+
+impl Control {
+    /// Sleeps for `d` unless stopped first; returns false once stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let guard = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .wake
+            .wait_timeout_while(guard, d, |stopped| !*stopped)
+            .unwrap_or_else(|p| p.into_inner());
+        !*guard
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why the callback could not put a snapshot in force.
+pub type SwapError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Fetches snapshots from the control plane on its own thread; see the module documentation.
+pub struct SnapshotClient {
+    control: Arc<Control>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SnapshotClient {
+    /// Starts the client thread. `running` is the version already in force (from
+    /// [`SnapshotClient::load_persisted`]), or `None`. `on_update` runs on the client thread
+    /// for every accepted snapshot and should only build what the cores need and swap it in;
+    /// when it returns an error the version in force does not change, nothing is written, and
+    /// the snapshot is asked for again after a backoff. Accepted snapshots are then persisted.
+    pub fn start<F>(
+        settings: ClientSettings,
+        local: Config,
+        running: Option<u64>,
+        on_update: F,
+    ) -> io::Result<SnapshotClient>
+    where
+        F: Fn(Applied) -> Result<(), SwapError> + Send + 'static,
+    {
+        let control = Arc::new(Control {
+            stopped: Mutex::new(false),
+            wake: Condvar::new(),
+            counters: Counters::default(),
+        });
+        control
+            .counters
+            .version
+            .store(running.unwrap_or(0), Ordering::Relaxed);
+        let worker = Worker {
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(settings.request_timeout))
+                .timeout_global(Some(settings.request_timeout))
+                .build()
+                .into(),
+            settings,
+            local,
+            control: control.clone(),
+            on_update: Box::new(on_update),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sluice-snapshots".into())
+            .spawn(move || worker.run())?;
+        Ok(SnapshotClient {
+            control,
+            thread: Some(thread),
+        })
+    }
+
+    /// The snapshot version in force (0 for none).
+    pub fn version(&self) -> u64 {
+        self.control.counters.version.load(Ordering::Relaxed)
+    }
+
+    /// The client's counters.
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.control.counters;
+        ClientStats {
+            version: c.version.load(Ordering::Relaxed),
+            applied: c.applied.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            persist_failures: c.persist_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the thread and waits for it: at once between requests, within the request
+    /// timeout plus `poll_wait` when a long-poll is in flight (it is not cut short).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        *self
+            .control
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = true;
+        self.control.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// The last snapshot persisted at `path`, verified; `None` when there is no file.
+    /// A file that is not a snapshot, too large, or whose hash does not match is an error:
+    /// the caller starts from its local configuration instead of trusting it.
+    pub fn load_persisted(path: &Path) -> Result<Option<Snapshot>, SnapshotError> {
+        let io_err = |source| SnapshotError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(e)),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_SNAPSHOT_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        let origin = path.display().to_string();
+        if bytes.len() as u64 > MAX_SNAPSHOT_BYTES {
+            return Err(SnapshotError::TooLarge {
+                origin,
+                limit: MAX_SNAPSHOT_BYTES,
+            });
+        }
+        decode(&bytes, &origin).map(Some)
+    }
+}
+
+impl Drop for SnapshotClient {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The client thread's state.
+struct Worker {
+    agent: ureq::Agent,
+    settings: ClientSettings,
+    local: Config,
+    control: Arc<Control>,
+    on_update: Box<dyn Fn(Applied) -> Result<(), SwapError> + Send>,
+}
+
+/// What one long-poll brought.
+enum Poll {
+    /// A snapshot newer than asked for (raw bytes, kept as received for the file).
+    Snapshot(Vec<u8>),
+    /// Nothing newer before the timeout.
+    NothingNew,
+    /// The control plane does not know this node (e.g. its store was replaced): register again.
+    UnknownNode,
+}
+
+impl Worker {
+    fn run(self) {
+        let s = &self.settings;
+        let c = &self.control.counters;
+        let mut backoff = s.backoff_min;
+        let mut registered = false;
+        tracing::info!(server = %s.server, node = %s.node_id, "snapshot client started");
+        while !self.control.is_stopped() {
+            let step = if registered {
+                self.poll_once()
+            } else {
+                self.register().map(|()| {
+                    registered = true;
+                    true
+                })
+            };
+            match step {
+                Ok(true) => backoff = s.backoff_min,
+                Ok(false) => {
+                    registered = false;
+                    self.control.sleep(s.backoff_min);
+                }
+                Err(e) => {
+                    if e.is_retryable() {
+                        c.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, retry_in = ?backoff, version = c.version.load(Ordering::Relaxed),
+                            "control plane unavailable; keeping the snapshot in force");
+                    } else {
+                        c.rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, retry_in = ?backoff, version = c.version.load(Ordering::Relaxed),
+                            "snapshot refused; keeping the snapshot in force");
+                    }
+                    if !self.control.sleep(backoff) {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(s.backoff_max);
+                }
+            }
+        }
+        tracing::info!(node = %s.node_id, "snapshot client stopped");
+    }
+
+    /// One long-poll; `Ok(false)` when the node must register again.
+    fn poll_once(&self) -> Result<bool, SnapshotError> {
+        let c = &self.control.counters;
+        let running = c.version.load(Ordering::Relaxed);
+        let asked = std::time::Instant::now();
+        let bytes = match self.poll(running)? {
+            Poll::NothingNew => {
+                // A long-poll ends with 204 after `poll_wait`; something in between that
+                // answers at once must not turn this loop into a busy one.
+                let quick = self.settings.backoff_min.saturating_sub(asked.elapsed());
+                self.control.sleep(quick);
+                return Ok(true);
+            }
+            Poll::UnknownNode => return Ok(false),
+            Poll::Snapshot(b) => b,
+        };
+        let snap = decode(&bytes, "control plane")?;
+        if snap.version <= running {
+            // Only a control plane restored from an older store answers this; keep ours.
+            return Err(SnapshotError::Invalid {
+                version: snap.version,
+                field: "version".into(),
+                message: format!("not newer than the version in force ({running})"),
+            });
+        }
+        let applied = Applied {
+            version: snap.version,
+            content_hash: snap.content_hash.clone(),
+            config: Arc::new(merge(&self.local, &snap)?),
+            grants: Arc::new(GrantRules::from_snapshot(&snap)),
+        };
+        let version = applied.version;
+        // Swap first, then persist: the fsyncs stay off the delivery latency, and a crash in
+        // between only means a restart runs the previous file until the control plane answers.
+        (self.on_update)(applied).map_err(|e| SnapshotError::Refused {
+            version,
+            message: e.to_string(),
+        })?;
+        c.version.store(version, Ordering::Relaxed);
+        c.applied.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(version, "snapshot applied");
+        if let Err(e) = persist(&self.settings.state_file, &bytes) {
+            // Serving the newest snapshot matters more than having it on disk.
+            c.persist_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, version, "cannot persist the snapshot");
+        }
+        Ok(true)
+    }
+
+    fn register(&self) -> Result<(), SnapshotError> {
+        let s = &self.settings;
+        let body = json!({"id": s.node_id, "address": s.address, "drivers": s.drivers});
+        let resp = self
+            .agent
+            .post(format!("{}/v1/nodes", s.server))
+            .header("Authorization", format!("Bearer {}", s.token))
+            .header("Content-Type", "application/json")
+            .send(body.to_string().as_bytes());
+        let mut resp = resp.map_err(transport_err)?;
+        match resp.status().as_u16() {
+            200 => {
+                tracing::info!(node = %s.node_id, "registered with the control plane");
+                Ok(())
+            }
+            status => Err(status_err(status, &mut resp)),
+        }
+    }
+
+    fn poll(&self, after: u64) -> Result<Poll, SnapshotError> {
+        let s = &self.settings;
+        let url = format!(
+            "{}/v1/nodes/{}/snapshot?after={after}&timeout_ms={}",
+            s.server,
+            encode_path_segment(&s.node_id),
+            s.poll_wait.as_millis()
+        );
+        let resp = self
+            .agent
+            .get(url)
+            .header("Authorization", format!("Bearer {}", s.token))
+            .config()
+            .timeout_global(Some(s.poll_wait + s.request_timeout))
+            .build()
+            .call();
+        let mut resp = resp.map_err(transport_err)?;
+        match resp.status().as_u16() {
+            200 => {
+                let body = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(s.max_snapshot_bytes)
+                    .read_to_vec()
+                    .map_err(|e| match e {
+                        ureq::Error::BodyExceedsLimit(_) => SnapshotError::TooLarge {
+                            origin: "control plane".into(),
+                            limit: s.max_snapshot_bytes,
+                        },
+                        e => transport_err(e),
+                    })?;
+                Ok(Poll::Snapshot(body))
+            }
+            204 => Ok(Poll::NothingNew),
+            404 => {
+                tracing::warn!(node = %s.node_id, "the control plane does not know this node; registering again");
+                Ok(Poll::UnknownNode)
+            }
+            status => Err(status_err(status, &mut resp)),
+        }
+    }
+}
+
+fn transport_err(e: ureq::Error) -> SnapshotError {
+    SnapshotError::ControlPlane {
+        status: None,
+        message: e.to_string(),
+    }
+}
+
+/// An error answer: the control plane's JSON `error.message` (bounded), or the status alone.
+fn status_err(status: u16, resp: &mut ureq::http::Response<ureq::Body>) -> SnapshotError {
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_vec()
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "request failed".into());
+    SnapshotError::ControlPlane {
+        status: Some(status),
+        message,
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn encode_path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sluice_policy::snapshot::{
+        GrantIssuer, SnapshotConnection, SnapshotContent, SnapshotIdentityProvider, SnapshotRole,
+        SnapshotUser,
+    };
+
+    use super::*;
+
+    /// The RFC 8037 example Ed25519 public key.
+    const ED25519_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+
+    fn jwks() -> Value {
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "k1", "x": ED25519_X}]})
+    }
+
+    fn local() -> Config {
+        let yaml = r#"
+listen: 127.0.0.1:7432
+cores: 3
+metrics_listen: 127.0.0.1:9187
+limits: { startup_timeout: 2s }
+auth:
+  static_tokens:
+    - { token: break-glass-token-0123456789, subject: oncall }
+  jwt:
+    - { issuer: https://local.example, hs256_secret: local-secret-local-secret }
+connections:
+  - { name: local, port: 5432, database: l, users: [{ name: u }] }
+"#;
+        Config::from_yaml(yaml, Path::new("/"), &|_| None).unwrap()
+    }
+
+    fn content() -> SnapshotContent {
+        let mut pool = BTreeMap::new();
+        pool.insert("mode".to_owned(), json!("session"));
+        pool.insert("size".to_owned(), json!(4));
+        pool.insert("timeout".to_owned(), json!("250ms"));
+        SnapshotContent {
+            grants: GrantIssuer {
+                issuer: "sluice-cp-test".into(),
+                jwks: jwks(),
+            },
+            connections: vec![SnapshotConnection {
+                name: "app".into(),
+                host: "db.internal".into(),
+                port: 5433,
+                database: "appdb".into(),
+                tls: "disable".into(),
+                tls_ca: None,
+                pool,
+                users: vec![SnapshotUser {
+                    name: "reader".into(),
+                    user: "app_reader".into(),
+                    password: Some("pa$$w${0}rd".into()),
+                }],
+            }],
+            identity_providers: vec![SnapshotIdentityProvider {
+                name: "corp".into(),
+                issuer: "https://idp.example".into(),
+                audience: vec!["sluice".into()],
+                jwks: Some(jwks()),
+                jwks_url: None,
+                groups_claim: "grp".into(),
+                leeway_secs: 5,
+            }],
+            roles: vec![SnapshotRole {
+                name: "analyst".into(),
+                subjects: vec![],
+                groups: vec!["analysts".into()],
+                connections: [("app".to_owned(), "reader".to_owned())].into(),
+                policy: None,
+            }],
+            policies: vec![],
+            revoked_grants: vec!["g-1".into()],
+        }
+    }
+
+    fn snap(c: SnapshotContent) -> Snapshot {
+        Snapshot::new(7, 3, 0, c)
+    }
+
+    #[test]
+    fn merges_local_process_settings_with_snapshot_content() {
+        let l = local();
+        let a = apply_snapshot(&l, &snap(content())).unwrap();
+        let c = &a.config;
+        assert_eq!((c.listen, c.cores), (l.listen, 3));
+        assert_eq!(c.metrics_listen, l.metrics_listen);
+        assert_eq!(c.limits.startup_timeout, Duration::from_secs(2));
+        assert_eq!(c.connections.len(), 1);
+        let conn = c.connection("app").unwrap();
+        assert_eq!((conn.host.as_str(), conn.port), ("db.internal", 5433));
+        assert_eq!(conn.database, "appdb");
+        assert_eq!(conn.pool.mode, crate::config::PoolMode::Session);
+        assert_eq!(conn.pool.size, 4);
+        assert_eq!(conn.pool.timeout, Duration::from_millis(250));
+        assert_eq!(conn.users["reader"].user, "app_reader");
+        assert_eq!(
+            conn.users["reader"].password.as_deref(),
+            Some("pa$$w${0}rd"),
+            "no ${{}} substitution in snapshot values"
+        );
+        let role = c.role_for("x", &["analysts".into()]).unwrap();
+        assert_eq!(role.connections["app"], "reader");
+        // JWT issuers: the identity provider and the grant issuer replace the local ones;
+        // static break-glass tokens stay.
+        let issuers: Vec<_> = c.auth.jwt.iter().map(|j| j.issuer.as_str()).collect();
+        assert_eq!(issuers, ["https://idp.example", "sluice-cp-test"]);
+        assert_eq!(c.auth.jwt[0].groups_claim, "grp");
+        assert_eq!(c.auth.jwt[0].audience, ["sluice"]);
+        assert_eq!(c.auth.jwt[1].groups_claim, GRANT_ROLE_CLAIM);
+        assert_eq!(c.auth.static_tokens.len(), 1);
+        assert!(a.grants.is_grant_issuer("sluice-cp-test"));
+        assert!(!a.grants.is_grant_issuer("https://idp.example"));
+        assert!(a.grants.is_revoked("g-1") && !a.grants.is_revoked("g-2"));
+        assert_eq!(a.version, 7);
+    }
+
+    #[test]
+    fn missing_backend_user_is_refused_with_the_field() {
+        let mut c = content();
+        c.roles[0].connections.insert("app".into(), "writer".into());
+        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(&e, SnapshotError::Invalid { field, .. } if field == "roles[0].connections.app"),
+            "{e:?}"
+        );
+        assert!(msg.contains("no backend user `writer`"), "{msg}");
+        assert!(msg.contains("version 7"), "{msg}");
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn other_invalid_content_is_refused() {
+        let mut c = content();
+        c.roles[0].connections = [("nope".to_owned(), "reader".to_owned())].into();
+        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
+        assert!(e.to_string().contains("no such connection"), "{e}");
+
+        let mut c = content();
+        c.connections[0].pool.insert("bogus".into(), json!(1));
+        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+
+        let mut c = content();
+        c.connections[0].tls = "verify-full".into();
+        c.connections[0].tls_ca = Some("ca.pem".into());
+        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+
+        let mut c = content();
+        c.identity_providers[0].jwks = Some(json!({"keys": [{"kty": "oct", "k": "AAAA"}]}));
+        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
+        assert!(e.to_string().contains("https://idp.example"), "{e}");
+
+        let mut c = content();
+        c.identity_providers[0].issuer = "sluice-cp-test".into();
+        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
+        assert!(e.to_string().contains("more than once"), "{e}");
+    }
+
+    #[test]
+    fn policies_come_from_the_snapshot_keyed_by_its_version() {
+        let mut c = content();
+        c.policies
+            .push(json!({"name": "read-only", "classes": {"allow": ["read"]}, "max_rows": 5}));
+        c.roles[0].policy = Some("read-only".into());
+        c.roles.push(SnapshotRole {
+            name: "nopolicy".into(),
+            subjects: vec!["bot".into()],
+            groups: vec![],
+            connections: BTreeMap::new(),
+            policy: None,
+        });
+        let v7 = config_from_snapshot(&local(), &snap(c.clone())).unwrap();
+        let p = &v7.roles[0].policy;
+        assert_eq!((p.name(), p.max_rows()), ("read-only", Some(5)));
+        assert!(!v7.roles[1].policy.is_valid(), "no policy: deny everything");
+        assert_eq!(v7.policies.version(), 7);
+        let v8 = config_from_snapshot(&local(), &Snapshot::new(8, 3, 0, c.clone())).unwrap();
+        assert_ne!(
+            v7.roles[0].policy.cache_key(),
+            v8.roles[0].policy.cache_key()
+        );
+
+        let mut bad = c.clone();
+        bad.policies[0]["classes"]["allow"] = json!(["reed"]);
+        let e = config_from_snapshot(&local(), &snap(bad)).unwrap_err();
+        assert!(e.to_string().contains("policies[0]"), "{e}");
+        let mut bad = c;
+        bad.roles[0].policy = Some("missing".into());
+        let e = config_from_snapshot(&local(), &snap(bad)).unwrap_err();
+        assert!(e.to_string().contains("roles[0].policy"), "{e}");
+    }
+
+    #[test]
+    fn tampered_content_is_refused() {
+        let mut s = snap(content());
+        s.content.connections[0].host = "evil.example".into();
+        let e = config_from_snapshot(&local(), &s).unwrap_err();
+        assert!(matches!(e, SnapshotError::HashMismatch { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn empty_snapshot_serves_nothing_and_jwks_url_providers_are_left_out() {
+        let c = SnapshotContent::default();
+        let cfg = config_from_snapshot(&local(), &snap(c)).unwrap();
+        assert!(cfg.connections.is_empty() && cfg.roles.is_empty());
+        assert!(cfg.auth.jwt.is_empty());
+
+        let mut c = content();
+        c.identity_providers[0].jwks = None;
+        c.identity_providers[0].jwks_url = Some("https://idp.example/jwks".into());
+        let cfg = config_from_snapshot(&local(), &snap(c)).unwrap();
+        let issuers: Vec<_> = cfg.auth.jwt.iter().map(|j| j.issuer.as_str()).collect();
+        assert_eq!(issuers, ["sluice-cp-test"]);
+
+        let c = SnapshotContent {
+            roles: content().roles,
+            ..SnapshotContent::default()
+        };
+        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
+        assert!(e.to_string().contains("no such connection"), "{e}");
+    }
+
+    #[test]
+    fn persist_and_load_round_trip_and_refuse_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.json");
+        assert!(SnapshotClient::load_persisted(&path).unwrap().is_none());
+        let s = snap(content());
+        persist(&path, &serde_json::to_vec(&s).unwrap()).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(SnapshotClient::load_persisted(&path).unwrap(), Some(s));
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left behind");
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("db.internal", "db.evil")).unwrap();
+        let e = SnapshotClient::load_persisted(&path).unwrap_err();
+        assert!(matches!(e, SnapshotError::HashMismatch { .. }), "{e:?}");
+        std::fs::write(&path, "{not json").unwrap();
+        let e = SnapshotClient::load_persisted(&path).unwrap_err();
+        assert!(matches!(e, SnapshotError::Malformed { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(encode_path_segment("node-a_1.x~"), "node-a_1.x~");
+        assert_eq!(encode_path_segment("a/b c?"), "a%2Fb%20c%3F");
+    }
+}
