@@ -16,6 +16,7 @@ pub mod pool;
 pub mod prepared;
 pub mod runtime;
 mod session;
+pub mod shape;
 pub mod snapshot;
 pub mod stream;
 pub mod tracker;

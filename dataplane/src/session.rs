@@ -1460,6 +1460,26 @@ impl Session {
     }
 }
 
+/// Whether no literal value in the text can change its verdict: one plain SELECT or INSERT
+/// (constants there are values, never names, classes or flags). UPDATE and DELETE are left
+/// out on purpose: a constant WHERE (`1 = 1`) is something the policy looks at.
+fn literal_independent(analysis: &sluice_policy::Analysis) -> bool {
+    match analysis {
+        sluice_policy::Analysis::Statements(v) => {
+            v.len() == 1 && {
+                let f = &v[0];
+                matches!(f.tag, "SELECT" | "INSERT")
+                    && matches!(f.kind, sluice_policy::Kind::Other)
+                    && f.copy.is_none()
+                    && !f.role_change
+                    && !f.search_path_change
+                    && !f.data_modifying_cte
+            }
+        }
+        _ => false,
+    }
+}
+
 /// What the proxy sends the server in place of a denied statement: text that fails to parse,
 /// so the server itself aborts a transaction in progress, skips to Sync in the extended
 /// protocol and reports the right transaction status; its error is replaced by the
@@ -1476,10 +1496,28 @@ impl Session {
     /// The policy's verdict on a statement text (cached per core): `None` when allowed, else
     /// the ErrorResponse the client gets.
     fn judge(&self, sql: &str) -> Option<Bytes> {
+        let key = self.policy.cache_key();
         let mut cache = self.ctx.verdicts.borrow_mut();
-        let verdict = cache.get_or_insert_with(self.policy.cache_key(), sql, || {
-            sluice_policy::judge(&self.policy, &sluice_policy::analyze(sql))
-        });
+        let shape = crate::shape::shape(sql);
+        let cached = cache
+            .get(key, sql)
+            .or_else(|| shape.as_deref().and_then(|s| cache.get(key, s)))
+            .cloned();
+        let verdict = match cached {
+            Some(v) => v,
+            None => {
+                let analysis = sluice_policy::analyze(sql);
+                let verdict = sluice_policy::judge(&self.policy, &analysis);
+                match shape {
+                    // Statements that differ only in constants share the verdict.
+                    Some(s) if literal_independent(&analysis) => {
+                        cache.insert(key, &s, verdict.clone())
+                    }
+                    _ => cache.insert(key, sql, verdict.clone()),
+                }
+                verdict
+            }
+        };
         drop(cache);
         match verdict {
             sluice_policy::Verdict::Allow => None,
@@ -1576,4 +1614,25 @@ pub async fn refuse(mut tcp: TcpStream, why: &str) {
         &ErrorResponse::fatal(sqlstate::TOO_MANY_CONNECTIONS, why),
     );
     let _ = write_all(&mut tcp, out.freeze()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_verdicts_are_shared_across_constants() {
+        let yes = |sql: &str| literal_independent(&sluice_policy::analyze(sql));
+        assert!(yes(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"
+        ));
+        assert!(yes("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP);"));
+        assert!(!yes(
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1;"
+        ));
+        assert!(!yes("DELETE FROM t WHERE 1 = 1"));
+        assert!(!yes("SELECT 1; SELECT 2"));
+        assert!(!yes("EXPLAIN ANALYZE SELECT 1"));
+        assert!(!yes("COPY t TO STDOUT"));
+    }
 }
