@@ -353,7 +353,10 @@ fn garbage_and_huge_lengths_get_08p01_and_disturb_nobody_else() {
         while !c.is_closed() && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(c.is_closed(), "the gateway closed the oversized client's session");
+        assert!(
+            c.is_closed(),
+            "the gateway closed the oversized client's session"
+        );
     });
 
     stop.store(true, Ordering::Relaxed);
