@@ -1498,11 +1498,15 @@ impl Session {
     fn judge(&self, sql: &str) -> Option<Bytes> {
         let key = self.policy.cache_key();
         let mut cache = self.ctx.verdicts.borrow_mut();
-        let shape = crate::shape::shape(sql);
-        let cached = cache
-            .get(key, sql)
-            .or_else(|| shape.as_deref().and_then(|s| cache.get(key, s)))
-            .cloned();
+        // The exact text first: constant texts (extended protocol) never pay for the lexer.
+        let mut shape = None;
+        let cached = match cache.get(key, sql) {
+            Some(v) => Some(v.clone()),
+            None => {
+                shape = crate::shape::shape(sql);
+                shape.as_deref().and_then(|s| cache.get(key, s)).cloned()
+            }
+        };
         let verdict = match cached {
             Some(v) => v,
             None => {
