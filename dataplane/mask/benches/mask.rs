@@ -7,10 +7,8 @@
 //!
 //! `cargo bench -p sluice-mask --bench mask -- --warm-up-time 1 --measurement-time 3`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
@@ -20,39 +18,9 @@ use sluice_mask::{
     Strategy,
 };
 
-/// Counts allocations so the no-allocation-per-row claim is checked, not assumed.
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
-// guarantees carry over; the counter is a relaxed atomic with no effect on the allocation.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this `layout` (via `alloc` above).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations made by one call of `f`.
-fn allocations<R>(f: impl FnOnce() -> R) -> usize {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    black_box(f());
-    ALLOCATIONS.load(Ordering::Relaxed) - before
-}
+#[path = "../../../benches/support/alloc_count.rs"]
+mod alloc_count;
+use alloc_count::allocations;
 
 /// 1000-row `SELECT * FROM pgbench_accounts` session captured from PostgreSQL 15.
 const CAPTURED: &[u8] = include_bytes!("../../pgwire/tests/fixtures/pgbench_select_1000.s2c.bin");
