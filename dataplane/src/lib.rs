@@ -11,6 +11,7 @@ pub mod cancel;
 pub mod config;
 pub mod error;
 pub mod io;
+mod login;
 pub mod metrics;
 pub mod pool;
 pub mod prepared;

@@ -315,10 +315,10 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: std::net::TcpListener) -> anyho
         match listener.accept().await {
             Ok((tcp, peer)) => {
                 if ctx.metrics.clients_active.get() >= max_clients as i64 {
-                    monoio::spawn(crate::session::refuse(tcp, "too many client connections"));
+                    monoio::spawn(crate::login::refuse(tcp, "too many client connections"));
                     continue;
                 }
-                monoio::spawn(crate::session::serve(ctx.clone(), tcp, peer));
+                monoio::spawn(crate::login::serve(ctx.clone(), tcp, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

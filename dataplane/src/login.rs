@@ -1,0 +1,452 @@
+//! One client connection's start: startup packets, TLS, token authentication, role and
+//! connection checks, and the first server connection; then [`crate::session::relay`].
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use monoio::net::TcpStream;
+use sluice_auth::token::{fingerprint, Identity};
+use sluice_pgwire::encode::{self, ErrorResponse};
+use sluice_pgwire::frontend;
+use sluice_pgwire::startup::{self, StartupPacket};
+use sluice_pgwire::{sqlstate, ProtocolError};
+
+use crate::backend::{valid_param_name, ServerConn};
+use crate::cancel::CancelSlot;
+use crate::config::PoolMode;
+use crate::error::BackendError;
+use crate::io::{read_frame, write_all, ReadError};
+use crate::pool::Pool;
+use crate::runtime::CoreCtx;
+use crate::session::relay;
+use crate::stream::{ClientStream, MaybeTls};
+
+/// Largest password message (token) accepted.
+const MAX_PASSWORD_MESSAGE: usize = 32 * 1024;
+
+/// A FATAL error to send the client before closing.
+pub(crate) struct Fatal {
+    code: &'static str,
+    pub(crate) message: String,
+}
+
+impl Fatal {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn encode(&self, buf: &mut BytesMut) {
+        encode::error_response(buf, &ErrorResponse::fatal(self.code, &self.message));
+    }
+}
+
+impl From<ProtocolError> for Fatal {
+    fn from(e: ProtocolError) -> Self {
+        Fatal::new(e.sqlstate(), e.to_string())
+    }
+}
+
+impl From<&BackendError> for Fatal {
+    fn from(e: &BackendError) -> Self {
+        Fatal::new(e.sqlstate(), e.client_message())
+    }
+}
+
+/// Serves one accepted client connection to its end.
+pub async fn serve(ctx: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let _ = tcp.set_nodelay(true);
+    let m = ctx.metrics.clone();
+    m.clients_accepted.inc();
+    m.clients_active.inc();
+    let startup_timeout = ctx.shared.config.limits.startup_timeout;
+    let login = monoio::time::timeout(startup_timeout, login(&ctx, tcp, peer)).await;
+    match login {
+        Err(_) => {
+            m.startup_timeouts.inc();
+            tracing::info!(%peer, "client did not finish startup in time");
+        }
+        Ok(None) => {}
+        Ok(Some((stream, buf, login))) => relay(ctx.clone(), stream, buf, login, fd).await,
+    }
+    m.clients_active.dec();
+}
+
+/// A logged-in client, ready for the relay.
+pub(crate) struct LoggedIn {
+    pub(crate) pool: Rc<Pool>,
+    pub(crate) policy: Arc<sluice_policy::Policy>,
+    pub(crate) wanted: Vec<(String, String)>,
+    pub(crate) identity: Identity,
+    pub(crate) pid: i32,
+    pub(crate) slot: Arc<CancelSlot>,
+    /// Session mode: the server connection kept from login.
+    pub(crate) server: Option<ServerConn>,
+    pub(crate) peer: SocketAddr,
+}
+
+/// Startup and authentication. Returns `None` when the connection is done (a CancelRequest,
+/// or a failure already reported to the client).
+async fn login(
+    ctx: &Rc<CoreCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<(ClientStream, BytesMut, LoggedIn)> {
+    let mut stream = Some(ClientStream::Plain(tcp));
+    let mut buf = BytesMut::with_capacity(1024);
+    let result = login_inner(ctx, &mut stream, &mut buf, peer).await;
+    let mut stream = stream?;
+    match result {
+        Ok(Some(l)) => Some((stream, buf, l)),
+        Ok(None) | Err(LoginError::Gone) => None,
+        Err(LoginError::Fatal(f)) => {
+            let mut out = BytesMut::new();
+            f.encode(&mut out);
+            let _ = write_all(&mut stream, out.freeze()).await;
+            None
+        }
+    }
+}
+
+enum LoginError {
+    /// The client went away; nothing to say.
+    Gone,
+    /// Tell the client and close.
+    Fatal(Fatal),
+}
+
+impl From<Fatal> for LoginError {
+    fn from(f: Fatal) -> Self {
+        LoginError::Fatal(f)
+    }
+}
+
+impl From<ReadError> for LoginError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Closed | ReadError::Io(_) => LoginError::Gone,
+            ReadError::Protocol(p) => LoginError::Fatal(p.into()),
+        }
+    }
+}
+
+impl From<std::io::Error> for LoginError {
+    fn from(_: std::io::Error) -> Self {
+        LoginError::Gone
+    }
+}
+
+async fn login_inner(
+    ctx: &Rc<CoreCtx>,
+    slot: &mut Option<ClientStream>,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+) -> Result<Option<LoggedIn>, LoginError> {
+    // `slot` is only empty for the moment of a TLS upgrade.
+    macro_rules! stream {
+        () => {
+            slot.as_mut().expect("stream present outside a TLS upgrade")
+        };
+    }
+    let shared = &ctx.shared;
+    let config = &shared.config;
+    let m = &ctx.metrics;
+
+    // Startup packets: SSLRequest / GSSENCRequest / CancelRequest until a StartupMessage.
+    let mut tls_tried = false;
+    let frame = loop {
+        let frame = read_frame(stream!(), buf, startup::startup_frame_len)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, ReadError::Protocol(_)) {
+                    m.protocol_errors.inc();
+                }
+            })?;
+        match startup::parse_startup(&frame).map_err(Fatal::from)? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if !buf.is_empty() => {
+                // Bytes pipelined after an encryption request would bypass it (CVE-2021-23214).
+                m.protocol_errors.inc();
+                return Err(Fatal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "unexpected data after an encryption request",
+                )
+                .into());
+            }
+            StartupPacket::SslRequest => {
+                let acceptor = ctx.tls_acceptor.as_ref().filter(|_| !tls_tried);
+                tls_tried = true;
+                let current = slot.take().expect("stream present");
+                *slot = Some(match (acceptor, current) {
+                    (Some(acceptor), MaybeTls::Plain(mut tcp)) => {
+                        write_all(&mut tcp, Bytes::from_static(b"S")).await?;
+                        match acceptor.accept(tcp).await {
+                            Ok(tls) => MaybeTls::Tls(tls),
+                            Err(e) => {
+                                tracing::info!(%peer, error = %e, "TLS handshake with client failed");
+                                return Err(LoginError::Gone);
+                            }
+                        }
+                    }
+                    (_, mut other) => {
+                        let sent = write_all(&mut other, Bytes::from_static(b"N")).await;
+                        *slot = Some(other);
+                        sent?;
+                        continue;
+                    }
+                });
+            }
+            StartupPacket::GssEncRequest => {
+                write_all(stream!(), Bytes::from_static(b"N")).await?;
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                m.cancel_requests.inc();
+                if let Some(key) = shared.cancel.lookup(pid, secret) {
+                    if let Err(e) = crate::backend::send_cancel(key).await {
+                        tracing::info!(error = %e, "could not deliver a cancel request to the backend");
+                    }
+                }
+                return Ok(None);
+            }
+            StartupPacket::Startup(_) => break frame,
+        }
+    };
+    let StartupPacket::Startup(params) = startup::parse_startup(&frame).map_err(Fatal::from)?
+    else {
+        unreachable!("loop breaks only on a StartupMessage");
+    };
+
+    let is_tls = matches!(stream!(), MaybeTls::Tls(_));
+    let loopback = peer.ip().is_loopback();
+    if !is_tls && !loopback && config.require_tls_for_non_loopback {
+        return Err(Fatal::new(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "connections from the network must use TLS (sslmode=require)",
+        )
+        .into());
+    }
+    if params
+        .get("replication")
+        .is_some_and(|v| v != "false" && v != "0" && v != "off")
+    {
+        return Err(Fatal::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported by the gateway",
+        )
+        .into());
+    }
+    let wanted = session_params(params.iter())?;
+    let database = params.database().or(params.user()).unwrap_or("").to_owned();
+
+    let mut out = BytesMut::with_capacity(512);
+    let unknown_options: Vec<&str> = params
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("_pq_."))
+        .collect();
+    if params.minor > 0 || !unknown_options.is_empty() {
+        encode::negotiate_protocol_version(&mut out, 0, &unknown_options);
+    }
+
+    // Token in the password field.
+    encode::authentication_cleartext_password(&mut out);
+    write_all(stream!(), out.split().freeze()).await?;
+    let frame = read_frame(stream!(), buf, |b| {
+        sluice_pgwire::frame_len(b, MAX_PASSWORD_MESSAGE)
+    })
+    .await?;
+    if frame[0] != frontend::PASSWORD {
+        m.protocol_errors.inc();
+        return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "expected a password message").into());
+    }
+    let token = frontend::password_cleartext(&frame[5..]).map_err(Fatal::from)?;
+    let token = std::str::from_utf8(token).map_err(|_| {
+        Fatal::new(
+            sqlstate::INVALID_PASSWORD,
+            "token authentication failed: token is not UTF-8",
+        )
+    })?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let identity = match shared.verifier.verify(token, now) {
+        Ok(id) => id,
+        Err(e) => {
+            m.auth_failures.inc();
+            tracing::warn!(%peer, token = %fingerprint(token), error = %e, "client token rejected");
+            return Err(Fatal::new(
+                sqlstate::INVALID_PASSWORD,
+                format!("token authentication failed: {e}"),
+            )
+            .into());
+        }
+    };
+
+    let Some(role) = config.role_for(&identity.subject, &identity.groups) else {
+        m.auth_failures.inc();
+        tracing::warn!(%peer, subject = %identity.subject, "no role covers this identity");
+        return Err(Fatal::new(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!("no role grants access to identity \"{}\"", identity.subject),
+        )
+        .into());
+    };
+    let Some(connection) = config.connection(&database) else {
+        return Err(Fatal::new(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("connection \"{database}\" does not exist"),
+        )
+        .into());
+    };
+    let Some(backend_user) = role.connections.get(&connection.name) else {
+        tracing::warn!(%peer, subject = %identity.subject, role = %role.name, connection = %connection.name, "role may not use connection");
+        return Err(Fatal::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "role \"{}\" may not use connection \"{}\"",
+                role.name, connection.name
+            ),
+        )
+        .into());
+    };
+    let pool = ctx.pool(connection, backend_user);
+
+    // A server connection now: it proves the backend is there, validates the client's
+    // session parameters, and gives the ParameterStatus values to report.
+    let mut server = match pool.acquire().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, connection = %connection.name, error = %e, "no server connection for a new client");
+            return Err(Fatal::from(&e).into());
+        }
+    };
+    if let Err(e) = server.apply_params(&wanted).await {
+        tracing::info!(%peer, error = %e, "client startup parameters rejected by the backend");
+        let fatal = match &e {
+            BackendError::Refused { message, .. } => Fatal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid startup parameter: {message}"),
+            ),
+            other => Fatal::from(other),
+        };
+        pool.broken_or_close(server, &e);
+        return Err(fatal.into());
+    }
+    let (pid, secret, slot) = shared.cancel.register(ctx.id);
+    encode::authentication_ok(&mut out);
+    let mut reported: Vec<_> = server.state.reported.iter().collect();
+    reported.sort();
+    for (name, value) in reported {
+        encode::parameter_status(&mut out, name, value);
+    }
+    encode::backend_key_data(&mut out, pid, secret);
+    encode::ready_for_query(&mut out, b'I');
+    let server = match pool.config().mode {
+        PoolMode::Session => Some(server),
+        PoolMode::Transaction => {
+            pool.release(server);
+            None
+        }
+    };
+    if let Err(e) = write_all(stream!(), out.freeze()).await {
+        shared.cancel.unregister(pid);
+        if let Some(s) = server {
+            pool.release_after_reset(s).await;
+        }
+        return Err(e.into());
+    }
+    tracing::debug!(%peer, subject = %identity.subject, role = %role.name, connection = %connection.name, "client logged in");
+    Ok(Some(LoggedIn {
+        policy: role.policy.clone(),
+        pool,
+        wanted,
+        identity,
+        pid,
+        slot,
+        server,
+        peer,
+    }))
+}
+
+/// Session parameters from the StartupMessage that the proxy applies to each server
+/// connection it hands this client (PostgreSQL applies them at backend start).
+fn session_params<'a>(
+    params: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<(String, String)>, Fatal> {
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    let mut fallback_app = None;
+    let mut app = None;
+    for (k, v) in params {
+        match k {
+            "user" | "database" | "replication" => {}
+            k if k.starts_with("_pq_.") => {}
+            "fallback_application_name" => fallback_app = Some(v),
+            "application_name" => app = Some(v),
+            "options" => {
+                for (name, value) in parse_options(v)? {
+                    wanted.push((name, value));
+                }
+            }
+            k if valid_param_name(k) => wanted.push((k.to_owned(), v.to_owned())),
+            k => {
+                return Err(Fatal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid startup parameter name \"{k}\""),
+                ));
+            }
+        }
+    }
+    if let Some(a) = app.or(fallback_app) {
+        wanted.push(("application_name".into(), a.to_owned()));
+    }
+    wanted.sort();
+    wanted.dedup_by(|a, b| a.0 == b.0);
+    Ok(wanted)
+}
+
+/// The `-c name=value` / `--name=value` settings of the `options` startup parameter.
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, Fatal> {
+    let mut out = Vec::new();
+    let mut words = options.split_ascii_whitespace();
+    while let Some(w) = words.next() {
+        let setting = if w == "-c" {
+            words.next()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            Some(rest)
+        } else {
+            w.strip_prefix("-c")
+        };
+        let Some((name, value)) = setting.and_then(|s| s.split_once('=')) else {
+            return Err(Fatal::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("unsupported startup option \"{w}\" (only -c name=value)"),
+            ));
+        };
+        let name = name.replace('-', "_");
+        if !valid_param_name(&name) {
+            return Err(Fatal::new(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid setting name \"{name}\" in options"),
+            ));
+        }
+        out.push((name, value.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Refuses a client over the per-core connection limit with 53300, as PostgreSQL does.
+pub async fn refuse(mut tcp: TcpStream, why: &str) {
+    let mut out = BytesMut::new();
+    encode::error_response(
+        &mut out,
+        &ErrorResponse::fatal(sqlstate::TOO_MANY_CONNECTIONS, why),
+    );
+    let _ = write_all(&mut tcp, out.freeze()).await;
+}
