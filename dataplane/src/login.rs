@@ -83,6 +83,10 @@ pub async fn serve(ctx: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) {
 pub(crate) struct LoggedIn {
     pub(crate) pool: Rc<Pool>,
     pub(crate) policy: Arc<sluice_policy::Policy>,
+    /// The role's name: the session looks its policy up again when a new snapshot arrives.
+    pub(crate) role: Arc<str>,
+    /// The connection's name.
+    pub(crate) connection: Arc<str>,
     pub(crate) wanted: Vec<(String, String)>,
     pub(crate) identity: Identity,
     pub(crate) pid: i32,
@@ -365,6 +369,8 @@ async fn login_inner(
     tracing::debug!(%peer, subject = %identity.subject, role = %role.name, connection = %connection.name, "client logged in");
     Ok(Some(LoggedIn {
         policy: role.policy.clone(),
+        role: role.name.as_str().into(),
+        connection: connection.name.as_str().into(),
         pool,
         wanted,
         identity,

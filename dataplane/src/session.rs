@@ -145,6 +145,8 @@ struct Session {
     out_space: Notify,
     peer: SocketAddr,
     subject: String,
+    role: Arc<str>,
+    connection: Arc<str>,
 }
 
 pub(crate) async fn relay(
@@ -157,6 +159,8 @@ pub(crate) async fn relay(
     let LoggedIn {
         pool,
         policy,
+        role,
+        connection,
         wanted,
         identity,
         pid,
@@ -190,6 +194,8 @@ pub(crate) async fn relay(
         out_space: Notify::default(),
         peer,
         subject: identity.subject,
+        role,
+        connection,
     });
     if let Some(server) = server {
         session.attach(server);

@@ -12,6 +12,7 @@ mod analyze;
 mod cache;
 mod evaluate;
 mod glob;
+pub mod lineage;
 mod model;
 pub mod snapshot;
 
