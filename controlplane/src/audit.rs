@@ -1,55 +1,12 @@
-//! Audit records as data planes ship them (one per statement) and as the API returns them.
+//! Audit records as the API returns them; the batches data planes ship are
+//! [`sluice_policy::audit`]'s.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// A batch from one data plane. `batch_id` makes retries idempotent.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuditBatch {
-    pub batch_id: String,
-    pub node_id: String,
-    pub records: Vec<AuditRecord>,
-}
-
-/// What happened to one statement.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AuditRecord {
-    /// When the statement started, unix milliseconds.
-    pub time_ms: i64,
-    /// The token's subject.
-    pub identity: String,
-    #[serde(default)]
-    pub token_id: Option<String>,
-    #[serde(default)]
-    pub grant_id: Option<String>,
-    pub connection: String,
-    #[serde(default)]
-    pub session_id: Option<String>,
-    pub statement: String,
-    /// `allow`, `deny` or `review`.
-    pub verdict: String,
-    #[serde(default)]
-    pub rule_id: Option<String>,
-    #[serde(default)]
-    pub review_id: Option<String>,
-    #[serde(default)]
-    pub approvers: Vec<String>,
-    #[serde(default)]
-    pub masked_columns: Vec<String>,
-    #[serde(default)]
-    pub rows: Option<i64>,
-    #[serde(default)]
-    pub bytes: Option<i64>,
-    #[serde(default)]
-    pub duration_us: Option<i64>,
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-/// The verdicts a record may carry.
-pub const VERDICTS: [&str; 3] = ["allow", "deny", "review"];
+/// The wire format data planes ship lives in the shared crate (with its OpenAPI schema, via
+/// sluice-policy's `openapi` feature); re-exported at its old path.
+pub use sluice_policy::audit::{AuditBatch, AuditRecord, MAX_BATCH_ID_LEN, VERDICTS};
 
 /// A stored record, with where it came from.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -90,4 +47,37 @@ pub struct AuditPage {
     pub records: Vec<StoredAuditRecord>,
     /// Pass as `before` for the next (older) page; absent on the last page.
     pub next_before: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi as _;
+
+    /// The shared wire types keep their schema in the OpenAPI document (sluice-policy's
+    /// `openapi` feature), field by field.
+    #[test]
+    fn openapi_describes_the_shared_audit_types() {
+        let doc = serde_json::to_value(crate::api::ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let batch = &schemas["AuditBatch"];
+        assert_eq!(
+            batch["required"],
+            serde_json::json!(["batch_id", "node_id", "records"]),
+            "{batch}"
+        );
+        let record = &schemas["AuditRecord"]["properties"];
+        for field in [
+            "time_ms",
+            "identity",
+            "verdict",
+            "masked_columns",
+            "duration_us",
+        ] {
+            assert!(
+                record[field].is_object(),
+                "AuditRecord lacks {field}: {record}"
+            );
+        }
+        assert!(schemas["AuditPage"].is_object());
+    }
 }

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod analyze;
+pub mod audit;
 mod cache;
 mod evaluate;
 mod glob;
