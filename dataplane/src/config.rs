@@ -63,7 +63,7 @@ pub enum BackendTls {
 }
 
 /// Pool settings of one connection.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
     /// Session or transaction pooling.
     pub mode: PoolMode,
@@ -82,7 +82,7 @@ pub struct PoolConfig {
 }
 
 /// Credentials the gateway holds for one backend user. Never sent to clients or logged.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct BackendUser {
     /// The PostgreSQL role name.
     pub user: String,
@@ -154,6 +154,37 @@ pub struct Limits {
     pub max_client_connections_per_core: usize,
 }
 
+/// Where the data plane gets its snapshots (connections, identity providers, roles, policies,
+/// grant keys and revocations) from; see [`crate::snapshot`].
+#[derive(Clone)]
+pub struct ControlPlaneSettings {
+    /// Base URL of the control plane's API, e.g. `http://127.0.0.1:7070` (plain HTTP only
+    /// for now: keep it on loopback or a private network).
+    pub url: String,
+    /// An API token with role `node`. Never logged (a fingerprint is).
+    pub node_token: String,
+    /// This data plane's stable id; `None` means one generated on first start and kept in
+    /// `state_dir/node-id`.
+    pub node_id: Option<String>,
+    /// Where the last accepted snapshot is kept (`snapshot.json`, mode 0600: it carries backend
+    /// passwords), so a restart without the control plane serves it (fail-static).
+    pub state_dir: PathBuf,
+}
+
+impl std::fmt::Debug for ControlPlaneSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneSettings")
+            .field("url", &self.url)
+            .field(
+                "node_token",
+                &sluice_auth::token::fingerprint(&self.node_token),
+            )
+            .field("node_id", &self.node_id)
+            .field("state_dir", &self.state_dir)
+            .finish()
+    }
+}
+
 /// The whole, validated data-plane configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -177,6 +208,10 @@ pub struct Config {
     pub roles: Vec<Role>,
     /// The statement policies roles refer to.
     pub policies: Arc<PolicySet>,
+    /// The control plane this data plane takes snapshots from, if any. With one, the
+    /// connections, roles, policies and JWT issuers above are only what runs until the first
+    /// snapshot arrives (or is loaded from `state_dir`), and may be empty.
+    pub control_plane: Option<ControlPlaneSettings>,
 }
 
 impl Config {
@@ -201,15 +236,43 @@ impl Config {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Self::parse(text, base_dir, env, None)
+    }
+
+    /// Like [`Config::from_yaml`], for a data plane whose control plane the caller knows
+    /// (`sluice up` runs both in one process): `control_plane` replaces the text's own
+    /// section, if it has one.
+    pub fn from_yaml_with_control_plane(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        control_plane: ControlPlaneSettings,
+    ) -> Result<Config, ConfigError> {
+        Self::parse(text, base_dir, env, Some(control_plane))
+    }
+
+    fn parse(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        control_plane: Option<ControlPlaneSettings>,
+    ) -> Result<Config, ConfigError> {
         let text = substitute_env(text, env)?;
-        let raw: raw::Config = serde_yaml_ng::from_str(&text).map_err(|e| {
+        let mut raw: raw::Config = serde_yaml_ng::from_str(&text).map_err(|e| {
             let field = e
                 .location()
                 .map(|l| format!("line {} column {}", l.line(), l.column()))
                 .unwrap_or_default();
             ConfigError::new(field, e.to_string())
         })?;
-        raw.validate(base_dir)
+        if control_plane.is_some() {
+            raw.control_plane = None;
+        }
+        let mut config = raw.validate(base_dir, control_plane.is_some())?;
+        if control_plane.is_some() {
+            config.control_plane = control_plane;
+        }
+        Ok(config)
     }
 
     /// The connection a client asked for by name.
@@ -336,12 +399,25 @@ mod raw {
         pub limits: Option<Limits>,
         #[serde(default)]
         pub auth: TokenConfig,
+        #[serde(default)]
         pub connections: Vec<Connection>,
         #[serde(default)]
         pub roles: Vec<Role>,
         /// Statement policies, in sluice-policy's document format (the list under `policies:`).
         #[serde(default)]
         pub policies: Option<serde_yaml_ng::Value>,
+        #[serde(default)]
+        pub control_plane: Option<ControlPlane>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ControlPlane {
+        pub url: String,
+        pub node_token: String,
+        #[serde(default)]
+        pub node_id: Option<String>,
+        pub state_dir: PathBuf,
     }
 
     #[derive(Deserialize)]
@@ -445,7 +521,12 @@ mod raw {
     }
 
     impl Config {
-        pub fn validate(self, base: &Path) -> Result<super::Config, ConfigError> {
+        /// `external_control_plane`: the caller supplies the control plane (no connections needed).
+        pub fn validate(
+            self,
+            base: &Path,
+            external_control_plane: bool,
+        ) -> Result<super::Config, ConfigError> {
             let listen: SocketAddr = self.listen.parse().map_err(|_| {
                 ConfigError::new(
                     "listen",
@@ -514,10 +595,44 @@ mod raw {
                     .unwrap_or(10_000),
             };
 
-            if self.connections.is_empty() {
+            let control_plane = match self.control_plane {
+                None => None,
+                Some(cp) => {
+                    let url = cp.url.trim_end_matches('/').to_owned();
+                    // The long-poll client is built without TLS for now.
+                    if !url.starts_with("http://") {
+                        return Err(ConfigError::new(
+                            "control_plane.url",
+                            format!("`{url}` is not an http:// URL (https is not supported yet)"),
+                        ));
+                    }
+                    if cp.node_token.trim().is_empty() {
+                        return Err(ConfigError::new(
+                            "control_plane.node_token",
+                            "must not be empty",
+                        ));
+                    }
+                    if let Some(id) = &cp.node_id {
+                        if id.is_empty() || id.len() > 100 {
+                            return Err(ConfigError::new(
+                                "control_plane.node_id",
+                                "must be 1-100 characters",
+                            ));
+                        }
+                    }
+                    Some(super::ControlPlaneSettings {
+                        url,
+                        node_token: cp.node_token,
+                        node_id: cp.node_id,
+                        state_dir: resolve(base, &cp.state_dir),
+                    })
+                }
+            };
+            // With a control plane, connections come with its snapshots.
+            if self.connections.is_empty() && control_plane.is_none() && !external_control_plane {
                 return Err(ConfigError::new(
                     "connections",
-                    "at least one connection is needed",
+                    "at least one connection is needed (or a control_plane to take them from)",
                 ));
             }
             let mut connections = Vec::with_capacity(self.connections.len());
@@ -692,6 +807,7 @@ mod raw {
                 connections,
                 roles,
                 policies: Arc::new(policies),
+                control_plane,
             })
         }
     }

@@ -89,6 +89,11 @@ pub(crate) struct LoggedIn {
     pub(crate) connection: Arc<str>,
     pub(crate) wanted: Vec<(String, String)>,
     pub(crate) identity: Identity,
+    /// The id (`jti`) of the just-in-time grant the client logged in with, if it did: what a
+    /// snapshot revokes (see [`CoreCtx::register_session`]).
+    pub(crate) grant_id: Option<Arc<str>>,
+    /// The token's id: its `jti`, else a fingerprint (never the token itself).
+    pub(crate) token_id: Arc<str>,
     pub(crate) pid: i32,
     pub(crate) slot: Arc<CancelSlot>,
     /// Session mode: the server connection kept from login.
@@ -160,7 +165,10 @@ async fn login_inner(
         };
     }
     let shared = &ctx.shared;
-    let config = &shared.config;
+    // Process-level settings are the file's; who may use what comes from the version in
+    // force when the client arrives (a snapshot swapped in meanwhile applies to the next login).
+    let live = ctx.live();
+    let config = &live.config;
     let m = &ctx.metrics;
 
     // Startup packets: SSLRequest / GSSENCRequest / CancelRequest until a StartupMessage.
@@ -228,7 +236,7 @@ async fn login_inner(
 
     let is_tls = matches!(stream!(), MaybeTls::Tls(_));
     let loopback = peer.ip().is_loopback();
-    if !is_tls && !loopback && config.require_tls_for_non_loopback {
+    if !is_tls && !loopback && shared.config.require_tls_for_non_loopback {
         return Err(Fatal::new(
             sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             "connections from the network must use TLS (sslmode=require)",
@@ -280,7 +288,7 @@ async fn login_inner(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let identity = match shared.verifier.verify(token, now) {
+    let identity = match live.verifier.verify(token, now) {
         Ok(id) => id,
         Err(e) => {
             m.auth_failures.inc();
@@ -293,15 +301,62 @@ async fn login_inner(
         }
     };
 
-    let Some(role) = config.role_for(&identity.subject, &identity.groups) else {
-        m.auth_failures.inc();
-        tracing::warn!(%peer, subject = %identity.subject, "no role covers this identity");
-        return Err(Fatal::new(
-            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            format!("no role grants access to identity \"{}\"", identity.subject),
-        )
-        .into());
+    let grant_id = if live.grants.is_grant_issuer(&identity.issuer) {
+        if live.grants.is_revoked(&identity.token_id) {
+            m.auth_failures.inc();
+            tracing::warn!(%peer, subject = %identity.subject, grant = %identity.token_id, "revoked grant presented");
+            return Err(Fatal::new(
+                sqlstate::INVALID_PASSWORD,
+                "token authentication failed: the grant has been revoked",
+            )
+            .into());
+        }
+        Some(Arc::<str>::from(identity.token_id.as_str()))
+    } else {
+        None
     };
+    let role = match &grant_id {
+        // A grant gives exactly the role it names (its `role` claim, the issuer's groups
+        // claim), never one its subject might match.
+        Some(g) => {
+            let named = identity.groups.first().map(String::as_str).unwrap_or("");
+            let Some(role) = config.roles.iter().find(|r| r.name == named) else {
+                m.auth_failures.inc();
+                tracing::warn!(%peer, subject = %identity.subject, grant = %g, role = %named, "grant names a role that does not exist");
+                return Err(Fatal::new(
+                    sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                    format!("the grant's role \"{named}\" does not exist"),
+                )
+                .into());
+            };
+            role
+        }
+        None => {
+            let Some(role) = config.role_for(&identity.subject, &identity.groups) else {
+                m.auth_failures.inc();
+                tracing::warn!(%peer, subject = %identity.subject, "no role covers this identity");
+                return Err(Fatal::new(
+                    sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                    format!("no role grants access to identity \"{}\"", identity.subject),
+                )
+                .into());
+            };
+            role
+        }
+    };
+    if let Some(g) = &grant_id {
+        // A grant is scoped to one connection.
+        let scoped = identity.connection.as_deref().unwrap_or("");
+        if scoped != database {
+            m.auth_failures.inc();
+            tracing::warn!(%peer, subject = %identity.subject, grant = %g, granted = %scoped, asked = %database, "grant used for another connection");
+            return Err(Fatal::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("the grant is for connection \"{scoped}\", not \"{database}\""),
+            )
+            .into());
+        }
+    }
     let Some(connection) = config.connection(&database) else {
         return Err(Fatal::new(
             sqlstate::INVALID_CATALOG_NAME,
@@ -320,7 +375,7 @@ async fn login_inner(
         )
         .into());
     };
-    let pool = ctx.pool(connection, backend_user);
+    let pool = ctx.pool_in(&live, connection, backend_user);
 
     // A server connection now: it proves the backend is there, validates the client's
     // session parameters, and gives the ParameterStatus values to report.
@@ -367,7 +422,10 @@ async fn login_inner(
         return Err(e.into());
     }
     tracing::debug!(%peer, subject = %identity.subject, role = %role.name, connection = %connection.name, "client logged in");
+    let token_id = Arc::<str>::from(identity.token_id.as_str());
     Ok(Some(LoggedIn {
+        grant_id,
+        token_id,
         policy: role.policy.clone(),
         role: role.name.as_str().into(),
         connection: connection.name.as_str().into(),

@@ -1,16 +1,29 @@
 //! Thread per core: one monoio runtime, one SO_REUSEPORT listener, one set of pools per core.
 //!
-//! Cores share only [`Shared`] (configuration, token verifier, cancel registry, metrics),
-//! behind an `Arc`, and never touch each other's pools or sessions.
+//! Cores share only [`Shared`] (process settings, cancel registry, metrics and the [`Live`]
+//! state in force), behind an `Arc`, and never touch each other's pools or sessions.
+//!
+//! What a control-plane snapshot changes (connections, roles, policies, token issuers, grant
+//! revocations) lives in a [`Live`], built off the cores and swapped in whole
+//! ([`Shared::install`]): a mutex holds the current `Arc<Live>` and an atomic generation says
+//! when it changed, so a core reads one relaxed atomic per check and takes the lock only after
+//! a swap. Each core picks the new `Live` up at a message boundary (logins use the newest;
+//! running sessions keep their server connections and look their policy up again), and a
+//! watcher task per core, woken by the swap, closes the sessions whose access the snapshot
+//! withdrew (a revoked grant, a removed role or connection).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::rc::Rc;
-use std::sync::Arc;
+use std::path::Path;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use sluice_auth::tls::BackendTlsVerify;
@@ -18,40 +31,196 @@ use sluice_auth::token::TokenVerifier;
 
 use crate::backend::Target;
 use crate::cancel::CancelRegistry;
-use crate::config::{BackendTls, Config, Connection};
+use crate::config::{BackendTls, Config, Connection, ControlPlaneSettings};
 use crate::metrics::{self, CoreMetrics};
 use crate::pool::Pool;
 use crate::prepared::{Statement, StatementRegistry};
+use crate::snapshot::{self, Applied, ClientSettings, GrantRules, SnapshotClient};
+
+/// What one configuration version puts in force: built whole off the cores, then swapped in.
+pub struct Live {
+    /// Snapshot version (0: the local configuration file, before any snapshot).
+    pub version: u64,
+    /// The configuration: local process settings merged with the snapshot's content.
+    pub config: Arc<Config>,
+    /// Client token verification with this version's issuers and keys.
+    pub verifier: TokenVerifier,
+    /// Which issuer signs grants, and which grants are revoked.
+    pub grants: Arc<GrantRules>,
+    backends: HashMap<String, BackendInfo>,
+}
+
+#[derive(Clone)]
+struct BackendInfo {
+    addr: SocketAddr,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// Pool id per backend user: kept from the previous version while the connection's
+    /// address, database, TLS and pool settings and that user's credentials are unchanged, so
+    /// unchanged connections keep their pools across swaps and changed ones get new pools.
+    pool_ids: HashMap<String, u64>,
+}
+
+impl Live {
+    /// Builds a version: loads keys and certificates and resolves backend addresses, so errors
+    /// surface before anything is swapped. Connections unchanged since `previous` keep its
+    /// resolved address, TLS configuration and pool ids.
+    fn build(
+        version: u64,
+        config: Arc<Config>,
+        grants: Arc<GrantRules>,
+        previous: Option<&Live>,
+        next_pool_id: &AtomicU64,
+    ) -> anyhow::Result<Live> {
+        let verifier = TokenVerifier::new(&config.auth).context("auth")?;
+        if verifier.is_empty() {
+            tracing::warn!(
+                version,
+                "no token issuers or static tokens are configured: every client will be refused"
+            );
+        }
+        let mut backends = HashMap::new();
+        for c in &config.connections {
+            let before = previous.and_then(|p| {
+                let old = p.config.connection(&c.name)?;
+                Some((old, p.backends.get(&c.name)?))
+            });
+            let same_endpoint = |old: &Connection| {
+                old.host == c.host
+                    && old.port == c.port
+                    && old.database == c.database
+                    && old.tls == c.tls
+                    && old.pool == c.pool
+            };
+            let info = match before {
+                Some((old, info)) if same_endpoint(old) => {
+                    let mut pool_ids = HashMap::with_capacity(c.users.len());
+                    for (name, user) in &c.users {
+                        let id = match (old.users.get(name), info.pool_ids.get(name)) {
+                            (Some(u), Some(&id)) if u == user => id,
+                            _ => next_pool_id.fetch_add(1, Ordering::Relaxed),
+                        };
+                        pool_ids.insert(name.clone(), id);
+                    }
+                    BackendInfo {
+                        addr: info.addr,
+                        tls_config: info.tls_config.clone(),
+                        pool_ids,
+                    }
+                }
+                _ => BackendInfo {
+                    addr: resolve(c)?,
+                    tls_config: backend_tls(c)?,
+                    pool_ids: c
+                        .users
+                        .keys()
+                        .map(|u| (u.clone(), next_pool_id.fetch_add(1, Ordering::Relaxed)))
+                        .collect(),
+                },
+            };
+            backends.insert(c.name.clone(), info);
+        }
+        Ok(Live {
+            version,
+            config,
+            verifier,
+            grants,
+            backends,
+        })
+    }
+
+    /// Why a session of `role` on `connection` (with grant `grant_id`, if any) may no longer
+    /// run under this version, if it may not.
+    fn withdrawn(&self, grant_id: Option<&str>, role: &str, connection: &str) -> Option<String> {
+        if let Some(g) = grant_id {
+            if self.grants.is_revoked(g) {
+                return Some(format!("grant {g} was revoked"));
+            }
+        }
+        let Some(r) = self.config.roles.iter().find(|r| r.name == role) else {
+            return Some(format!("role \"{role}\" was removed"));
+        };
+        if self.config.connection(connection).is_none() {
+            return Some(format!("connection \"{connection}\" was removed"));
+        }
+        if !r.connections.contains_key(connection) {
+            return Some(format!(
+                "role \"{role}\" may no longer use connection \"{connection}\""
+            ));
+        }
+        None
+    }
+}
+
+fn resolve(c: &Connection) -> anyhow::Result<SocketAddr> {
+    (c.host.as_str(), c.port)
+        .to_socket_addrs()
+        .with_context(|| {
+            format!(
+                "connection {}: cannot resolve {}:{}",
+                c.name, c.host, c.port
+            )
+        })?
+        .next()
+        .with_context(|| format!("connection {}: {} has no address", c.name, c.host))
+}
+
+fn backend_tls(c: &Connection) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    Ok(match &c.tls {
+        BackendTls::Disable => None,
+        BackendTls::Prefer | BackendTls::Require => Some(sluice_auth::tls::client_config(
+            &BackendTlsVerify::Insecure,
+        )?),
+        BackendTls::VerifyFull { ca } => Some(
+            sluice_auth::tls::client_config(&BackendTlsVerify::Full {
+                ca_pem_path: Some(ca.clone()),
+            })
+            .with_context(|| format!("connection {}: tls_ca", c.name))?,
+        ),
+    })
+}
+
+/// Counters of snapshot handling, for `/metrics`.
+#[derive(Default)]
+struct SnapshotCounters {
+    swaps: AtomicU64,
+    /// Snapshots the data plane itself refused (a persisted file that does not verify, a
+    /// snapshot whose backends do not resolve); the client counts the rest.
+    refused: AtomicU64,
+    sessions_closed: AtomicU64,
+}
 
 /// What all cores share, read-only on the hot path.
 pub struct Shared {
-    /// The configuration in force.
+    /// The configuration the process started with. Its process-level settings (listen,
+    /// cores, TLS, limits, metrics) hold for the whole run; connections, roles, policies and
+    /// issuers may be replaced by snapshots: read those from [`CoreCtx::live`] or
+    /// [`Shared::live`].
     pub config: Arc<Config>,
-    /// Client token verification.
-    pub verifier: TokenVerifier,
     /// Cancel keys of all clients.
     pub cancel: CancelRegistry,
     /// Every core's counters.
     pub metrics: Vec<Arc<CoreMetrics>>,
     client_tls: Option<Arc<rustls::ServerConfig>>,
-    backends: HashMap<String, BackendInfo>,
-}
-
-struct BackendInfo {
-    addr: SocketAddr,
-    tls_config: Option<Arc<rustls::ClientConfig>>,
+    live: Mutex<Arc<Live>>,
+    /// Bumped after each swap of `live`; cores compare it with the one they run.
+    generation: AtomicU64,
+    next_pool_id: AtomicU64,
+    /// Wakes each core's watcher after a swap.
+    wake_cores: Mutex<Vec<futures::channel::mpsc::Sender<()>>>,
+    counters: SnapshotCounters,
+    client: Mutex<Option<SnapshotClient>>,
 }
 
 impl Shared {
     /// Builds what the cores share from a validated configuration: loads keys and
     /// certificates and resolves backend addresses, so that errors surface at start.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let verifier = TokenVerifier::new(&config.auth).context("auth")?;
-        if verifier.is_empty() {
-            tracing::warn!(
-                "no token issuers or static tokens are configured: every client will be refused"
-            );
-        }
+        Self::with_live(config, None)
+    }
+
+    /// Like [`Shared::new`], with `initial` (a snapshot) in force instead of the file's
+    /// connections, roles, policies and issuers.
+    fn with_live(config: Config, initial: Option<Applied>) -> anyhow::Result<Self> {
         if config.tls.is_some() && !config.require_tls_for_non_loopback {
             tracing::warn!("tls.require_for_non_loopback is false: tokens from the network may travel in clear text");
         }
@@ -59,48 +228,169 @@ impl Shared {
             Some(t) => Some(sluice_auth::tls::server_config(&t.cert, &t.key).context("tls")?),
             None => None,
         };
-        let mut backends = HashMap::new();
-        for c in &config.connections {
-            let addr = (c.host.as_str(), c.port)
-                .to_socket_addrs()
-                .with_context(|| {
-                    format!(
-                        "connection {}: cannot resolve {}:{}",
-                        c.name, c.host, c.port
-                    )
-                })?
-                .next()
-                .with_context(|| format!("connection {}: {} has no address", c.name, c.host))?;
-            let tls_config = match &c.tls {
-                BackendTls::Disable => None,
-                BackendTls::Prefer | BackendTls::Require => Some(sluice_auth::tls::client_config(
-                    &BackendTlsVerify::Insecure,
-                )?),
-                BackendTls::VerifyFull { ca } => Some(
-                    sluice_auth::tls::client_config(&BackendTlsVerify::Full {
-                        ca_pem_path: Some(ca.clone()),
-                    })
-                    .with_context(|| format!("connection {}: tls_ca", c.name))?,
-                ),
-            };
-            backends.insert(c.name.clone(), BackendInfo { addr, tls_config });
-        }
+        let config = Arc::new(config);
+        let next_pool_id = AtomicU64::new(1);
+        let live = match initial {
+            Some(a) => Live::build(a.version, a.config, a.grants, None, &next_pool_id)
+                .with_context(|| format!("snapshot version {}", a.version))?,
+            None => Live::build(
+                0,
+                config.clone(),
+                Arc::new(GrantRules::default()),
+                None,
+                &next_pool_id,
+            )?,
+        };
         let cores = config.cores;
         Ok(Self {
-            verifier,
             cancel: CancelRegistry::new(cores),
             metrics: (0..cores)
                 .map(|_| Arc::new(CoreMetrics::default()))
                 .collect(),
             client_tls,
-            backends,
-            config: Arc::new(config),
+            live: Mutex::new(Arc::new(live)),
+            generation: AtomicU64::new(1),
+            next_pool_id,
+            wake_cores: Mutex::new(Vec::new()),
+            counters: SnapshotCounters::default(),
+            client: Mutex::new(None),
+            config,
         })
     }
 
-    /// Prometheus text of all cores' metrics.
+    /// The version in force now (off the cores; a core uses [`CoreCtx::live`]).
+    pub fn live(&self) -> Arc<Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The snapshot version in force (0: the local configuration).
+    pub fn snapshot_version(&self) -> u64 {
+        self.live().version
+    }
+
+    /// Builds the [`Live`] of an accepted snapshot and swaps it in; each core takes it at its
+    /// next message boundary, and its watcher closes the sessions the snapshot withdraws.
+    /// On error (e.g. a new backend host does not resolve) the version in force stays.
+    pub fn install(&self, applied: Applied) -> anyhow::Result<()> {
+        let version = applied.version;
+        // One swap at a time: the next version is built against the one it replaces.
+        let mut slot = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let live = Live::build(
+            version,
+            applied.config,
+            applied.grants,
+            Some(&slot),
+            &self.next_pool_id,
+        )
+        .inspect_err(|e| {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(version, error = %format!("{e:#}"), "snapshot cannot be put in force; keeping version {}", slot.version);
+        })?;
+        *slot = Arc::new(live);
+        self.generation.fetch_add(1, Ordering::Release);
+        drop(slot);
+        self.counters.swaps.fetch_add(1, Ordering::Relaxed);
+        for tx in self
+            .wake_cores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            // A full channel already holds a wake-up.
+            let _ = tx.try_send(());
+        }
+        tracing::info!(version, "snapshot in force");
+        Ok(())
+    }
+
+    /// Prometheus text of all cores' metrics and of snapshot handling.
     pub fn render_metrics(&self) -> String {
-        metrics::render(&self.metrics)
+        use std::fmt::Write as _;
+        let mut out = metrics::render(&self.metrics);
+        let stats = self
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(SnapshotClient::stats)
+            .unwrap_or_default();
+        let c = &self.counters;
+        let lines: [(&str, &str, &str, u64); 6] = [
+            (
+                "snapshot_version",
+                "gauge",
+                "Snapshot version in force (0: the local configuration file)",
+                self.snapshot_version(),
+            ),
+            (
+                "snapshot_swaps_total",
+                "counter",
+                "Snapshots swapped in since start",
+                c.swaps.load(Ordering::Relaxed),
+            ),
+            (
+                "snapshot_refused_total",
+                "counter",
+                "Snapshots refused (invalid, tampered, oversized, unusable); the previous one stayed in force",
+                stats.rejected + c.refused.load(Ordering::Relaxed),
+            ),
+            (
+                "snapshot_fetch_failures_total",
+                "counter",
+                "Failed requests to the control plane (it was away or answered an error)",
+                stats.failures,
+            ),
+            (
+                "snapshot_persist_failures_total",
+                "counter",
+                "Snapshots in force that could not be written to the state directory",
+                stats.persist_failures,
+            ),
+            (
+                "sessions_closed_by_snapshot_total",
+                "counter",
+                "Sessions closed because a snapshot revoked their grant or removed their role or connection",
+                c.sessions_closed.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, value) in lines {
+            let _ = writeln!(out, "# HELP sluice_{name} {help}");
+            let _ = writeln!(out, "# TYPE sluice_{name} {kind}");
+            let _ = writeln!(out, "sluice_{name} {value}");
+        }
+        out
+    }
+}
+
+/// A session known to its core, so a snapshot can close it.
+struct Registered {
+    grant_id: Option<Arc<str>>,
+    role: Arc<str>,
+    connection: Arc<str>,
+    kill: Weak<dyn Fn(&str)>,
+}
+
+#[derive(Default)]
+struct SessionRegistry {
+    next: u64,
+    sessions: HashMap<u64, Registered>,
+}
+
+/// A session's entry in its core's registry; dropping it unregisters the session.
+pub struct SessionRegistration {
+    registry: Weak<RefCell<SessionRegistry>>,
+    id: u64,
+}
+
+impl Drop for SessionRegistration {
+    fn drop(&mut self) {
+        if let Some(r) = self.registry.upgrade() {
+            // A kill callback that drops its own registration runs with the registry
+            // unborrowed (see `CoreCtx::enforce`), so this borrow cannot collide.
+            if let Ok(mut r) = r.try_borrow_mut() {
+                r.sessions.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -114,20 +404,44 @@ pub struct CoreCtx {
     pub metrics: Arc<CoreMetrics>,
     /// TLS towards clients, if configured.
     pub tls_acceptor: Option<monoio_rustls::TlsAcceptor>,
-    pools: RefCell<HashMap<(String, String), Rc<Pool>>>,
+    live: RefCell<Arc<Live>>,
+    /// The `Shared` generation `live` was read at.
+    live_generation: Cell<u64>,
+    /// Pools by (connection, backend user, pool id); see [`BackendInfo::pool_ids`].
+    pools: RefCell<HashMap<(String, String, u64), Rc<Pool>>>,
+    sessions: Rc<RefCell<SessionRegistry>>,
     statements: RefCell<StatementRegistry>,
     /// Verdicts by statement text and policy version.
     pub verdicts: RefCell<sluice_policy::VerdictCache>,
 }
 
 impl CoreCtx {
-    /// This core's pool for (connection, backend user), created on first use.
+    /// The configuration version this core runs now, taking a newer one if it was swapped in.
+    pub fn live(&self) -> Arc<Live> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation != self.live_generation.get() {
+            *self.live.borrow_mut() = self.shared.live();
+            self.live_generation.set(generation);
+        }
+        self.live.borrow().clone()
+    }
+
+    /// This core's pool for (connection, backend user) under the version in force, created
+    /// on first use.
     pub fn pool(&self, conn: &Connection, user: &str) -> Rc<Pool> {
-        let key = (conn.name.clone(), user.to_owned());
+        self.pool_in(&self.live(), conn, user)
+    }
+
+    /// This core's pool for (connection, backend user) as `live` defines them. Pools are keyed
+    /// by pool id too: a connection whose address or credentials changed gets a new pool,
+    /// while sessions that hold the old one keep it until they end (then it closes).
+    pub fn pool_in(&self, live: &Live, conn: &Connection, user: &str) -> Rc<Pool> {
+        let info = &live.backends[&conn.name];
+        let pool_id = info.pool_ids[user];
+        let key = (conn.name.clone(), user.to_owned(), pool_id);
         if let Some(p) = self.pools.borrow().get(&key) {
             return p.clone();
         }
-        let info = &self.shared.backends[&conn.name];
         let target = Target {
             addr: info.addr,
             host: conn.host.clone(),
@@ -152,12 +466,12 @@ impl CoreCtx {
     /// The configuration generation this core runs: bumped whenever a new snapshot is swapped
     /// in. Sessions compare it at message boundaries and look their policy up again.
     pub fn generation(&self) -> u64 {
-        0
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// The current policy of `role` (deny-all when the role no longer exists).
     pub fn policy_for(&self, role: &str) -> Arc<sluice_policy::Policy> {
-        self.shared
+        self.live()
             .config
             .roles
             .iter()
@@ -170,7 +484,93 @@ impl CoreCtx {
     pub fn intern_statement(&self, query: &str, param_types: &[u8]) -> Rc<Statement> {
         self.statements.borrow_mut().intern(query, param_types)
     }
+
+    /// Registers a running session so that a snapshot that withdraws its access (revokes
+    /// `grant_id`, removes `role` or `connection`, or takes the connection from the role)
+    /// closes it: `kill` is called on this core with the reason, outside any borrow of the
+    /// registry, from a task of its own. If the version in force already withdraws it (a
+    /// swap during the login), `kill` is called right after this returns, from a new task.
+    /// Dropping the registration unregisters the session.
+    pub fn register_session(
+        &self,
+        grant_id: Option<Arc<str>>,
+        role: Arc<str>,
+        connection: Arc<str>,
+        kill: Weak<dyn Fn(&str)>,
+    ) -> SessionRegistration {
+        if let Some(reason) = self
+            .live()
+            .withdrawn(grant_id.as_deref(), &role, &connection)
+        {
+            self.shared
+                .counters
+                .sessions_closed
+                .fetch_add(1, Ordering::Relaxed);
+            let kill = kill.clone();
+            monoio::spawn(async move {
+                if let Some(k) = kill.upgrade() {
+                    k(&reason);
+                }
+            });
+        }
+        let mut r = self.sessions.borrow_mut();
+        let id = r.next;
+        r.next += 1;
+        r.sessions.insert(
+            id,
+            Registered {
+                grant_id,
+                role,
+                connection,
+                kill,
+            },
+        );
+        SessionRegistration {
+            registry: Rc::downgrade(&self.sessions),
+            id,
+        }
+    }
+
+    /// Puts the version in force on this core: closes the sessions it withdraws and drops
+    /// pools it no longer defines (sessions still holding one keep it until they end).
+    fn enforce(&self) {
+        let live = self.live();
+        let mut doomed: Vec<(Rc<dyn Fn(&str)>, String)> = Vec::new();
+        {
+            let mut r = self.sessions.borrow_mut();
+            r.sessions.retain(|_, s| {
+                let Some(kill) = s.kill.upgrade() else {
+                    return false;
+                };
+                match live.withdrawn(s.grant_id.as_deref(), &s.role, &s.connection) {
+                    Some(reason) => {
+                        doomed.push((kill, reason));
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
+        self.pools.borrow_mut().retain(|(conn, user, id), _| {
+            live.backends.get(conn).and_then(|b| b.pool_ids.get(user)) == Some(id)
+        });
+        if !doomed.is_empty() {
+            self.shared
+                .counters
+                .sessions_closed
+                .fetch_add(doomed.len() as u64, Ordering::Relaxed);
+        }
+        for (kill, reason) in doomed {
+            tracing::info!(core = self.id, version = live.version, %reason, "closing a session");
+            kill(&reason);
+        }
+    }
 }
+
+/// Where the snapshot is kept in the state directory.
+pub const SNAPSHOT_FILE: &str = "snapshot.json";
+/// Where a generated node id is kept in the state directory.
+pub const NODE_ID_FILE: &str = "node-id";
 
 /// A running data plane.
 pub struct Dataplane {
@@ -182,23 +582,58 @@ pub struct Dataplane {
 impl Dataplane {
     /// Binds one SO_REUSEPORT listener per core on `config.listen` (port 0 picks a free port
     /// shared by all cores) and starts the cores.
+    ///
+    /// With a `control_plane` section, the snapshot kept in its `state_dir` is put in force
+    /// first (fail-static: the control plane need not be up), then a [`SnapshotClient`]
+    /// swaps in each new snapshot. A persisted snapshot that does not verify is refused with
+    /// an error log, and the file's own settings run until the control plane answers.
     pub fn start(config: Config) -> anyhow::Result<Dataplane> {
-        let shared = Arc::new(Shared::new(config)?);
+        let cp = config.control_plane.clone();
+        let mut persisted_refused = false;
+        let initial = match &cp {
+            None => None,
+            Some(cp) => {
+                let (initial, refused) = load_persisted(&config, cp)?;
+                persisted_refused = refused;
+                initial
+            }
+        };
+        let running = initial.as_ref().map(|a| a.version);
+        let shared = Arc::new(Shared::with_live(config, initial)?);
+        if persisted_refused {
+            shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+        }
         let config = shared.config.clone();
         let listeners = bind_listeners(config.listen, config.cores)?;
         let local_addr = listeners[0].local_addr()?;
         let mut threads = Vec::with_capacity(config.cores);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         for (id, listener) in listeners.into_iter().enumerate() {
             let shared = shared.clone();
+            let (wake_tx, wake_rx) = futures::channel::mpsc::channel(1);
+            shared
+                .wake_cores
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(wake_tx);
+            let started = started_tx.clone();
             let t = std::thread::Builder::new()
                 .name(format!("sluice-core-{id}"))
                 .spawn(move || {
-                    if let Err(e) = run_core(id, shared, listener) {
+                    if let Err(e) = run_core(id, shared, listener, wake_rx, started) {
                         tracing::error!(core = id, error = %format!("{e:#}"), "core stopped");
                     }
                 })
                 .context("spawning a core thread")?;
             threads.push(t);
+        }
+        drop(started_tx);
+        let mut drivers = vec![String::from("unknown"); config.cores];
+        for _ in 0..config.cores {
+            match started_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok((id, driver)) => drivers[id] = driver.to_owned(),
+                Err(_) => break,
+            }
         }
         if let Some(addr) = config.metrics_listen {
             let shared = shared.clone();
@@ -209,7 +644,29 @@ impl Dataplane {
                 .name("sluice-metrics".into())
                 .spawn(move || serve_metrics(listener, shared))?;
         }
-        tracing::info!(%local_addr, cores = config.cores, "data plane listening");
+        if let Some(cp) = cp {
+            let mut settings = ClientSettings::new(
+                &cp.url,
+                &cp.node_token,
+                &node_id(&cp)?,
+                cp.state_dir.join(SNAPSHOT_FILE),
+            );
+            settings.address = local_addr.to_string();
+            settings.drivers = drivers;
+            let weak = Arc::downgrade(&shared);
+            let client =
+                SnapshotClient::start(settings, (*config).clone(), running, move |applied| {
+                    match weak.upgrade() {
+                        Some(shared) => {
+                            shared.install(applied).map_err(|e| format!("{e:#}").into())
+                        }
+                        None => Err("the data plane is gone".into()),
+                    }
+                })
+                .context("starting the snapshot client")?;
+            *shared.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        }
+        tracing::info!(%local_addr, cores = config.cores, snapshot_version = shared.snapshot_version(), "data plane listening");
         Ok(Dataplane {
             shared,
             local_addr,
@@ -222,9 +679,23 @@ impl Dataplane {
         self.local_addr
     }
 
-    /// What the cores share (metrics, configuration).
+    /// What the cores share (metrics, configuration, the version in force).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Stops taking snapshots from the control plane (the one in force stays); returns at
+    /// once between requests, within a long-poll's wait otherwise.
+    pub fn stop_snapshot_client(&self) {
+        let client = self
+            .shared
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(c) = client {
+            c.stop();
+        }
     }
 
     /// Blocks until every core stops (they run until the process ends).
@@ -233,6 +704,64 @@ impl Dataplane {
             let _ = t.join();
         }
     }
+}
+
+/// The snapshot kept in the state directory, put in force at start; the flag says a file was
+/// there but refused.
+fn load_persisted(
+    config: &Config,
+    cp: &ControlPlaneSettings,
+) -> anyhow::Result<(Option<Applied>, bool)> {
+    create_private_dir(&cp.state_dir)?;
+    let path = cp.state_dir.join(SNAPSHOT_FILE);
+    let snap = match SnapshotClient::load_persisted(&path) {
+        Ok(None) => {
+            tracing::info!(path = %path.display(), "no persisted snapshot; the configuration file's settings run until the control plane answers");
+            return Ok((None, false));
+        }
+        Ok(Some(s)) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "persisted snapshot refused; the configuration file's settings run until the control plane answers");
+            return Ok((None, true));
+        }
+    };
+    match snapshot::apply_snapshot(config, &snap) {
+        Ok(a) => {
+            tracing::info!(version = a.version, path = %path.display(), "serving the persisted snapshot");
+            Ok((Some(a), false))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "persisted snapshot refused; the configuration file's settings run until the control plane answers");
+            Ok((None, true))
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("control_plane.state_dir {}", dir.display()))
+}
+
+/// The configured node id, or the one generated on first start and kept in the state dir.
+fn node_id(cp: &ControlPlaneSettings) -> anyhow::Result<String> {
+    if let Some(id) = &cp.node_id {
+        return Ok(id.clone());
+    }
+    let path = cp.state_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = format!("dp-{:016x}", rand::random::<u64>());
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 fn bind_listeners(addr: SocketAddr, cores: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
@@ -303,13 +832,21 @@ fn build_runtime(core: usize) -> anyhow::Result<(CoreRuntime, &'static str)> {
     Ok((legacy.into(), "epoll"))
 }
 
-fn run_core(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) -> anyhow::Result<()> {
+fn run_core(
+    id: usize,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    wake: futures::channel::mpsc::Receiver<()>,
+    started: std::sync::mpsc::Sender<(usize, &'static str)>,
+) -> anyhow::Result<()> {
     let (mut rt, driver) = build_runtime(id)?;
     tracing::info!(core = id, driver, "core started");
+    let _ = started.send((id, driver));
     let metrics = shared.metrics[id].clone();
     if driver == "io_uring" {
         metrics.io_uring.inc();
     }
+    let live_generation = shared.generation.load(Ordering::Acquire);
     let ctx = Rc::new(CoreCtx {
         id,
         tls_acceptor: shared
@@ -317,12 +854,25 @@ fn run_core(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) -> 
             .clone()
             .map(monoio_rustls::TlsAcceptor::from),
         metrics,
+        live: RefCell::new(shared.live()),
+        live_generation: Cell::new(live_generation),
         pools: RefCell::new(HashMap::new()),
+        sessions: Rc::new(RefCell::new(SessionRegistry::default())),
         statements: RefCell::new(StatementRegistry::new(id)),
         verdicts: RefCell::new(sluice_policy::VerdictCache::new(VERDICT_CACHE_SIZE)),
         shared,
     });
-    rt.block_on(accept_loop(ctx, listener))
+    rt.block_on(async move {
+        monoio::spawn(watch_swaps(ctx.clone(), wake));
+        accept_loop(ctx, listener).await
+    })
+}
+
+/// Runs [`CoreCtx::enforce`] after each swap (woken from the thread that swapped).
+async fn watch_swaps(ctx: Rc<CoreCtx>, mut wake: futures::channel::mpsc::Receiver<()>) {
+    while wake.next().await.is_some() {
+        ctx.enforce();
+    }
 }
 
 async fn accept_loop(ctx: Rc<CoreCtx>, listener: std::net::TcpListener) -> anyhow::Result<()> {

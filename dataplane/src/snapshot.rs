@@ -203,7 +203,7 @@ pub fn verify_hash(snap: &Snapshot) -> Result<(), SnapshotError> {
 /// The configuration the data plane runs with this snapshot.
 ///
 /// From `local`: `listen`, `cores`, `metrics_listen`, `tls`, `require_tls_for_non_loopback`,
-/// `limits` and `auth.static_tokens` (break-glass access that must not depend on the control
+/// `limits`, `control_plane` and `auth.static_tokens` (break-glass access that must not depend on the control
 /// plane). From the snapshot: `connections`, `roles`, and `auth.jwt`: one issuer per identity
 /// provider with an inline JWKS, plus the grant issuer (its Ed25519 JWKS, `groups_claim`
 /// [`GRANT_ROLE_CLAIM`]), and `policies` with each role's `policy` (a role without one
@@ -382,6 +382,7 @@ fn merge(local: &Config, snap: &Snapshot) -> Result<Config, SnapshotError> {
     config.tls = local.tls.clone();
     config.require_tls_for_non_loopback = local.require_tls_for_non_loopback;
     config.limits = local.limits.clone();
+    config.control_plane = local.control_plane.clone();
     Ok(config)
 }
 

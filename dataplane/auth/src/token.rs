@@ -136,6 +136,8 @@ pub struct Identity {
     pub token_id: String,
     /// The `exp` claim in unix seconds; `None` for static tokens.
     pub expires_at: Option<u64>,
+    /// The `connection` claim, if any: just-in-time grant tokens are scoped to one connection.
+    pub connection: Option<String>,
 }
 
 /// Why a token was refused. Display texts are short, safe to send to the client and to log,
@@ -354,6 +356,7 @@ impl TokenVerifier {
             issuer: STATIC_ISSUER.to_owned(),
             token_id: fingerprint(token),
             expires_at: None,
+            connection: None,
         })
     }
 
@@ -491,12 +494,19 @@ impl Issuer {
             Some(_) => return Err(TokenError::Malformed),
         };
 
+        let connection = match claims.get("connection") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(c)) => Some(c.clone()),
+            Some(_) => return Err(TokenError::Malformed),
+        };
+
         Ok(Identity {
             subject,
             groups,
             issuer: self.name.clone(),
             token_id,
             expires_at: Some(exp),
+            connection,
         })
     }
 }

@@ -171,6 +171,7 @@ fn hs256_valid() {
             issuer: HS_ISS.into(),
             token_id: "grant-42".into(),
             expires_at: Some(NOW + 300),
+            connection: None,
         }
     );
 }
@@ -532,6 +533,7 @@ fn static_tokens() {
             issuer: STATIC_ISSUER.into(),
             token_id: fingerprint("static-token-for-ci-0123456789"),
             expires_at: None,
+            connection: None,
         }
     );
     for miss in [
