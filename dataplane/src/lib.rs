@@ -15,6 +15,7 @@ mod login;
 pub mod metrics;
 pub mod pool;
 pub mod prepared;
+pub mod review;
 pub mod runtime;
 mod session;
 pub mod shape;
