@@ -1,5 +1,5 @@
 //! Prometheus text metrics for the control plane: requests by route and status, audit
-//! records ingested, applies, and the current snapshot version. Owned by the control plane
+//! records ingested, applies, reviews filed and decided, and the current snapshot version. Owned by the control plane
 //! (no globals), rendered at `/metrics`.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,8 @@ pub struct Metrics {
     pub audit_records: AtomicU64,
     pub audit_batches: AtomicU64,
     pub applies: AtomicU64,
+    pub reviews_created: AtomicU64,
+    pub review_decisions: AtomicU64,
     snapshot_version: AtomicU64,
 }
 
@@ -69,6 +71,18 @@ impl Metrics {
             "counter",
             "Documents applied.",
             self.applies.load(Ordering::Relaxed),
+        );
+        gauge(
+            "sluice_cp_reviews_created_total",
+            "counter",
+            "Reviews filed by data planes (not counting de-duplicated repeats).",
+            self.reviews_created.load(Ordering::Relaxed),
+        );
+        gauge(
+            "sluice_cp_review_decisions_total",
+            "counter",
+            "Approvals and denials recorded.",
+            self.review_decisions.load(Ordering::Relaxed),
         );
         gauge(
             "sluice_cp_snapshot_version",

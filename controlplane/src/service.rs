@@ -1,5 +1,5 @@
 //! The control plane's operations, independent of HTTP: apply, rollback, grants, nodes,
-//! audit ingestion, and the `watch` channel that carries the current snapshot to long-polls.
+//! audit ingestion (reviews are in [`crate::reviews`]), and the `watch` channel that carries the current snapshot to long-polls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use crate::crypto::{self, MasterKey};
 use crate::document::{self, Credentials, Diff, Document, FieldError};
 use crate::grants::{GrantClaims, GrantSigner};
 use crate::metrics::Metrics;
+use crate::reviews::ReviewHub;
 use crate::snapshot::{GrantIssuer, Snapshot};
 use crate::store::{self, now_ms, ApiToken, DocumentRow, Grant, Node, Store, StoreError, WriteTx};
 
@@ -23,11 +24,12 @@ use crate::store::{self, now_ms, ApiToken, DocumentRow, Grant, Node, Store, Stor
 pub enum Role {
     /// Everything.
     Admin,
-    /// Reads configuration, issues and revokes grants (and, later, decides reviews).
+    /// Reads configuration, issues and revokes grants, decides reviews.
     Approver,
     /// Reads everything, changes nothing.
     Auditor,
-    /// A data plane: registers, long-polls snapshots, ships audit batches.
+    /// A data plane: registers, long-polls snapshots, ships audit batches, files and uses
+    /// reviews.
     Node,
 }
 
@@ -67,6 +69,10 @@ pub enum ServiceError {
     Invalid(Vec<FieldError>),
     #[error("{0}")]
     BadRequest(String),
+    /// Authenticated, and the role allows the call, but this caller may not do this (e.g.
+    /// approve their own request).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -90,6 +96,15 @@ pub struct Settings {
     pub max_audit_body_bytes: usize,
     /// Longest grant.
     pub max_grant_ttl: Duration,
+    /// Longest a review may stay pending (`expires_in_ms`).
+    pub max_review_expiry: Duration,
+    /// Longest reuse window an approval may state (`window_s`).
+    pub max_review_window: Duration,
+    /// How long a single-use approval stays usable after it is approved.
+    pub review_approval_ttl: Duration,
+    /// How often a review long-poll re-reads the store besides being woken in-process (how
+    /// soon it sees a decision taken on another replica).
+    pub review_recheck: Duration,
 }
 
 impl Default for Settings {
@@ -101,6 +116,10 @@ impl Default for Settings {
             max_body_bytes: 4 << 20,
             max_audit_body_bytes: 32 << 20,
             max_grant_ttl: Duration::from_secs(24 * 3600),
+            max_review_expiry: Duration::from_secs(24 * 3600),
+            max_review_window: Duration::from_secs(24 * 3600),
+            review_approval_ttl: Duration::from_secs(3600),
+            review_recheck: Duration::from_secs(2),
         }
     }
 }
@@ -180,6 +199,7 @@ pub struct ControlPlane {
     signer: GrantSigner,
     admin_digest: Option<String>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    pub(crate) reviews: ReviewHub,
     pub metrics: Metrics,
     pub settings: Settings,
 }
@@ -288,6 +308,7 @@ impl ControlPlane {
             signer,
             admin_digest,
             snapshot: tx,
+            reviews: ReviewHub::default(),
             metrics,
             settings,
         }))
@@ -798,7 +819,8 @@ fn grant_issuer(signer: &GrantSigner) -> GrantIssuer {
     }
 }
 
-async fn audit_change(
+/// Records a change made through the API, inside the change's own transaction.
+pub(crate) async fn audit_change(
     w: &mut WriteTx,
     who: &Principal,
     action: &str,

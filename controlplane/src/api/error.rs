@@ -120,6 +120,7 @@ impl From<ServiceError> for ApiError {
                 details,
             },
             ServiceError::BadRequest(m) => ApiError::bad_request(m),
+            ServiceError::Forbidden(m) => ApiError::forbidden(m),
             ServiceError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             ServiceError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             ServiceError::Store(s) => s.into(),

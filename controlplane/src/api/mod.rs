@@ -25,6 +25,9 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::audit::{AuditBatch, AuditPage, AuditQuery};
 use crate::document::{self, Document, Format};
+use crate::reviews::{
+    ConsumeRequest, DecisionKind, DecisionRequest, ListParams, Review, ReviewRequest, WaitParams,
+};
 use crate::service::{
     ApplyOutcome, BatchAck, ControlPlane, GrantIssued, GrantRequest, NodeRegistration, Principal,
     Role, TokenIssued, TokenRequest,
@@ -83,6 +86,7 @@ const ADMIN: &[Role] = &[Role::Admin];
 const GRANTERS: &[Role] = &[Role::Admin, Role::Approver];
 const NODES: &[Role] = &[Role::Admin, Role::Node];
 const AUDIT_READERS: &[Role] = &[Role::Admin, Role::Auditor];
+const ANYONE: &[Role] = &[Role::Admin, Role::Approver, Role::Auditor, Role::Node];
 
 /// Builds the router.
 pub fn router(cp: Cp) -> Router {
@@ -105,6 +109,12 @@ pub fn router(cp: Cp) -> Router {
         .route("/v1/audit", get(query_audit))
         .route("/v1/api-audit", get(api_audit))
         .route("/v1/tokens", post(create_token))
+        .route("/v1/reviews", post(create_review).get(list_reviews))
+        .route("/v1/reviews/consume", post(consume_review))
+        .route("/v1/reviews/{id}", get(get_review))
+        .route("/v1/reviews/{id}/wait", get(wait_review))
+        .route("/v1/reviews/{id}/approve", post(approve_review))
+        .route("/v1/reviews/{id}/deny", post(deny_review))
         .layer(RequestBodyLimitLayer::new(general));
     let ingest = Router::new()
         .route("/v1/audit/batches", post(ingest_batch))
@@ -464,6 +474,133 @@ async fn api_audit(State(cp): State<Cp>, Auth(p): Auth) -> ApiResult<Json<Vec<Ap
     Ok(Json(store::list_api_audit(&mut c, 1000).await?))
 }
 
+// ---- reviews -------------------------------------------------------------------------------
+
+#[utoipa::path(post, path = "/v1/reviews", tag = "reviews", security(("bearer" = [])), request_body = ReviewRequest,
+    responses((status = 201, body = Review, description = "Filed as a new pending review"),
+              (status = 200, body = Review, description = "The live review for the same identity, connection and statement (pending, or approved and unused)"),
+              (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn create_review(
+    State(cp): State<Cp>,
+    Auth(p): Auth,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Review>)> {
+    require(&p, NODES)?;
+    let req: ReviewRequest = parse_json(&body)?;
+    let (review, created) = cp.create_review(&p, req).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(review)))
+}
+
+#[utoipa::path(get, path = "/v1/reviews", tag = "reviews", security(("bearer" = [])), params(ListParams),
+    responses((status = 200, body = [Review], description = "Reviews by their status now, newest first")))]
+async fn list_reviews(
+    State(cp): State<Cp>,
+    Auth(p): Auth,
+    Query(q): Query<ListParams>,
+) -> ApiResult<Json<Vec<Review>>> {
+    require(&p, READERS)?;
+    Ok(Json(cp.list_reviews(&q).await?))
+}
+
+#[utoipa::path(get, path = "/v1/reviews/{id}", tag = "reviews", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = Review), (status = 404, body = ErrorBody)))]
+async fn get_review(
+    State(cp): State<Cp>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Review>> {
+    require(&p, ANYONE)?;
+    Ok(Json(cp.review(&id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/reviews/{id}/wait", tag = "reviews", security(("bearer" = [])),
+    params(("id" = String, Path), WaitParams),
+    responses((status = 200, body = Review, description = "As soon as it is no longer pending, or still pending after the timeout"),
+              (status = 404, body = ErrorBody)))]
+async fn wait_review(
+    State(cp): State<Cp>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<WaitParams>,
+) -> ApiResult<Json<Review>> {
+    require(&p, ANYONE)?;
+    let max = cp.settings.long_poll_timeout;
+    let wait = q
+        .timeout_ms
+        .map_or(max, |ms| Duration::from_millis(ms).min(max));
+    Ok(Json(cp.wait_review(&id, wait).await?))
+}
+
+/// An approve or deny body; empty means no comment and no window.
+fn decision_body(body: &[u8]) -> ApiResult<DecisionRequest> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(DecisionRequest::default())
+    } else {
+        parse_json(body)
+    }
+}
+
+#[utoipa::path(post, path = "/v1/reviews/{id}/approve", tag = "reviews", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body(content = DecisionRequest, description = "Optional: a comment, and a window (s) during which the approval may be used repeatedly (else once)"),
+    responses((status = 200, body = Review, description = "Approved once enough distinct approvers have; else still pending"),
+              (status = 403, body = ErrorBody, description = "Not an approver, or the approver is the identity that sent the statement"),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Not pending any more, or this approver already decided")))]
+async fn approve_review(
+    State(cp): State<Cp>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Review>> {
+    require(&p, GRANTERS)?;
+    let req = decision_body(&body)?;
+    Ok(Json(
+        cp.decide_review(&p, &id, DecisionKind::Approve, req)
+            .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/reviews/{id}/deny", tag = "reviews", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body(content = DecisionRequest, description = "Optional: a comment"),
+    responses((status = 200, body = Review, description = "Denied"), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "Not pending any more")))]
+async fn deny_review(
+    State(cp): State<Cp>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Review>> {
+    require(&p, GRANTERS)?;
+    let req = decision_body(&body)?;
+    Ok(Json(
+        cp.decide_review(&p, &id, DecisionKind::Deny, req).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/reviews/consume", tag = "reviews", security(("bearer" = [])), request_body = ConsumeRequest,
+    responses((status = 200, body = Review, description = "The approval used: `used` if single-use, still `approved` within its window"),
+              (status = 404, body = ErrorBody, description = "No usable approval for exactly this statement, identity and connection")))]
+async fn consume_review(
+    State(cp): State<Cp>,
+    Auth(p): Auth,
+    body: Bytes,
+) -> ApiResult<Json<Review>> {
+    require(&p, NODES)?;
+    let req: ConsumeRequest = parse_json(&body)?;
+    match cp.consume_review(&p, &req).await? {
+        Some(r) => Ok(Json(r)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_approval",
+            "no usable approval for exactly this statement, identity and connection",
+        )),
+    }
+}
+
 // ---- tokens, docs, metrics -----------------------------------------------------------------
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])), request_body = TokenRequest,
@@ -520,10 +657,11 @@ impl utoipa::Modify for BearerAuth {
 /// The OpenAPI document served at `/v1/openapi.json`.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Sluice control plane", description = "Configure Sluice: connections, identity providers, roles, policies, grants, data-plane nodes and audit records."),
+    info(title = "Sluice control plane", description = "Configure Sluice: connections, identity providers, roles, policies, grants, reviews, data-plane nodes and audit records."),
     paths(list_connections, list_identity_providers, list_roles, list_policies, get_document, list_documents,
           apply, rollback, current_snapshot, issue_grant, list_grants, revoke_grant, register_node, list_nodes,
-          node_snapshot, ingest_batch, query_audit, api_audit, create_token),
+          node_snapshot, ingest_batch, query_audit, api_audit, create_token,
+          create_review, list_reviews, get_review, wait_review, approve_review, deny_review, consume_review),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

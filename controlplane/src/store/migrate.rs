@@ -6,8 +6,14 @@
 
 use super::{now_ms, Backend, Store, StoreError};
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        "reviews",
+        include_str!("../../migrations/0002_reviews.sql"),
+    ),
+];
 
 fn dialect(sql: &str, backend: Backend) -> String {
     let (id, bytes) = match backend {

@@ -1,0 +1,671 @@
+//! The review (human approval) queue: statements a policy holds for approvers.
+//!
+//! A data plane files a review (`POST /v1/reviews`) when a statement's verdict is *review*;
+//! approvers approve or deny it; the data plane either long-polls for the decision
+//! (`GET /v1/reviews/{id}/wait`) or, when its client resends the statement, asks to use the
+//! approval (`POST /v1/reviews/consume`).
+//!
+//! Rules, all enforced here under the store's write lock:
+//! - one live review per (identity, connection, exact statement): filing it again returns the
+//!   pending one, or the approved one that has not been used up;
+//! - nobody approves their own request (the API token's name against the review's identity,
+//!   compared case-insensitively), and each approver counts once: `min_approvers` distinct
+//!   approvals make it approved; one denial by anyone with the role ends it;
+//! - an approval is for that statement, identity and connection only; it is single-use unless
+//!   every approval states a time window (`window_s`), in which case it may be used repeatedly
+//!   for the shortest window stated; a single-use approval not used within
+//!   [`Settings::review_approval_ttl`](crate::service::Settings) expires;
+//! - a pending review past its expiry reads as `expired` (the stored status is only
+//!   updated lazily; every read computes the status at the current time).
+//!
+//! Waiters are woken in-process by a broadcast of changed review ids and then re-read the
+//! store; they also re-read it every [`Settings::review_recheck`](crate::service::Settings),
+//! which is how a decision taken on *another* replica over the same PostgreSQL reaches them
+//! (within that interval rather than at once).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::broadcast;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::service::{audit_change, ControlPlane, Principal, ServiceError};
+use crate::store::reviews::{self as rows, ReviewRow};
+use crate::store::{now_ms, StoreError};
+
+/// Longest statement a review may carry.
+pub const MAX_STATEMENT_BYTES: usize = 1 << 20;
+/// Most approvers a review may ask for.
+pub const MAX_MIN_APPROVERS: u32 = 10;
+/// Longest comment on a decision.
+pub const MAX_COMMENT_CHARS: usize = 2000;
+
+/// Where a review stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewStatus {
+    /// Waiting for approvers.
+    Pending,
+    /// Approved and usable (once, or repeatedly within its window).
+    Approved,
+    /// Denied by an approver.
+    Denied,
+    /// Not decided before its expiry, or an approval not used (or its window passed).
+    Expired,
+    /// A single-use approval that has been used.
+    Used,
+}
+
+impl ReviewStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewStatus::Pending => "pending",
+            ReviewStatus::Approved => "approved",
+            ReviewStatus::Denied => "denied",
+            ReviewStatus::Expired => "expired",
+            ReviewStatus::Used => "used",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => ReviewStatus::Pending,
+            "approved" => ReviewStatus::Approved,
+            "denied" => ReviewStatus::Denied,
+            "expired" => ReviewStatus::Expired,
+            "used" => ReviewStatus::Used,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for ReviewStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `POST /v1/reviews` body: a statement a data plane holds for review.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRequest {
+    /// Who sent the statement (token subject).
+    pub identity: String,
+    /// The connection name the client used.
+    pub connection: String,
+    /// The role the identity was mapped to.
+    pub role: String,
+    /// The full statement text (at most 1 MiB); the approval is for exactly this text.
+    pub statement: String,
+    /// The policy rule that asked for review.
+    pub rule_id: String,
+    /// The verdict's message, for approvers.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The data plane filing it.
+    pub node_id: String,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Distinct approvals needed (1-10; the requester never counts).
+    pub min_approvers: u32,
+    /// Whether the client waits for the decision (informational, for approvers).
+    pub wait: bool,
+    /// How long the review stays pending (1 s up to the server's maximum, 24 h by default).
+    pub expires_in_ms: u64,
+}
+
+/// Approve or deny.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionKind {
+    Approve,
+    Deny,
+}
+
+impl DecisionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::Approve => "approve",
+            DecisionKind::Deny => "deny",
+        }
+    }
+}
+
+/// One approver's decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Decision {
+    /// The API token's name.
+    pub approver: String,
+    pub decision: DecisionKind,
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// The reuse window this approval asked for, in seconds.
+    #[serde(default)]
+    pub window_s: Option<u64>,
+    /// Unix ms.
+    pub at: i64,
+}
+
+/// `POST /v1/reviews/{id}/approve` and `/deny` body (may be empty).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// Approve only: the approval may be used repeatedly for this many seconds; without it,
+    /// once.
+    #[serde(default)]
+    pub window_s: Option<u64>,
+}
+
+/// `POST /v1/reviews/consume` body.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumeRequest {
+    pub identity: String,
+    pub connection: String,
+    pub statement: String,
+}
+
+/// A review as the API shows it; `status` is the status at the time of the answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Review {
+    pub id: String,
+    pub identity: String,
+    pub connection: String,
+    pub role: String,
+    pub statement: String,
+    pub rule_id: String,
+    pub message: Option<String>,
+    pub node_id: String,
+    pub session_id: Option<String>,
+    pub min_approvers: u32,
+    pub wait: bool,
+    pub status: ReviewStatus,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Until when it may be decided (unix ms).
+    pub expires_at: i64,
+    pub decided_at: Option<i64>,
+    /// Until when the approval may be used (unix ms).
+    pub use_until: Option<i64>,
+    /// Usable repeatedly until `use_until` (every approval stated a window) instead of once.
+    pub reusable: bool,
+    pub used_at: Option<i64>,
+    pub use_count: u64,
+    /// Who approved, in order (for audit records).
+    pub approvers: Vec<String>,
+    pub denied_by: Option<String>,
+    pub deny_comment: Option<String>,
+    pub decisions: Vec<Decision>,
+}
+
+impl Review {
+    fn new(row: ReviewRow, decisions: Vec<Decision>, now: i64) -> Review {
+        let status = row.status_at(now);
+        let approvers = decisions
+            .iter()
+            .filter(|d| d.decision == DecisionKind::Approve)
+            .map(|d| d.approver.clone())
+            .collect();
+        let deny = decisions.iter().find(|d| d.decision == DecisionKind::Deny);
+        Review {
+            status,
+            approvers,
+            denied_by: deny.map(|d| d.approver.clone()),
+            deny_comment: deny.and_then(|d| d.comment.clone()),
+            decisions,
+            id: row.id,
+            identity: row.identity,
+            connection: row.connection,
+            role: row.role,
+            statement: row.statement,
+            rule_id: row.rule_id,
+            message: row.message,
+            node_id: row.node_id,
+            session_id: row.session_id,
+            min_approvers: row.min_approvers,
+            wait: row.wait,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            decided_at: row.decided_at,
+            use_until: row.use_until,
+            reusable: row.reusable,
+            used_at: row.used_at,
+            use_count: row.use_count,
+        }
+    }
+}
+
+/// `GET /v1/reviews` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only reviews with this status now.
+    pub status: Option<ReviewStatus>,
+    /// At most this many, newest first (1-1000, default 100).
+    pub limit: Option<u32>,
+}
+
+/// `GET /v1/reviews/{id}/wait` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WaitParams {
+    /// How long to wait for a decision, in ms (at most the server's long-poll timeout, ~30 s).
+    pub timeout_ms: Option<u64>,
+}
+
+/// Wakes long-polls when a review changes; see the module documentation.
+#[derive(Debug)]
+pub struct ReviewHub {
+    changed: broadcast::Sender<Arc<str>>,
+}
+
+impl Default for ReviewHub {
+    fn default() -> Self {
+        // A waiter that falls this far behind re-reads the store (`Lagged`), so the capacity
+        // only bounds memory.
+        let (changed, _) = broadcast::channel(1024);
+        ReviewHub { changed }
+    }
+}
+
+impl ReviewHub {
+    fn notify(&self, id: &str) {
+        let _ = self.changed.send(Arc::from(id));
+    }
+}
+
+/// SHA-256 of a statement, hex: the de-duplication key.
+pub fn statement_hash(statement: &str) -> String {
+    Sha256::digest(statement.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn check_text(field: &str, v: &str, max: usize) -> Result<(), ServiceError> {
+    if v.is_empty() || v.len() > max {
+        return Err(ServiceError::BadRequest(format!(
+            "{field} must be 1-{max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `approver` is the identity that filed the review. Case-insensitive: refusing
+/// `CI-Bot` approving `ci-bot` errs on the safe side.
+fn same_person(approver: &str, identity: &str) -> bool {
+    approver.to_lowercase() == identity.to_lowercase()
+}
+
+impl ControlPlane {
+    /// Files a review, or returns the live one for the same identity, connection and
+    /// statement; the flag is true when it was created now.
+    pub async fn create_review(
+        &self,
+        who: &Principal,
+        req: ReviewRequest,
+    ) -> Result<(Review, bool), ServiceError> {
+        check_text("identity", &req.identity, 200)?;
+        check_text("connection", &req.connection, 200)?;
+        check_text("role", &req.role, 200)?;
+        check_text("rule_id", &req.rule_id, 500)?;
+        check_text("node_id", &req.node_id, 100)?;
+        check_text("statement", &req.statement, MAX_STATEMENT_BYTES)?;
+        if req.message.as_ref().is_some_and(|m| m.len() > 4096) {
+            return Err(ServiceError::BadRequest(
+                "message must be at most 4096 bytes".into(),
+            ));
+        }
+        if req.session_id.as_ref().is_some_and(|s| s.len() > 200) {
+            return Err(ServiceError::BadRequest(
+                "session_id must be at most 200 bytes".into(),
+            ));
+        }
+        if !(1..=MAX_MIN_APPROVERS).contains(&req.min_approvers) {
+            return Err(ServiceError::BadRequest(format!(
+                "min_approvers must be 1-{MAX_MIN_APPROVERS}"
+            )));
+        }
+        let max_expiry = self.settings.max_review_expiry;
+        if req.expires_in_ms < 1000 || req.expires_in_ms > ms(max_expiry).unsigned_abs() {
+            return Err(ServiceError::BadRequest(format!(
+                "expires_in_ms must be between 1000 and {}",
+                ms(max_expiry)
+            )));
+        }
+        let hash = statement_hash(&req.statement);
+        let mut w = self.store().write().await?;
+        let now = now_ms();
+        // Pending reviews past their expiry no longer hold the one-pending slot.
+        rows::expire_stale(&mut w.tx, &req.identity, &req.connection, &hash, now).await?;
+        let live = rows::live_reviews(&mut w.tx, &req.identity, &req.connection, &hash, now, false)
+            .await?;
+        if let Some(row) = live.into_iter().find(|r| r.statement == req.statement) {
+            w.commit().await?;
+            return Ok((self.load(row, now).await?, false));
+        }
+        let row = ReviewRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            identity: req.identity,
+            connection: req.connection,
+            role: req.role,
+            statement: req.statement,
+            statement_hash: hash,
+            rule_id: req.rule_id,
+            message: req.message,
+            node_id: req.node_id,
+            session_id: req.session_id,
+            min_approvers: req.min_approvers,
+            wait: req.wait,
+            status: ReviewStatus::Pending,
+            created_at: now,
+            expires_at: now.saturating_add(i64::try_from(req.expires_in_ms).unwrap_or(i64::MAX)),
+            decided_at: None,
+            use_until: None,
+            reusable: false,
+            used_at: None,
+            use_count: 0,
+        };
+        rows::insert_review(&mut w.tx, &row).await?;
+        let detail = serde_json::json!({
+            "identity": row.identity, "connection": row.connection, "role": row.role,
+            "rule_id": row.rule_id, "node_id": row.node_id, "min_approvers": row.min_approvers,
+            "expires_at": row.expires_at, "statement_hash": row.statement_hash,
+        });
+        audit_change(&mut w, who, "review.create", &row.id, detail).await?;
+        w.commit().await?;
+        self.metrics
+            .reviews_created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((Review::new(row, Vec::new(), now), true))
+    }
+
+    /// One review as it stands now.
+    pub async fn review(&self, id: &str) -> Result<Review, ServiceError> {
+        let mut c = self
+            .store()
+            .pool()
+            .acquire()
+            .await
+            .map_err(StoreError::Db)?;
+        let Some(row) = rows::review(&mut c, id).await? else {
+            return Err(ServiceError::NotFound(format!("no review `{id}`")));
+        };
+        let decisions = rows::decisions(&mut c, &[id]).await?;
+        Ok(Review::new(
+            row,
+            decisions.into_iter().map(|(_, d)| d).collect(),
+            now_ms(),
+        ))
+    }
+
+    async fn load(&self, row: ReviewRow, now: i64) -> Result<Review, StoreError> {
+        let mut c = self.store().pool().acquire().await?;
+        let decisions = rows::decisions(&mut c, &[row.id.as_str()]).await?;
+        Ok(Review::new(
+            row,
+            decisions.into_iter().map(|(_, d)| d).collect(),
+            now,
+        ))
+    }
+
+    /// Reviews by their status now, newest first.
+    pub async fn list_reviews(&self, q: &ListParams) -> Result<Vec<Review>, ServiceError> {
+        let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
+        let now = now_ms();
+        let mut c = self
+            .store()
+            .pool()
+            .acquire()
+            .await
+            .map_err(StoreError::Db)?;
+        let found = rows::list_reviews(&mut c, q.status, now, limit).await?;
+        let mut by_review: HashMap<String, Vec<Decision>> = HashMap::new();
+        // Bounded IN lists: well under both stores' bind limits.
+        for chunk in found.chunks(500) {
+            let ids: Vec<&str> = chunk.iter().map(|r| r.id.as_str()).collect();
+            for (id, d) in rows::decisions(&mut c, &ids).await? {
+                by_review.entry(id).or_default().push(d);
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|r| {
+                let d = by_review.remove(&r.id).unwrap_or_default();
+                Review::new(r, d, now)
+            })
+            .collect())
+    }
+
+    /// Approves or denies a pending review as `who`; see the module documentation.
+    pub async fn decide_review(
+        &self,
+        who: &Principal,
+        id: &str,
+        kind: DecisionKind,
+        req: DecisionRequest,
+    ) -> Result<Review, ServiceError> {
+        if req
+            .comment
+            .as_ref()
+            .is_some_and(|c| c.chars().count() > MAX_COMMENT_CHARS)
+        {
+            return Err(ServiceError::BadRequest(format!(
+                "comment must be at most {MAX_COMMENT_CHARS} characters"
+            )));
+        }
+        let max_window = self.settings.max_review_window.as_secs();
+        match (kind, req.window_s) {
+            (DecisionKind::Deny, Some(_)) => {
+                return Err(ServiceError::BadRequest(
+                    "window_s applies to approvals only".into(),
+                ))
+            }
+            (DecisionKind::Approve, Some(w)) if w == 0 || w > max_window => {
+                return Err(ServiceError::BadRequest(format!(
+                    "window_s must be between 1 and {max_window}"
+                )))
+            }
+            _ => {}
+        }
+        let mut w = self.store().write().await?;
+        let now = now_ms();
+        let Some(row) = rows::review(&mut w.tx, id).await? else {
+            return Err(ServiceError::NotFound(format!("no review `{id}`")));
+        };
+        let status = row.status_at(now);
+        if status != ReviewStatus::Pending {
+            return Err(ServiceError::Conflict(format!(
+                "review `{id}` is {status}; only a pending review can be decided"
+            )));
+        }
+        if kind == DecisionKind::Approve && same_person(&who.name, &row.identity) {
+            return Err(ServiceError::Forbidden(format!(
+                "nobody approves their own request: the token `{}` is the identity that sent \
+                 the statement under review",
+                who.name
+            )));
+        }
+        let mut decisions: Vec<Decision> = rows::decisions(&mut w.tx, &[id])
+            .await?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        if decisions.iter().any(|d| d.approver == who.name) {
+            return Err(ServiceError::Conflict(format!(
+                "`{}` has already decided review `{id}`; each approver counts once \
+                 ({} distinct approvals needed)",
+                who.name, row.min_approvers
+            )));
+        }
+        let decision = Decision {
+            approver: who.name.clone(),
+            decision: kind,
+            comment: req.comment,
+            window_s: req.window_s,
+            at: now,
+        };
+        rows::insert_decision(&mut w.tx, id, &decision).await?;
+        decisions.push(decision);
+        let approvals: Vec<&Decision> = decisions
+            .iter()
+            .filter(|d| d.decision == DecisionKind::Approve)
+            .collect();
+        let new_status = match kind {
+            DecisionKind::Deny => Some((ReviewStatus::Denied, None, false)),
+            DecisionKind::Approve if approvals.len() >= row.min_approvers as usize => {
+                // Reusable only if every approver agreed to a window; then the shortest.
+                let window = approvals
+                    .iter()
+                    .map(|d| d.window_s)
+                    .collect::<Option<Vec<u64>>>()
+                    .and_then(|w| w.into_iter().min());
+                let valid_for = match window {
+                    Some(s) => Duration::from_secs(s),
+                    None => self.settings.review_approval_ttl,
+                };
+                let until = now.saturating_add(ms(valid_for));
+                Some((ReviewStatus::Approved, Some(until), window.is_some()))
+            }
+            DecisionKind::Approve => None,
+        };
+        if let Some((status, until, reusable)) = new_status {
+            if !rows::decide(&mut w.tx, id, status, now, until, reusable).await? {
+                return Err(ServiceError::Conflict(format!(
+                    "review `{id}` was decided concurrently; read it again"
+                )));
+            }
+        }
+        let detail = serde_json::json!({
+            "status": new_status.map_or(ReviewStatus::Pending, |s| s.0),
+            "approvals": approvals.len(), "min_approvers": row.min_approvers,
+            "window_s": req.window_s, "identity": row.identity, "connection": row.connection,
+        });
+        let action = match kind {
+            DecisionKind::Approve => "review.approve",
+            DecisionKind::Deny => "review.deny",
+        };
+        audit_change(&mut w, who, action, id, detail).await?;
+        w.commit().await?;
+        self.metrics
+            .review_decisions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.reviews.notify(id);
+        self.review(id).await
+    }
+
+    /// Uses the approval of exactly this statement, identity and connection, if there is
+    /// one: a single-use approval becomes `used`; one with a window stays approved.
+    pub async fn consume_review(
+        &self,
+        who: &Principal,
+        req: &ConsumeRequest,
+    ) -> Result<Option<Review>, ServiceError> {
+        check_text("identity", &req.identity, 200)?;
+        check_text("connection", &req.connection, 200)?;
+        check_text("statement", &req.statement, MAX_STATEMENT_BYTES)?;
+        let hash = statement_hash(&req.statement);
+        let mut w = self.store().write().await?;
+        let now = now_ms();
+        let live =
+            rows::live_reviews(&mut w.tx, &req.identity, &req.connection, &hash, now, true).await?;
+        let Some(row) = live.into_iter().find(|r| r.statement == req.statement) else {
+            return Ok(None);
+        };
+        if !rows::record_use(&mut w.tx, &row.id, row.reusable, now).await? {
+            // Used up concurrently (another replica): as if there were none.
+            return Ok(None);
+        }
+        let detail = serde_json::json!({
+            "identity": row.identity, "connection": row.connection,
+            "reusable": row.reusable, "use": row.use_count + 1,
+        });
+        audit_change(&mut w, who, "review.consume", &row.id, detail).await?;
+        w.commit().await?;
+        self.reviews.notify(&row.id);
+        Ok(Some(self.review(&row.id).await?))
+    }
+
+    /// Waits until review `id` is no longer pending, or `timeout` passes; answers the review
+    /// as it stands then.
+    pub async fn wait_review(&self, id: &str, timeout: Duration) -> Result<Review, ServiceError> {
+        // Subscribe before reading, so a decision between the read and the wait is not missed.
+        let mut rx = self.reviews.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let r = self.review(id).await?;
+            let now = tokio::time::Instant::now();
+            if r.status != ReviewStatus::Pending || now >= deadline {
+                return Ok(r);
+            }
+            // Wake at the deadline, at the review's expiry (it then reads as expired), or for
+            // the periodic re-read that picks up other replicas' decisions.
+            let to_expiry = u64::try_from(r.expires_at.saturating_sub(now_ms()))
+                .unwrap_or(0)
+                .saturating_add(1);
+            let wake = deadline
+                .min(now + Duration::from_millis(to_expiry))
+                .min(now + self.settings.review_recheck);
+            loop {
+                match tokio::time::timeout_at(wake, rx.recv()).await {
+                    Ok(Ok(changed)) if &*changed == id => break,
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => {
+                        tokio::time::sleep_until(wake).await;
+                        break;
+                    }
+                    Err(_elapsed) => break,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in [
+            ReviewStatus::Pending,
+            ReviewStatus::Approved,
+            ReviewStatus::Denied,
+            ReviewStatus::Expired,
+            ReviewStatus::Used,
+        ] {
+            assert_eq!(ReviewStatus::parse(s.as_str()), Some(s));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+        }
+        assert_eq!(ReviewStatus::parse("Pending"), None);
+    }
+
+    #[test]
+    fn self_approval_ignores_case() {
+        assert!(same_person("CI-Bot", "ci-bot"));
+        assert!(!same_person("alice", "ci-bot"));
+    }
+
+    #[test]
+    fn hashes_are_stable_hex() {
+        let h = statement_hash("DELETE FROM t");
+        assert_eq!(h.len(), 64);
+        assert_eq!(h, statement_hash("DELETE FROM t"));
+        assert_ne!(h, statement_hash("DELETE FROM t "));
+    }
+}
