@@ -22,6 +22,7 @@ use crate::stream::{BackendStream, MaybeTls};
 const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 
 /// Everything needed to open server connections for one (connection, backend user).
+#[derive(Clone)]
 pub struct Target {
     /// Backend address.
     pub addr: SocketAddr,
@@ -269,6 +270,64 @@ impl ServerConn {
                             message: "server left a transaction open".into(),
                         }),
                         None => Ok(()),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs a read-only catalog query and returns its rows as text (NULL as `None`).
+    /// Bounded: rows larger than 1 MiB or results beyond `max_rows` fail with an error rather
+    /// than grow without end.
+    pub async fn query_rows(
+        &mut self,
+        sql: &str,
+        max_rows: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        const MAX_ROW: usize = 1 << 20;
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        encode::query(&mut out, sql);
+        write_all(&mut self.write, out.freeze()).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let frame = read_frame(&mut self.read, &mut self.rbuf, |b| frame_len(b, MAX_ROW))
+                .await
+                .map_err(|e| match e {
+                    ReadError::Closed => BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                    ReadError::Io(e) => BackendError::Io(e),
+                    ReadError::Protocol(p) => BackendError::Protocol(p),
+                })?;
+            if frame[0] == msg::DATA_ROW {
+                if rows.len() >= max_rows {
+                    error.get_or_insert(BackendError::Refused {
+                        code: sqlstate::PROGRAM_LIMIT_EXCEEDED.into(),
+                        message: format!("catalog query returned more than {max_rows} rows"),
+                    });
+                    continue;
+                }
+                let mut row = Vec::new();
+                for range in msg::data_row_ranges(&frame)? {
+                    row.push(match range? {
+                        None => None,
+                        Some(r) => Some(String::from_utf8_lossy(&frame[r]).into_owned()),
+                    });
+                }
+                rows.push(row);
+                continue;
+            }
+            match msg::parse(&frame)? {
+                msg::BackendMessage::ErrorResponse(fields) if error.is_none() => {
+                    error = Some(BackendError::Refused {
+                        code: fields.code().unwrap_or(sqlstate::INTERNAL_ERROR).to_owned(),
+                        message: fields.message().unwrap_or("unknown error").to_owned(),
+                    });
+                }
+                msg::BackendMessage::ReadyForQuery { .. } => {
+                    return match error {
+                        Some(e) => Err(e),
+                        None => Ok(rows),
                     };
                 }
                 _ => {}

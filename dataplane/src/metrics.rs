@@ -90,6 +90,12 @@ core_metrics! {
     Counter queries,
     /// Statements denied by policy.
     Counter statements_denied,
+    /// Statements held for an approver's review.
+    Counter reviews_requested,
+    /// Result rows masked (a column rewritten or a detector finding overwritten).
+    Counter rows_masked,
+    /// Results failed closed by the masker (a row or column it could not vouch for).
+    Counter results_failed_closed,
     /// Bytes from clients to servers.
     Counter client_bytes,
     /// Bytes from servers to clients.

@@ -55,6 +55,11 @@ impl Pool {
         }
     }
 
+    /// Where this pool's connections go (for the proxy's own unpooled connections).
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// Pool settings.
     pub fn config(&self) -> &PoolConfig {
         &self.cfg

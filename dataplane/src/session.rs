@@ -34,11 +34,14 @@ use crate::cancel::CancelSlot;
 use crate::config::PoolMode;
 use crate::io::{fill, write_all};
 use crate::login::{Fatal, LoggedIn};
+use crate::masking::{Action, Masker};
 use crate::pool::Pool;
 use crate::prepared::Statement;
 use crate::runtime::CoreCtx;
 use crate::stream::ClientStream;
 use crate::tracker::{Delivery, Request, Tracker, Verdict};
+use sluice_policy::audit::AuditRecord;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Largest server message the proxy buffers whole to look inside (ReadyForQuery,
 /// ParameterStatus, CommandComplete).
@@ -116,6 +119,43 @@ struct State {
     /// Session mode: the reset query was sent by `finish`, so the connection is clean once
     /// the server reader has read its answer.
     reset_sent: bool,
+    /// Result masking and row limits, when the role's policy has any.
+    masker: Option<Masker>,
+    /// SQL-level prepared statements (`PREPARE name AS ...`): what `EXECUTE name` runs.
+    sql_prepared: HashMap<String, sluice_policy::StatementFacts>,
+    /// A statement held for review stopped the batch before it; the client reader asks.
+    review_needed: Option<ReviewNeeded>,
+    /// The reviewed text may run once (approved).
+    review_pass: Option<String>,
+    /// The reviewed text fails with this error (denied, expired, unreachable).
+    review_outcome: Option<(String, Bytes)>,
+    /// Audit records of requests the server is answering, by request tag.
+    audits: HashMap<u64, Audit>,
+    /// Request tags when the masker does not hand them out (from [`OWN_TAGS`] up).
+    next_tag: u64,
+    /// Approvers of the statement a review just let through, for its audit record.
+    review_approvers: Option<(String, Vec<String>)>,
+    /// Extended-protocol statement and portal texts, for audit records (only when auditing).
+    statement_sql: HashMap<String, Rc<str>>,
+    portal_sql: HashMap<String, Rc<str>>,
+}
+
+/// Request tags the session allocates itself start here, far above the masker's.
+const OWN_TAGS: u64 = 1 << 62;
+
+/// An allowed request's audit record in the making.
+struct Audit {
+    record: sluice_policy::audit::AuditRecord,
+    started: std::time::Instant,
+    rows: i64,
+    bytes: i64,
+}
+
+/// A statement held for review, as the client reader needs it.
+struct ReviewNeeded {
+    sql: String,
+    rule: String,
+    message: String,
 }
 
 /// Parameters PostgreSQL reports with ParameterStatus that a client may change with SET and
@@ -132,8 +172,10 @@ const TRACKED_PARAMS: &[&str] = &[
 struct Session {
     ctx: Rc<CoreCtx>,
     pool: Rc<Pool>,
-    /// The role's statement policy.
-    policy: Arc<sluice_policy::Policy>,
+    /// The role's statement policy, looked up again when the core runs a new snapshot.
+    policy: RefCell<Arc<sluice_policy::Policy>>,
+    /// The core's configuration generation `policy` was looked up in.
+    policy_generation: Cell<u64>,
     mode: PoolMode,
     max_message: usize,
     slot: Arc<CancelSlot>,
@@ -147,6 +189,14 @@ struct Session {
     subject: String,
     role: Arc<str>,
     connection: Arc<str>,
+    /// The just-in-time grant the client logged in with, if any.
+    grant_id: Option<Arc<str>>,
+    /// Fingerprint of the token the client logged in with (for audit records).
+    token_id: Arc<str>,
+    /// Where this core's audit records go, when the data plane ships them.
+    audit: Option<crate::audit::AuditSink>,
+    /// This session's id in audit records.
+    session_id: String,
 }
 
 pub(crate) async fn relay(
@@ -161,6 +211,8 @@ pub(crate) async fn relay(
         policy,
         role,
         connection,
+        grant_id,
+        token_id,
         wanted,
         identity,
         pid,
@@ -174,12 +226,23 @@ pub(crate) async fn relay(
         mode: pool.config().mode,
         ctx: ctx.clone(),
         pool,
-        policy,
+        policy_generation: Cell::new(ctx.generation()),
+        policy: RefCell::new(policy.clone()),
         slot,
         client_fd,
         st: RefCell::new(State {
             wanted: Rc::new(wanted),
             reset_sent: false,
+            masker: Masker::new(policy),
+            sql_prepared: HashMap::new(),
+            review_needed: None,
+            review_pass: None,
+            review_outcome: None,
+            audits: HashMap::new(),
+            next_tag: OWN_TAGS,
+            review_approvers: None,
+            statement_sql: HashMap::new(),
+            portal_sql: HashMap::new(),
             tracker: Tracker::new(),
             attached: None,
             generation: 0,
@@ -194,12 +257,25 @@ pub(crate) async fn relay(
         out_space: Notify::default(),
         peer,
         subject: identity.subject,
-        role,
-        connection,
+        role: role.clone(),
+        connection: connection.clone(),
+        grant_id: grant_id.clone(),
+        token_id,
+        audit: ctx.audit_sink(),
+        session_id: format!("{}-{pid}", ctx.id),
     });
     if let Some(server) = server {
         session.attach(server);
     }
+    // A snapshot that withdraws this session's access (a revoked grant, a removed role or
+    // connection) ends it.
+    let weak = Rc::downgrade(&session);
+    let kill: Rc<dyn Fn(&str)> = Rc::new(move |reason: &str| {
+        if let Some(s) = weak.upgrade() {
+            s.terminate(reason);
+        }
+    });
+    let _registration = ctx.register_session(grant_id, role, connection, Rc::downgrade(&kill));
     let writer = monoio::spawn(client_writer(session.clone(), write));
     session.clone().client_reader(read, buf).await;
     session.finish().await;
@@ -215,6 +291,20 @@ impl Session {
         st.out_bytes += chunk.len();
         st.out.push_back(chunk);
         self.out_ready.notify();
+    }
+
+    /// Ends the session from outside its tasks (its access was withdrawn): a FATAL error to
+    /// the client, then the client socket's read side shut so the client reader stops.
+    fn terminate(&self, reason: &str) {
+        tracing::info!(peer = %self.peer, subject = %self.subject, reason, "closing session");
+        self.fatal(Fatal::new(
+            sqlstate::ADMIN_SHUTDOWN,
+            format!("terminating connection: {reason}"),
+        ));
+        // SAFETY: shutdown(2) on the client socket this session owns and has not closed.
+        unsafe {
+            libc::shutdown(self.client_fd, libc::SHUT_RD);
+        }
     }
 
     /// Queues a FATAL error and ends the session.
@@ -372,6 +462,7 @@ impl Session {
                     }
                 }
             }
+            self.refresh_policy().await;
             self.unpark();
             let (chunks, terminated) = match self.process_client(&mut buf, &mut copy_skip) {
                 Ok(c) => c,
@@ -385,6 +476,10 @@ impl Session {
             if !self.write_server(chunks).await || terminated {
                 // On a failed write, server_lost() has told the client.
                 return;
+            }
+            let need = self.st.borrow_mut().review_needed.take();
+            if let Some(need) = need {
+                self.review(need).await;
             }
         }
     }
@@ -455,21 +550,68 @@ impl Session {
             let mut rewritten: Option<BytesMut> = None;
             let txn = self.mode == PoolMode::Transaction;
             let mut parse_denial = match msg {
-                FrontendMessage::Parse { query, .. } => self.judge(query),
+                FrontendMessage::Parse { name, query, .. } => match self.judge(st, query) {
+                    Some(denial) => Some(denial),
+                    None => match self.mask_plan(st, query) {
+                        Ok(Some(plan)) => {
+                            if let Some(mk) = st.masker.as_mut() {
+                                mk.parsed(name, &plan);
+                            }
+                            None
+                        }
+                        Ok(None) => None,
+                        Err(denial) => Some(denial),
+                    },
+                },
                 _ => None,
             };
+            let mut query_judged = match msg {
+                FrontendMessage::Query { sql } => Some(match self.judge(st, sql) {
+                    Some(denial) => Err(denial),
+                    None => self.mask_plan(st, sql),
+                }),
+                _ => None,
+            };
+            if st.review_needed.is_some() {
+                // Held for review: the client reader asks, then this message comes again.
+                break;
+            }
+            if self.audit.is_some() {
+                match msg {
+                    FrontendMessage::Parse { name, query, .. } => {
+                        st.statement_sql.insert(name.to_owned(), Rc::from(query));
+                    }
+                    FrontendMessage::Bind {
+                        portal, statement, ..
+                    } => {
+                        let sql = st.statement_sql.get(statement).cloned();
+                        if let Some(sql) = sql {
+                            st.portal_sql.insert(portal.to_owned(), sql);
+                        }
+                    }
+                    _ => {}
+                }
+            }
             match msg {
                 FrontendMessage::Query { sql } => {
                     m.queries.inc();
-                    match self.judge(sql) {
-                        None => st.tracker.push(
-                            Request::Simple,
-                            Delivery::Forward,
-                            None,
-                            &mut synth,
-                            &mut unprepared,
-                        ),
-                        Some(error) => {
+                    let judged = query_judged.take().expect("judged above");
+                    match judged {
+                        Ok(plan) => {
+                            st.tracker.push(
+                                Request::Simple,
+                                Delivery::Forward,
+                                None,
+                                &mut synth,
+                                &mut unprepared,
+                            );
+                            let mut tag = 0;
+                            if let (Some(plan), Some(mk)) = (plan, st.masker.as_mut()) {
+                                tag = mk.job_simple(plan);
+                            }
+                            self.audit_request(st, tag, sql);
+                        }
+                        Err(error) => {
                             st.tracker.push_replacing(Request::Simple, error);
                             rewritten = Some(stand_in_query());
                         }
@@ -564,6 +706,22 @@ impl Session {
                         &mut synth,
                         &mut unprepared,
                     );
+                    if let Some(mk) = st.masker.as_mut() {
+                        // A DataRow carries no description: describe the portal for the
+                        // masker (the client never sees this answer).
+                        mk.bound(portal, statement);
+                        let mut b = rewritten.take().unwrap_or_else(|| BytesMut::from(frame));
+                        encode::describe(&mut b, b'P', portal);
+                        rewritten = Some(b);
+                        st.tracker.push(
+                            Request::DescribePortal,
+                            Delivery::Swallow,
+                            None,
+                            &mut synth,
+                            &mut unprepared,
+                        );
+                        st.tracker.tag_last(mk.job_describe(portal));
+                    }
                 }
                 FrontendMessage::Describe { kind, name } => {
                     let request = if kind == b'S' {
@@ -586,12 +744,18 @@ impl Session {
                         &mut synth,
                         &mut unprepared,
                     );
+                    if let (b'P', Some(mk)) = (kind, st.masker.as_mut()) {
+                        st.tracker.tag_last(mk.job_describe(name));
+                    }
                 }
                 FrontendMessage::Close { kind, name }
                     if txn && kind == b'S' && !name.is_empty() =>
                 {
                     // The server keeps the statement for other clients; the client's name goes.
                     st.statements.remove(name);
+                    if let Some(mk) = st.masker.as_mut() {
+                        mk.closed_statement(name);
+                    }
                     st.tracker.push(
                         Request::Close,
                         Delivery::Synthesize,
@@ -610,7 +774,7 @@ impl Session {
                         &mut unprepared,
                     );
                 }
-                FrontendMessage::Execute { .. } => {
+                FrontendMessage::Execute { portal, .. } => {
                     st.tracker.push(
                         Request::Execute,
                         Delivery::Forward,
@@ -618,6 +782,9 @@ impl Session {
                         &mut synth,
                         &mut unprepared,
                     );
+                    let tag = st.masker.as_mut().map_or(0, |mk| mk.job_execute(portal));
+                    let sql = st.portal_sql.get(portal).cloned();
+                    self.audit_request(st, tag, sql.as_deref().unwrap_or(""));
                 }
                 FrontendMessage::Flush | FrontendMessage::CopyData(_) => {}
                 FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
@@ -860,7 +1027,15 @@ impl Session {
                     max: MAX_INSPECTED_MESSAGE,
                 });
             }
-            if inspect && available < total {
+            let job = st.tracker.head_job();
+            let mask = st
+                .masker
+                .as_ref()
+                .is_some_and(|mk| mk.needs_whole(h.tag, job));
+            if (inspect || mask) && available < total {
+                if buf.capacity() - pos < total {
+                    buf.reserve(total - available);
+                }
                 break;
             }
             let verdict = st.tracker.on_server(h.tag, &mut synth, &mut unprepared);
@@ -891,6 +1066,16 @@ impl Session {
                         if let Some(a) = st.attached.as_mut() {
                             a.state.prepared.clear();
                         }
+                        st.sql_prepared.clear();
+                        if let Some(mk) = st.masker.as_mut() {
+                            mk.forget_sql_state();
+                        }
+                    }
+                    bmsg::BackendMessage::CommandComplete { tag }
+                        if crate::catalog::is_ddl_tag(tag)
+                            && st.masker.as_ref().is_some_and(Masker::needs_catalog) =>
+                    {
+                        crate::catalog::mark_stale(&self.connection);
                     }
                     _ => {}
                 }
@@ -902,6 +1087,41 @@ impl Session {
             }
             let whole = available >= total;
             let present = total.min(available);
+            let mut verdict = verdict;
+            if mask && whole {
+                let mk = st.masker.as_mut().expect("checked by needs_whole");
+                match mk.on_message(job, &mut buf[pos..pos + total]) {
+                    Action::Forward => {}
+                    Action::Drop if verdict == Verdict::Forward => verdict = Verdict::Drop,
+                    Action::Replace(b) if verdict == Verdict::Forward => {
+                        verdict = Verdict::Replace(b)
+                    }
+                    Action::Drop | Action::Replace(_) => {}
+                }
+                if job != 0
+                    && matches!(
+                        h.tag,
+                        bmsg::COMMAND_COMPLETE
+                            | bmsg::EMPTY_QUERY
+                            | bmsg::PORTAL_SUSPENDED
+                            | bmsg::READY_FOR_QUERY
+                            | bmsg::NO_DATA
+                            | bmsg::ROW_DESCRIPTION
+                            | bmsg::ERROR_RESPONSE
+                    )
+                    && !st.tracker.has_job(job)
+                {
+                    mk.finish_job(job);
+                }
+            }
+            if let (Some(status), Some(mk)) = (st.ready, st.masker.as_mut()) {
+                if st.tracker.is_idle() {
+                    mk.idle(status);
+                }
+            }
+            if job != 0 && !st.audits.is_empty() {
+                self.audit_response(st, job, h.tag, &buf[pos..pos + present], whole);
+            }
             let forward = verdict == Verdict::Forward;
             match verdict {
                 Verdict::Forward => {
@@ -1079,10 +1299,43 @@ fn stand_in_query() -> BytesMut {
 }
 
 impl Session {
+    /// At a message boundary: the role's policy from the snapshot the core runs now, and the
+    /// backend catalog that masking resolves columns with.
+    async fn refresh_policy(&self) {
+        let generation = self.ctx.generation();
+        if generation != self.policy_generation.get() {
+            self.policy_generation.set(generation);
+            let policy = self.ctx.policy_for(&self.role);
+            *self.policy.borrow_mut() = policy.clone();
+            let mut st = self.st.borrow_mut();
+            match st.masker.as_mut() {
+                Some(m) => m.set_policy(policy),
+                None => st.masker = Masker::new(policy),
+            }
+        }
+        let needs_catalog = self
+            .st
+            .borrow()
+            .masker
+            .as_ref()
+            .is_some_and(Masker::needs_catalog);
+        if needs_catalog {
+            // On failure the masker keeps what it had; without any catalog, masked
+            // statements are denied.
+            if let Ok(c) = crate::catalog::current(&self.connection, self.pool.target()).await {
+                if let Some(m) = self.st.borrow_mut().masker.as_mut() {
+                    m.set_catalog(c);
+                }
+            }
+        }
+    }
+
     /// The policy's verdict on a statement text (cached per core): `None` when allowed, else
-    /// the ErrorResponse the client gets.
-    fn judge(&self, sql: &str) -> Option<Bytes> {
-        let key = self.policy.cache_key();
+    /// the ErrorResponse the client gets. Texts that PREPARE, EXECUTE or DEALLOCATE depend on
+    /// the session's prepared statements: judged each time, never cached.
+    fn judge(&self, st: &mut State, sql: &str) -> Option<Bytes> {
+        let policy = self.policy.borrow().clone();
+        let key = policy.cache_key();
         let mut cache = self.ctx.verdicts.borrow_mut();
         // The exact text first: constant texts (extended protocol) never pay for the lexer.
         let mut shape = None;
@@ -1097,7 +1350,28 @@ impl Session {
             Some(v) => v,
             None => {
                 let analysis = sluice_policy::analyze(sql);
-                let verdict = sluice_policy::judge(&self.policy, &analysis);
+                let stateful = match &analysis {
+                    sluice_policy::Analysis::Statements(v) => v.iter().any(|f| {
+                        matches!(
+                            f.kind,
+                            sluice_policy::Kind::Prepare { .. }
+                                | sluice_policy::Kind::Execute { .. }
+                                | sluice_policy::Kind::Deallocate { .. }
+                        )
+                    }),
+                    _ => false,
+                };
+                if stateful {
+                    drop(cache);
+                    let verdict = sluice_policy::judge_with(&policy, &analysis, |name| {
+                        st.sql_prepared.get(name)
+                    });
+                    if matches!(verdict, sluice_policy::Verdict::Allow) {
+                        self.track_prepared(st, &analysis);
+                    }
+                    return self.verdict_response(st, sql, verdict);
+                }
+                let verdict = sluice_policy::judge(&policy, &analysis);
                 match shape {
                     // Statements that differ only in constants share the verdict.
                     Some(s) if literal_independent(&analysis) => {
@@ -1109,17 +1383,323 @@ impl Session {
             }
         };
         drop(cache);
+        self.verdict_response(st, sql, verdict)
+    }
+
+    /// Follows `PREPARE`/`DEALLOCATE` of an allowed text, so `EXECUTE name` is judged by what
+    /// was prepared under that name.
+    fn track_prepared(&self, st: &mut State, analysis: &sluice_policy::Analysis) {
+        let sluice_policy::Analysis::Statements(v) = analysis else {
+            return;
+        };
+        for f in v {
+            match &f.kind {
+                sluice_policy::Kind::Prepare { name } => {
+                    st.sql_prepared.insert(name.clone(), f.clone());
+                }
+                sluice_policy::Kind::Deallocate { name: Some(name) } => {
+                    st.sql_prepared.remove(name);
+                }
+                sluice_policy::Kind::Deallocate { name: None } => st.sql_prepared.clear(),
+                _ => {}
+            }
+        }
+    }
+
+    /// What the client gets for a verdict. A review verdict: the statement runs once if an
+    /// approval was just found for this exact text, fails with the decision's error if one
+    /// was just reached, and otherwise stops the batch (see [`State::review_needed`]) so the
+    /// client reader can ask the control plane and wait without blocking the core.
+    fn verdict_response(
+        &self,
+        st: &mut State,
+        sql: &str,
+        verdict: sluice_policy::Verdict,
+    ) -> Option<Bytes> {
         match verdict {
             sluice_policy::Verdict::Allow => None,
             sluice_policy::Verdict::Deny { rule, message } => {
+                self.audit_denied(sql, rule.as_str(), &message);
                 Some(self.denial(rule.as_str(), &message))
             }
-            sluice_policy::Verdict::Review { rule, message } => Some(self.denial(
-                rule.as_str(),
-                &format!(
-                    "{message} (needs an approver's review, which this gateway does not run yet: denied)"
-                ),
-            )),
+            sluice_policy::Verdict::Review { rule, message } => {
+                if st.review_pass.as_deref() == Some(sql) {
+                    st.review_pass = None;
+                    return None;
+                }
+                if let Some((text, error)) = st.review_outcome.take() {
+                    if text == sql {
+                        self.audit_denied(sql, rule.as_str(), "review did not approve it");
+                        return Some(error);
+                    }
+                }
+                if self.ctx.review_client().is_none() {
+                    return Some(self.denial(
+                        rule.as_str(),
+                        &format!(
+                            "{message} (needs an approver's review, and this gateway has no control plane to ask: denied)"
+                        ),
+                    ));
+                }
+                st.review_needed = Some(ReviewNeeded {
+                    sql: sql.to_owned(),
+                    rule: rule.as_str().to_owned(),
+                    message,
+                });
+                // A placeholder: the batch stops before this message.
+                Some(Bytes::new())
+            }
+        }
+    }
+
+    /// Asks the control plane about a statement held for review, then records the outcome
+    /// for the next pass over the same message: a pass, or the error the client gets.
+    async fn review(self: &Rc<Self>, need: ReviewNeeded) {
+        let Some(client) = self.ctx.review_client() else {
+            return;
+        };
+        let policy = self.policy.borrow().clone();
+        let settings = policy.review().clone();
+        let identity = self.subject.clone();
+        let outcome: Result<Vec<String>, Bytes> = async {
+            // An approval given earlier for this exact statement (the resend mode).
+            match client
+                .consume(&identity, &self.connection, &need.sql)
+                .await
+            {
+                Ok(Some(ticket)) => return Ok(ticket.status.approvers().to_vec()),
+                Ok(None) => {}
+                Err(e) => return Err(self.review_error(sqlstate::CONNECTION_FAILURE, &format!("sluice: statement needs review and the control plane cannot be asked: {e}"))),
+            }
+            let ticket = client
+                .request(crate::review::ReviewRequest {
+                    identity: identity.clone(),
+                    connection: self.connection.to_string(),
+                    role: self.role.to_string(),
+                    statement: need.sql.clone(),
+                    rule_id: need.rule.clone(),
+                    message: Some(need.message.clone()),
+                    session_id: None,
+                    min_approvers: settings.min_approvers,
+                    wait: settings.wait,
+                    expires_in: settings.timeout,
+                })
+                .await
+                .map_err(|e| self.review_error(sqlstate::CONNECTION_FAILURE, &format!("sluice: statement needs review and the control plane cannot be asked: {e}")))?;
+            self.ctx.metrics.reviews_requested.inc();
+            if !settings.wait {
+                return Err(self.review_error(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    &format!(
+                        "sluice: {} — held for review {}; run the same statement again once it is approved",
+                        need.message, ticket.id
+                    ),
+                ));
+            }
+            let mut notice = BytesMut::new();
+            let text = format!(
+                "sluice: statement held for review {} ({}); waiting up to {} s for an approver",
+                ticket.id,
+                need.rule,
+                settings.timeout.as_secs()
+            );
+            encode::notice_response(
+                &mut notice,
+                &ErrorResponse {
+                    severity: "NOTICE",
+                    ..ErrorResponse::error("01000", &text)
+                },
+            );
+            {
+                let mut st = self.st.borrow_mut();
+                self.push_out(&mut st, notice.freeze());
+            }
+            let status = client.wait(&ticket.id, settings.timeout).await;
+            match status {
+                Ok(crate::review::ReviewStatus::Approved { approvers }) => {
+                    // Use the approval up (single-use unless it has a window).
+                    match client.consume(&identity, &self.connection, &need.sql).await {
+                        Ok(Some(_)) => Ok(approvers),
+                        _ => Err(self.review_error(
+                            sqlstate::QUERY_CANCELED,
+                            &format!("sluice: review {} was approved but could not be used", ticket.id),
+                        )),
+                    }
+                }
+                Ok(crate::review::ReviewStatus::Denied { by, comment }) => Err(self.review_error(
+                    sqlstate::QUERY_CANCELED,
+                    &format!(
+                        "sluice: review {} was denied by {by}{}",
+                        ticket.id,
+                        comment.map(|c| format!(": {c}")).unwrap_or_default()
+                    ),
+                )),
+                Ok(other) => Err(self.review_error(
+                    sqlstate::QUERY_CANCELED,
+                    &format!(
+                        "sluice: review {} was not approved in time ({})",
+                        ticket.id,
+                        other.as_str()
+                    ),
+                )),
+                Err(e) => Err(self.review_error(
+                    sqlstate::QUERY_CANCELED,
+                    &format!("sluice: waiting for review {} failed: {e}", ticket.id),
+                )),
+            }
+        }
+        .await;
+        let mut st = self.st.borrow_mut();
+        match outcome {
+            Ok(approvers) => {
+                st.review_approvers = Some((need.sql.clone(), approvers));
+                st.review_pass = Some(need.sql);
+            }
+            Err(e) => st.review_outcome = Some((need.sql, e)),
+        }
+    }
+
+    /// A record for this session's audit trail.
+    fn audit_record(&self, statement: &str, verdict: &str, rule: Option<&str>) -> AuditRecord {
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        AuditRecord {
+            time_ms,
+            identity: self.subject.clone(),
+            token_id: Some(self.token_id.to_string()),
+            grant_id: self.grant_id.as_deref().map(str::to_owned),
+            connection: self.connection.to_string(),
+            session_id: Some(self.session_id.clone()),
+            statement: statement.to_owned(),
+            verdict: verdict.to_owned(),
+            rule_id: rule.map(str::to_owned),
+            review_id: None,
+            approvers: Vec::new(),
+            masked_columns: Vec::new(),
+            rows: None,
+            bytes: None,
+            duration_us: None,
+            error: None,
+        }
+    }
+
+    /// Records a denied statement at once.
+    fn audit_denied(&self, statement: &str, rule: &str, message: &str) {
+        if let Some(sink) = &self.audit {
+            let mut r = self.audit_record(statement, "deny", Some(rule));
+            r.error = Some(message.to_owned());
+            sink.record(r);
+        }
+    }
+
+    /// Starts the audit record of an allowed request just pushed to the tracker, tagging it
+    /// (`tag` is the masker's job, or 0 to take one of the session's own).
+    fn audit_request(&self, st: &mut State, tag: u64, sql: &str) {
+        let tag = if tag != 0 || self.audit.is_some() {
+            if tag != 0 {
+                tag
+            } else {
+                st.next_tag += 1;
+                st.next_tag
+            }
+        } else {
+            return;
+        };
+        if !st.tracker.tag_last(tag) || self.audit.is_none() {
+            return;
+        }
+        let mut record = self.audit_record(sql, "allow", None);
+        if let Some((text, approvers)) = st.review_approvers.take() {
+            if text == sql {
+                record.verdict = "review".into();
+                record.approvers = approvers;
+            }
+        }
+        st.audits.insert(
+            tag,
+            Audit {
+                record,
+                started: std::time::Instant::now(),
+                rows: 0,
+                bytes: 0,
+            },
+        );
+    }
+
+    /// Follows a server message answering an audited request; ships the record once the
+    /// request is answered.
+    fn audit_response(&self, st: &mut State, tag: u64, msg_tag: u8, bytes: &[u8], whole: bool) {
+        let Some(a) = st.audits.get_mut(&tag) else {
+            return;
+        };
+        a.bytes += bytes.len() as i64;
+        match msg_tag {
+            bmsg::COMMAND_COMPLETE if whole => {
+                if let Ok(bmsg::BackendMessage::CommandComplete { tag: t }) = bmsg::parse(bytes) {
+                    if let Some(n) = t.rsplit(' ').next().and_then(|n| n.parse::<i64>().ok()) {
+                        a.rows += n;
+                    }
+                }
+            }
+            bmsg::ERROR_RESPONSE if whole => {
+                if let Ok(bmsg::BackendMessage::ErrorResponse(f)) = bmsg::parse(bytes) {
+                    a.record.error.get_or_insert_with(|| {
+                        format!(
+                            "{}: {}",
+                            f.code().unwrap_or("XX000"),
+                            f.message().unwrap_or("")
+                        )
+                    });
+                }
+            }
+            _ => {}
+        }
+        let done = matches!(
+            msg_tag,
+            bmsg::COMMAND_COMPLETE
+                | bmsg::EMPTY_QUERY
+                | bmsg::PORTAL_SUSPENDED
+                | bmsg::READY_FOR_QUERY
+                | bmsg::ERROR_RESPONSE
+        ) && !st.tracker.has_job(tag);
+        if done {
+            let mut a = st.audits.remove(&tag).expect("present above");
+            a.record.rows = Some(a.rows);
+            a.record.bytes = Some(a.bytes);
+            a.record.duration_us = Some(a.started.elapsed().as_micros() as i64);
+            if let Some(mk) = st.masker.as_mut() {
+                a.record.masked_columns = mk.masked_columns.drain(..).map(Into::into).collect();
+            }
+            if let Some(sink) = &self.audit {
+                sink.record(a.record);
+            }
+        }
+    }
+
+    fn review_error(&self, code: &'static str, message: &str) -> Bytes {
+        tracing::info!(peer = %self.peer, subject = %self.subject, message, "statement not run after review");
+        let mut b = BytesMut::new();
+        encode::error_response(&mut b, &ErrorResponse::error(code, message));
+        b.freeze()
+    }
+
+    /// The masking plan of an allowed text: `Ok(None)` when the session masks nothing,
+    /// `Err` with the ErrorResponse when the text would let a masked value out.
+    fn mask_plan(
+        &self,
+        st: &mut State,
+        sql: &str,
+    ) -> Result<Option<Rc<sluice_policy::lineage::MaskPlan>>, Bytes> {
+        let Some(m) = st.masker.as_mut() else {
+            return Ok(None);
+        };
+        match m.plan(sql) {
+            Ok(p) => Ok(Some(p)),
+            Err((rule, message)) => {
+                self.audit_denied(sql, &rule, &message);
+                Err(self.denial(&rule, &message))
+            }
         }
     }
 
@@ -1136,6 +1716,43 @@ impl Session {
             },
         );
         b.freeze()
+    }
+}
+
+impl CoreCtx {
+    /// This core's audit sink, when the data plane ships audit records.
+    pub fn audit_sink(&self) -> Option<crate::audit::AuditSink> {
+        None // wired once Shared starts the shipper
+    }
+
+    /// The control plane's review API, when the data plane has a control plane (built once
+    /// per process from the configuration's `control_plane` section).
+    pub fn review_client(&self) -> Option<crate::review::ReviewClient> {
+        // Per core thread: cores belong to one data plane (tests run several per process).
+        thread_local! {
+            static CLIENT: std::cell::OnceCell<Option<crate::review::ReviewClient>> =
+                const { std::cell::OnceCell::new() };
+        }
+        CLIENT.with(|c| {
+            c.get_or_init(|| {
+                let cp = self.shared.config.control_plane.as_ref()?;
+                let node_id = cp
+                    .node_id
+                    .clone()
+                    .or_else(|| {
+                        std::fs::read_to_string(cp.state_dir.join("node-id"))
+                            .ok()
+                            .map(|s| s.trim().to_owned())
+                    })
+                    .unwrap_or_else(|| "data-plane".to_owned());
+                Some(crate::review::ReviewClient::new(
+                    &cp.url,
+                    &cp.node_token,
+                    &node_id,
+                ))
+            })
+            .clone()
+        })
     }
 }
 

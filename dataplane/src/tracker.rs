@@ -87,6 +87,8 @@ struct Entry {
     statement: Option<u64>,
     /// For [`Delivery::ReplaceError`]: the ErrorResponse the client gets instead.
     replacement: Option<Bytes>,
+    /// The caller's tag for the answer (0: none): which masking job its rows belong to.
+    job: u64,
 }
 
 /// What to do with one server message.
@@ -110,6 +112,8 @@ pub struct Tracker {
     /// The server is in copy-in mode and the client has not ended the COPY yet: the server
     /// ignores the Syncs it gets meanwhile, so they are not recorded.
     copy_in: bool,
+    /// The last push queued an entry (for [`Tracker::tag_last`]).
+    last_queued: bool,
 }
 
 impl Tracker {
@@ -139,6 +143,7 @@ impl Tracker {
         to_client: &mut BytesMut,
         unprepared: &mut Vec<u64>,
     ) {
+        self.last_queued = false;
         if self.copy_in {
             match request {
                 Request::Sync => return,
@@ -167,13 +172,43 @@ impl Tracker {
             delivery,
             statement,
             replacement: None,
+            job: 0,
         });
+        // A synthesized answer may leave the queue at once: never tag one.
+        self.last_queued = delivery != Delivery::Synthesize;
         self.emit_synthetic(to_client);
+    }
+
+    /// Tags the request pushed last with `job`, if it is still waiting for its answer (it is
+    /// not when the server will skip it, or when the proxy answered it itself). Returns
+    /// whether it was tagged.
+    pub fn tag_last(&mut self, job: u64) -> bool {
+        if !self.last_queued {
+            return false;
+        }
+        match self.queue.back_mut() {
+            Some(e) if e.job == 0 && e.delivery != Delivery::Synthesize => {
+                e.job = job;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The tag of the request the server is answering now (0: none).
+    pub fn head_job(&self) -> u64 {
+        self.queue.front().map_or(0, |e| e.job)
+    }
+
+    /// Whether a request tagged `job` still waits for (part of) its answer.
+    pub fn has_job(&self, job: u64) -> bool {
+        self.queue.iter().any(|e| e.job == job)
     }
 
     /// Records a stand-in request whose server error is replaced by `error` (a whole
     /// ErrorResponse message).
     pub fn push_replacing(&mut self, request: Request, error: Bytes) {
+        self.last_queued = false;
         if self.copy_in && request == Request::Sync {
             return;
         }
@@ -186,6 +221,7 @@ impl Tracker {
             delivery: Delivery::ReplaceError,
             statement: None,
             replacement: Some(error),
+            job: 0,
         });
     }
 
@@ -526,5 +562,38 @@ mod tests {
         assert_eq!(t.pending(), 1);
         run(&mut t, b"Z");
         assert!(t.is_idle());
+    }
+
+    #[test]
+    fn job_tags_follow_the_answers() {
+        let mut t = Tracker::new();
+        push(&mut t, Parse, Forward, None);
+        push(&mut t, Bind, Forward, None);
+        push(&mut t, DescribePortal, Swallow, None);
+        assert!(t.tag_last(7));
+        assert!(!t.tag_last(8), "already tagged");
+        push(&mut t, Execute, Forward, None);
+        assert!(t.tag_last(9));
+        push(&mut t, Sync, Forward, None);
+        run(&mut t, b"12");
+        assert_eq!(t.head_job(), 7);
+        run(&mut t, b"T");
+        assert_eq!(t.head_job(), 9);
+        assert!(!t.has_job(7) && t.has_job(9));
+        run(&mut t, b"DDC");
+        assert!(!t.has_job(9));
+        run(&mut t, b"Z");
+        assert!(t.is_idle());
+
+        // A request the server will skip (after an error, before Sync) takes no tag, and a
+        // synthesized answer never does.
+        let mut t = Tracker::new();
+        push(&mut t, Parse, Forward, None);
+        run(&mut t, b"E");
+        push(&mut t, Execute, Forward, None);
+        assert!(!t.tag_last(1));
+        push(&mut t, Sync, Forward, None);
+        push(&mut t, Close, Synthesize, None);
+        assert!(!t.tag_last(2));
     }
 }

@@ -1,0 +1,412 @@
+//! The backend database's relations and columns, for masking: which table and column a
+//! RowDescription field comes from, and what a statement's names resolve to.
+//!
+//! One [`PgCatalog`] per connection per core, loaded on first need over a dedicated short-lived
+//! server connection (never a pooled one, so a session-mode client holding the last pooled
+//! connection cannot deadlock its own load), and shared by every session of that connection on
+//! the core. Concurrent needs on one core share one load. A catalog is reloaded:
+//! - after DDL passes through the gateway on this core (a CommandComplete tag starting with
+//!   `CREATE`, `ALTER` or `DROP` marks it stale; the next statement that needs it waits for
+//!   the new one);
+//! - when it is older than [`MAX_AGE`] (DDL that did not pass through this core);
+//! - when a statement names a relation the catalog does not know (at most once per
+//!   [`RELOAD_BACKOFF`]; the statement is otherwise denied, failing closed).
+//!
+//! Mask plans ([`sluice_policy::lineage::mask_plan`]) depend on the catalog, so they are cached
+//! with it, by policy and statement text, and dropped with it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::future::{FutureExt, LocalBoxFuture, Shared};
+use sluice_policy::lineage::{Catalog, Column, MaskPlan, RelKind, Relation};
+
+use crate::backend::{ServerConn, Target};
+use crate::error::BackendError;
+
+/// A catalog older than this is reloaded before its next use.
+pub const MAX_AGE: Duration = Duration::from_secs(60);
+/// Least time between two reloads caused by unknown relations.
+pub const RELOAD_BACKOFF: Duration = Duration::from_secs(1);
+/// Most relation columns (and types) a catalog loads; beyond that the load fails and masked
+/// statements are denied rather than judged on a partial catalog.
+const MAX_CATALOG_ROWS: usize = 1_000_000;
+/// Most mask plans cached per catalog (the cache is cleared when full).
+const MAX_PLANS: usize = 8 * 1024;
+
+/// Relations, columns and view definitions; pg_catalog and information_schema left out (the
+/// lineage treats them as holding no masked data).
+const RELATIONS_SQL: &str = "SELECT c.oid::int8, n.nspname, c.relname, c.relkind, \
+     CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END, \
+     a.attnum, a.attname, a.atttypid::int8, t.typname \
+     FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     LEFT JOIN pg_catalog.pg_attribute a \
+       ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+     LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+       AND n.nspname <> 'information_schema' \
+       AND (n.nspname NOT LIKE 'pg\\_%' OR n.nspname LIKE 'pg\\_temp\\_%') \
+     ORDER BY c.oid, a.attnum";
+
+const TYPES_SQL: &str = "SELECT oid::int8, typname FROM pg_catalog.pg_type";
+
+/// One backend database's relations, by OID and by name.
+#[derive(Debug, Default)]
+pub struct PgCatalog {
+    by_oid: HashMap<u32, Relation>,
+    by_name: HashMap<Box<str>, HashMap<Box<str>, u32>>,
+    types: HashMap<u32, Box<str>>,
+}
+
+impl Catalog for PgCatalog {
+    fn relation(&self, schema: &str, name: &str) -> Option<&Relation> {
+        let oid = self.by_name.get(schema)?.get(name)?;
+        self.by_oid.get(oid)
+    }
+
+    fn by_oid(&self, oid: u32) -> Option<&Relation> {
+        self.by_oid.get(&oid)
+    }
+
+    fn type_name(&self, oid: u32) -> Option<&str> {
+        self.types.get(&oid).map(|t| &**t)
+    }
+}
+
+impl PgCatalog {
+    /// Builds a catalog from the rows of [`RELATIONS_SQL`] and [`TYPES_SQL`].
+    fn from_rows(
+        relations: Vec<Vec<Option<String>>>,
+        types: Vec<Vec<Option<String>>>,
+    ) -> Result<PgCatalog, String> {
+        let mut cat = PgCatalog::default();
+        for row in types {
+            let [Some(oid), Some(name)] = row.as_slice() else {
+                return Err("pg_type row with NULLs".into());
+            };
+            cat.types.insert(parse_oid(oid)?, name.as_str().into());
+        }
+        for row in relations {
+            let [Some(oid), Some(schema), Some(name), Some(kind), view_sql, attnum, attname, typid, typname] =
+                row.as_slice()
+            else {
+                return Err("pg_class row with unexpected NULLs or width".into());
+            };
+            let oid = parse_oid(oid)?;
+            let rel = cat.by_oid.entry(oid).or_insert_with(|| Relation {
+                oid,
+                schema: schema.as_str().into(),
+                name: name.as_str().into(),
+                kind: match kind.as_str() {
+                    "r" | "p" => RelKind::Table,
+                    "v" => RelKind::View,
+                    "m" => RelKind::MaterializedView,
+                    "f" => RelKind::Foreign,
+                    _ => RelKind::Other,
+                },
+                columns: Vec::new(),
+                view_sql: view_sql.as_deref().map(Into::into),
+            });
+            if let (Some(attnum), Some(attname), Some(typid)) = (attnum, attname, typid) {
+                rel.columns.push(Column {
+                    attnum: attnum
+                        .parse()
+                        .map_err(|_| format!("bad attnum {attnum:?}"))?,
+                    name: attname.as_str().into(),
+                    type_name: typname.as_deref().unwrap_or("").into(),
+                    type_oid: parse_oid(typid)?,
+                });
+            }
+        }
+        for rel in cat.by_oid.values() {
+            cat.by_name
+                .entry(rel.schema.clone())
+                .or_default()
+                .insert(rel.name.clone(), rel.oid);
+        }
+        Ok(cat)
+    }
+
+    /// Loads the catalog over `conn`.
+    pub async fn load(conn: &mut ServerConn) -> Result<PgCatalog, BackendError> {
+        let relations = conn.query_rows(RELATIONS_SQL, MAX_CATALOG_ROWS).await?;
+        let types = conn.query_rows(TYPES_SQL, MAX_CATALOG_ROWS).await?;
+        PgCatalog::from_rows(relations, types).map_err(|message| BackendError::Refused {
+            code: sluice_pgwire::sqlstate::INTERNAL_ERROR.into(),
+            message: format!("unexpected catalog contents: {message}"),
+        })
+    }
+
+    /// Number of relations known.
+    pub fn len(&self) -> usize {
+        self.by_oid.len()
+    }
+
+    /// Whether no relation is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_oid.is_empty()
+    }
+}
+
+fn parse_oid(s: &str) -> Result<u32, String> {
+    s.parse().map_err(|_| format!("bad oid {s:?}"))
+}
+
+/// A loaded catalog with its mask plans.
+pub struct Loaded {
+    /// The catalog.
+    pub catalog: PgCatalog,
+    /// When it was loaded.
+    pub at: Instant,
+    plans: RefCell<HashMap<(u64, Box<str>), Rc<MaskPlan>>>,
+}
+
+impl Loaded {
+    /// The mask plan of `sql` under `policy`, computed once per catalog.
+    pub fn plan(&self, policy: &sluice_policy::Policy, sql: &str) -> Rc<MaskPlan> {
+        let key = (policy.cache_key(), Box::<str>::from(sql));
+        if let Some(p) = self.plans.borrow().get(&key) {
+            return p.clone();
+        }
+        let plan = Rc::new(crate::masking::lineage_shim::mask_plan(
+            policy,
+            &self.catalog,
+            sql,
+        ));
+        let mut plans = self.plans.borrow_mut();
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
+        plans.insert(key, plan.clone());
+        plan
+    }
+}
+
+type LoadResult = Result<Rc<Loaded>, Rc<str>>;
+
+#[derive(Default)]
+struct Entry {
+    current: Option<Rc<Loaded>>,
+    stale: bool,
+    loading: Option<Shared<LocalBoxFuture<'static, LoadResult>>>,
+}
+
+thread_local! {
+    /// This core's catalogs, by connection name (cores are threads).
+    static CATALOGS: RefCell<HashMap<Box<str>, Entry>> = RefCell::new(HashMap::new());
+}
+
+/// The catalog of `connection` on this core, loading it (once, however many ask at the same
+/// time) when missing, stale or older than [`MAX_AGE`].
+pub async fn current(connection: &str, target: &Target) -> LoadResult {
+    let pending = CATALOGS.with(|c| {
+        let mut map = c.borrow_mut();
+        let e = map.entry(connection.into()).or_default();
+        if let Some(cur) = &e.current {
+            if !e.stale && cur.at.elapsed() < MAX_AGE {
+                return Ok(cur.clone());
+            }
+        }
+        if let Some(l) = &e.loading {
+            return Err(l.clone());
+        }
+        let target = target.clone();
+        let fut = async move {
+            let started = Instant::now();
+            let result = async {
+                let mut conn = ServerConn::connect(&target, 0).await?;
+                let cat = PgCatalog::load(&mut conn).await;
+                drop(conn);
+                cat
+            }
+            .await;
+            match result {
+                Ok(catalog) => {
+                    tracing::debug!(
+                        relations = catalog.len(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "catalog loaded"
+                    );
+                    Ok(Rc::new(Loaded {
+                        catalog,
+                        at: Instant::now(),
+                        plans: RefCell::new(HashMap::new()),
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading the backend catalog for masking failed");
+                    Err(Rc::<str>::from(e.to_string()))
+                }
+            }
+        }
+        .boxed_local()
+        .shared();
+        e.loading = Some(fut.clone());
+        Err(fut)
+    });
+    let fut = match pending {
+        Ok(cur) => return Ok(cur),
+        Err(fut) => fut,
+    };
+    let result = fut.await;
+    CATALOGS.with(|c| {
+        let mut map = c.borrow_mut();
+        let e = map.entry(connection.into()).or_default();
+        if e.loading.is_some() {
+            e.loading = None;
+            if let Ok(l) = &result {
+                // A load that began before a later DDL is replaced by the next need.
+                if e.current.as_ref().is_none_or(|c| c.at <= l.at) {
+                    e.current = Some(l.clone());
+                    e.stale = false;
+                }
+            }
+        }
+    });
+    result
+}
+
+/// Marks `connection`'s catalog stale on this core (DDL went through).
+pub fn mark_stale(connection: &str) {
+    CATALOGS.with(|c| {
+        if let Some(e) = c.borrow_mut().get_mut(connection) {
+            e.stale = true;
+        }
+    });
+}
+
+/// Marks the catalog stale if it is older than [`RELOAD_BACKOFF`] (a statement named a
+/// relation it does not know); returns whether it did.
+pub fn mark_stale_if_older(connection: &str) -> bool {
+    CATALOGS.with(|c| {
+        let mut map = c.borrow_mut();
+        let Some(e) = map.get_mut(connection) else {
+            return false;
+        };
+        let old = e
+            .current
+            .as_ref()
+            .is_some_and(|c| c.at.elapsed() >= RELOAD_BACKOFF);
+        if old {
+            e.stale = true;
+        }
+        old
+    })
+}
+
+/// Whether a CommandComplete tag reports DDL that may change relations or columns.
+pub fn is_ddl_tag(tag: &str) -> bool {
+    tag.starts_with("CREATE") || tag.starts_with("ALTER") || tag.starts_with("DROP")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(v: &[Option<&str>]) -> Vec<Option<String>> {
+        v.iter().map(|s| s.map(str::to_owned)).collect()
+    }
+
+    #[test]
+    fn rows_become_relations_with_columns_in_order() {
+        let rels = vec![
+            row(&[
+                Some("16384"),
+                Some("app"),
+                Some("customers"),
+                Some("r"),
+                None,
+                Some("1"),
+                Some("id"),
+                Some("23"),
+                Some("int4"),
+            ]),
+            row(&[
+                Some("16384"),
+                Some("app"),
+                Some("customers"),
+                Some("r"),
+                None,
+                Some("2"),
+                Some("ssn"),
+                Some("25"),
+                Some("text"),
+            ]),
+            row(&[
+                Some("16390"),
+                Some("app"),
+                Some("v"),
+                Some("v"),
+                Some(" SELECT customers.ssn FROM app.customers;"),
+                Some("1"),
+                Some("ssn"),
+                Some("25"),
+                Some("text"),
+            ]),
+            // A relation without columns.
+            row(&[
+                Some("16400"),
+                Some("app"),
+                Some("empty"),
+                Some("r"),
+                None,
+                None,
+                None,
+                None,
+                None,
+            ]),
+        ];
+        let types = vec![row(&[Some("25"), Some("text")])];
+        let cat = PgCatalog::from_rows(rels, types).unwrap();
+        let c = cat.relation("app", "customers").unwrap();
+        assert_eq!(c.oid, 16384);
+        assert_eq!(c.kind, RelKind::Table);
+        assert_eq!(
+            c.columns.iter().map(|c| &*c.name).collect::<Vec<_>>(),
+            ["id", "ssn"]
+        );
+        let v = cat.by_oid(16390).unwrap();
+        assert_eq!(v.kind, RelKind::View);
+        assert!(v.view_sql.as_deref().unwrap().contains("SELECT"));
+        assert!(cat.relation("app", "empty").unwrap().columns.is_empty());
+        assert!(
+            cat.relation("App", "customers").is_none(),
+            "names are exact"
+        );
+        assert_eq!(cat.type_name(25), Some("text"));
+        assert_eq!(cat.len(), 3);
+    }
+
+    #[test]
+    fn malformed_rows_are_errors_not_panics() {
+        assert!(PgCatalog::from_rows(vec![row(&[Some("x")])], vec![]).is_err());
+        assert!(PgCatalog::from_rows(
+            vec![row(&[
+                Some("oid"),
+                Some("a"),
+                Some("b"),
+                Some("r"),
+                None,
+                None,
+                None,
+                None,
+                None
+            ])],
+            vec![]
+        )
+        .is_err());
+        assert!(PgCatalog::from_rows(vec![], vec![row(&[Some("1"), None])]).is_err());
+    }
+
+    #[test]
+    fn ddl_tags() {
+        assert!(is_ddl_tag("CREATE TABLE"));
+        assert!(is_ddl_tag("ALTER TABLE"));
+        assert!(is_ddl_tag("DROP VIEW"));
+        assert!(!is_ddl_tag("SELECT 1"));
+        assert!(!is_ddl_tag("INSERT 0 1"));
+    }
+}

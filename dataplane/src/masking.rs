@@ -1,0 +1,755 @@
+//! A session's result masking: which masking job each server answer belongs to, the row plan
+//! of each result set, and what happens to each server message on its way to the client.
+//!
+//! The session asks [`Masker::plan`] about every statement text before sending it (a masked
+//! value the gateway could not mask denies the statement), tags the request that will carry
+//! rows with a job ([`Masker::job_simple`], [`Masker::job_describe`], [`Masker::job_execute`]),
+//! and shows [`Masker::on_message`] every server message of a tagged request (and every
+//! notice, error and notification), whole. Rows are rewritten in place when lengths allow;
+//! otherwise the masked copy replaces the message. Untouched messages stay in the read buffer
+//! and go out as they came.
+//!
+//! In the extended protocol a DataRow carries no description, so the session injects a
+//! Describe of the portal after every Bind while masking is on; its RowDescription (which the
+//! client never sees) plans the portal's rows.
+//!
+//! Fail closed: a row that cannot be masked, a description that does not match the statement's
+//! lineage, a result column from a relation the catalog does not know, a cursor or prepared
+//! statement the session did not see declared — each turns the rest of that result into one
+//! ErrorResponse (the rows are dropped, the CommandComplete is replaced).
+//!
+//! `max_rows` truncates: rows beyond the limit are dropped, the CommandComplete reports the
+//! rows sent, and a NoticeResponse says so. (Cancelling the query instead could hit the next
+//! query on a pooled server connection.)
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::{Bytes, BytesMut};
+use sluice_mask::{
+    mask_copy_data, mask_row_in_place, mask_row_into, scrub_error_response, scrub_notification,
+    ColumnType, CopyText, DetectorKind, Detectors, FieldDescription, HashKey, RowPlan,
+    ScrubOptions, Strategy,
+};
+use sluice_pgwire::encode::{self, ErrorResponse};
+use sluice_pgwire::{backend as bmsg, sqlstate};
+use sluice_policy::lineage::{Catalog, MaskPlan, ResultMask, ResultPlan};
+use sluice_policy::{Detector, Keep, MaskStrategy, Policy};
+
+use crate::catalog::Loaded;
+
+/// OIDs below this are PostgreSQL's own objects (`FirstNormalObjectId`): system catalogs hold
+/// no masked data.
+const FIRST_NORMAL_OID: u32 = 16384;
+
+/// What to do with one server message.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward the message (possibly rewritten in place).
+    Forward,
+    /// Drop it.
+    Drop,
+    /// Send these bytes instead.
+    Replace(Bytes),
+}
+
+/// The state of one result set being relayed.
+#[derive(Default)]
+struct ResultState {
+    rows: Option<Rc<RowPlan>>,
+    copy: Option<Rc<RowPlan>>,
+    sent: u64,
+    truncated: bool,
+    /// The result failed closed: drop until its end, then send this error.
+    failed: Option<String>,
+}
+
+enum Job {
+    /// A simple Query: one plan per statement, advanced at each CommandComplete.
+    Simple {
+        plans: Rc<MaskPlan>,
+        index: usize,
+        state: ResultState,
+    },
+    /// A Describe of a portal: its RowDescription plans the portal's rows.
+    Describe { portal: Box<str> },
+    /// An Execute of a portal.
+    Execute {
+        portal: Box<str>,
+        state: ResultState,
+    },
+}
+
+/// A portal: its statement's lineage, and its row plan once described.
+#[derive(Clone, Default)]
+struct Portal {
+    lineage: Lineage,
+    rows: Option<Rc<RowPlan>>,
+    /// Rows already sent from this portal (Execute with a row limit resumes it).
+    sent: u64,
+}
+
+/// What is known about where a result's columns come from.
+#[derive(Clone, Debug, Default)]
+enum Lineage {
+    /// Nothing masked can be read (content detectors and origins still apply).
+    #[default]
+    Clear,
+    /// By position.
+    Columns(Rc<ResultMask>),
+    /// Unknown: fail closed with this message.
+    Unknown(Rc<str>),
+}
+
+/// One session's masking.
+pub struct Masker {
+    policy: Arc<Policy>,
+    /// Strategy per masking rule (by rule index); `None` for detector-only rules.
+    strategies: Vec<Option<Strategy>>,
+    detectors: Detectors,
+    /// The policy has column or type rules: needs the catalog and lineage.
+    by_column: bool,
+    max_rows: Option<u64>,
+    catalog: Option<Rc<Loaded>>,
+    jobs: HashMap<u64, Job>,
+    next_job: u64,
+    /// Extended-protocol statements by client name: their lineage.
+    statements: HashMap<Box<str>, Lineage>,
+    portals: HashMap<Box<str>, Portal>,
+    /// SQL-level cursors and prepared statements: the lineage of what they return.
+    cursors: HashMap<Box<str>, Lineage>,
+    prepared: HashMap<Box<str>, Option<Lineage>>,
+    /// Names of columns masked so far in the current request (for audit records).
+    pub masked_columns: Vec<Box<str>>,
+}
+
+/// The key of keyed-hash and tokenise strategies: `SLUICE_MASKING_KEY` (at least 16 bytes of
+/// text), else a random key per process (hashes then differ across restarts and nodes).
+fn hash_key() -> Arc<HashKey> {
+    static KEY: OnceLock<Arc<HashKey>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let key = match std::env::var("SLUICE_MASKING_KEY") {
+            Ok(k) if k.len() >= 16 => k.into_bytes(),
+            _ => {
+                tracing::warn!("SLUICE_MASKING_KEY is not set (16+ bytes): keyed-hash and tokenised values use a random per-process key");
+                let mut k = vec![0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut k);
+                k
+            }
+        };
+        Arc::new(HashKey::new(&key).expect("a 16+ byte key is valid"))
+    })
+    .clone()
+}
+
+fn strategy(s: &MaskStrategy) -> Option<Strategy> {
+    let r = match s {
+        MaskStrategy::Redact { text } => Strategy::redact(text),
+        MaskStrategy::Partial(Keep::Last(n)) => {
+            Strategy::partial(0, u16::try_from(*n).unwrap_or(u16::MAX), '*')
+        }
+        MaskStrategy::Partial(Keep::First(n)) => {
+            Strategy::partial(u16::try_from(*n).unwrap_or(u16::MAX), 0, '*')
+        }
+        MaskStrategy::Hash => Strategy::keyed_hash(hash_key(), 16),
+        MaskStrategy::Tokenise => Ok(Strategy::tokenize(hash_key())),
+        MaskStrategy::Null => Ok(Strategy::null()),
+    };
+    // A strategy the engine refuses masks to NULL: never forward the value.
+    Some(r.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "masking strategy refused; masking to NULL");
+        Strategy::null()
+    }))
+}
+
+fn detector(d: Detector) -> DetectorKind {
+    match d {
+        Detector::Email => DetectorKind::Email,
+        Detector::Card => DetectorKind::Card,
+        Detector::Ssn => DetectorKind::Ssn,
+        Detector::Phone => DetectorKind::Phone,
+        Detector::Iban => DetectorKind::Iban,
+        Detector::ApiKey => DetectorKind::ApiKey,
+    }
+}
+
+impl Masker {
+    /// The masking of `policy`; `None` when it masks nothing (the session then skips all of
+    /// this and relays results untouched).
+    pub fn new(policy: Arc<Policy>) -> Option<Masker> {
+        let rules = policy.masking();
+        let max_rows = policy.max_rows();
+        if rules.is_empty() && max_rows.is_none() {
+            return None;
+        }
+        let mut detectors = Detectors::NONE;
+        let mut by_column = false;
+        let mut strategies = Vec::with_capacity(rules.len());
+        for r in rules {
+            for d in &r.detectors {
+                detectors = detectors.with(detector(*d));
+            }
+            let columns = !r.columns.is_empty() || !r.types.is_empty();
+            by_column |= columns;
+            strategies.push(if columns { strategy(&r.strategy) } else { None });
+        }
+        Some(Masker {
+            policy,
+            strategies,
+            detectors,
+            by_column,
+            max_rows,
+            catalog: None,
+            jobs: HashMap::new(),
+            next_job: 1,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            cursors: HashMap::new(),
+            prepared: HashMap::new(),
+            masked_columns: Vec::new(),
+        })
+    }
+
+    /// A new policy (a new snapshot) for the statements to come; results in flight keep the
+    /// plans they were given.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        let (strategies, detectors, by_column, max_rows) = match Masker::new(policy.clone()) {
+            Some(m) => (m.strategies, m.detectors, m.by_column, m.max_rows),
+            None => (Vec::new(), Detectors::NONE, false, None),
+        };
+        self.policy = policy;
+        self.strategies = strategies;
+        self.detectors = detectors;
+        self.by_column = by_column;
+        self.max_rows = max_rows;
+    }
+
+    /// Whether statements need the backend catalog (column or type rules).
+    pub fn needs_catalog(&self) -> bool {
+        self.by_column
+    }
+
+    /// The catalog to plan with (the session loads it before processing client messages).
+    pub fn set_catalog(&mut self, catalog: Rc<Loaded>) {
+        self.catalog = Some(catalog);
+    }
+
+    /// Whether a message with `tag`, answering the request tagged `job`, must be whole in
+    /// the buffer before [`Masker::on_message`] sees it.
+    pub fn needs_whole(&self, tag: u8, job: u64) -> bool {
+        match tag {
+            bmsg::ERROR_RESPONSE | bmsg::NOTICE_RESPONSE | bmsg::NOTIFICATION => true,
+            bmsg::DATA_ROW | bmsg::COPY_DATA => match self.jobs.get(&job) {
+                Some(Job::Simple { state, .. }) | Some(Job::Execute { state, .. }) => {
+                    state.rows.is_some()
+                        || state.copy.is_some()
+                        || state.failed.is_some()
+                        || self.max_rows.is_some()
+                        || matches!(self.jobs.get(&job), Some(Job::Execute { .. }))
+                }
+                _ => false,
+            },
+            bmsg::ROW_DESCRIPTION | bmsg::COPY_OUT | bmsg::COMMAND_COMPLETE => {
+                self.jobs.contains_key(&job)
+            }
+            _ => false,
+        }
+    }
+
+    /// The masking plan of a statement text; `Err` with a message when it must be denied.
+    pub fn plan(&mut self, sql: &str) -> Result<Rc<MaskPlan>, (String, String)> {
+        let plan = match (&self.catalog, self.by_column) {
+            (_, false) => Rc::new(MaskPlan::Clear),
+            (Some(c), true) => c.plan(&self.policy, sql),
+            (None, true) => {
+                return Err((
+                    "masking/catalog".into(),
+                    "sluice: the backend's catalog could not be loaded, so masked columns cannot be resolved".into(),
+                ))
+            }
+        };
+        match &*plan {
+            MaskPlan::Deny { rule, message } => Err((rule.as_str().to_owned(), message.clone())),
+            MaskPlan::Statements(v) => {
+                for p in v {
+                    match p {
+                        ResultPlan::Declare { cursor, rows } => {
+                            self.cursors
+                                .insert(cursor.clone(), Lineage::Columns(Rc::new(rows.clone())));
+                        }
+                        ResultPlan::Prepare { name, rows } => {
+                            self.prepared.insert(
+                                name.clone(),
+                                rows.clone().map(|r| Lineage::Columns(Rc::new(r))),
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(plan)
+            }
+            MaskPlan::Clear => Ok(plan),
+        }
+    }
+
+    fn job(&mut self, job: Job) -> u64 {
+        let id = self.next_job;
+        self.next_job += 1;
+        self.jobs.insert(id, job);
+        id
+    }
+
+    /// A job for a simple Query with this plan.
+    pub fn job_simple(&mut self, plans: Rc<MaskPlan>) -> u64 {
+        self.job(Job::Simple {
+            plans,
+            index: 0,
+            state: ResultState::default(),
+        })
+    }
+
+    /// Records what an extended-protocol Parse of `name` returns.
+    pub fn parsed(&mut self, name: &str, plan: &MaskPlan) {
+        let lineage = self.lineage_of(plan, 0);
+        self.statements.insert(name.into(), lineage);
+    }
+
+    /// Records a Bind of `portal` to `statement`.
+    pub fn bound(&mut self, portal: &str, statement: &str) {
+        let lineage = self.statements.get(statement).cloned().unwrap_or_else(|| {
+            Lineage::Unknown(
+                format!("sluice: statement \"{statement}\" was not prepared through this session")
+                    .into(),
+            )
+        });
+        self.portals.insert(
+            portal.into(),
+            Portal {
+                lineage,
+                rows: None,
+                sent: 0,
+            },
+        );
+    }
+
+    /// A job for a Describe of `portal` (the client's or the gateway's).
+    pub fn job_describe(&mut self, portal: &str) -> u64 {
+        self.job(Job::Describe {
+            portal: portal.into(),
+        })
+    }
+
+    /// A job for an Execute of `portal`.
+    pub fn job_execute(&mut self, portal: &str) -> u64 {
+        self.job(Job::Execute {
+            portal: portal.into(),
+            state: ResultState::default(),
+        })
+    }
+
+    /// Forgets a job whose request is answered.
+    pub fn finish_job(&mut self, job: u64) {
+        self.jobs.remove(&job);
+    }
+
+    /// The server is idle: every job is answered, and portals do not outlive transactions.
+    pub fn idle(&mut self, status: u8) {
+        self.jobs.clear();
+        if status == b'I' {
+            self.portals.clear();
+        }
+    }
+
+    /// `DEALLOCATE`/`DISCARD`: the session's SQL-level state on the server is gone.
+    pub fn forget_sql_state(&mut self) {
+        self.prepared.clear();
+        self.cursors.clear();
+    }
+
+    /// Closes the client's extended-protocol statement `name`.
+    pub fn closed_statement(&mut self, name: &str) {
+        self.statements.remove(name);
+    }
+
+    fn lineage_of(&self, plan: &MaskPlan, index: usize) -> Lineage {
+        match plan {
+            MaskPlan::Clear => Lineage::Clear,
+            MaskPlan::Deny { message, .. } => Lineage::Unknown(message.as_str().into()),
+            MaskPlan::Statements(v) => match v.get(index) {
+                Some(ResultPlan::Rows(m)) => Lineage::Columns(Rc::new(m.clone())),
+                Some(ResultPlan::NoRows)
+                | Some(ResultPlan::Declare { .. })
+                | Some(ResultPlan::Prepare { .. }) => Lineage::Clear,
+                Some(ResultPlan::Fetch { cursor }) => {
+                    self.cursors.get(cursor).cloned().unwrap_or_else(|| {
+                        Lineage::Unknown(
+                            format!("sluice: cursor \"{cursor}\" was not declared through this session").into(),
+                        )
+                    })
+                }
+                Some(ResultPlan::Execute { name }) => match self.prepared.get(name) {
+                    Some(Some(l)) => l.clone(),
+                    Some(None) => Lineage::Clear,
+                    None => Lineage::Unknown(
+                        format!("sluice: prepared statement \"{name}\" was not prepared through this session").into(),
+                    ),
+                },
+                None => Lineage::Unknown("sluice: more results than statements".into()),
+            },
+        }
+    }
+
+    /// Builds the row plan of a RowDescription under `lineage`.
+    fn row_plan(&mut self, frame: &[u8], lineage: &Lineage) -> Result<RowPlan, String> {
+        let fields: Vec<FieldDescription<'_>> = sluice_mask::row_description_fields(frame)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("sluice: malformed RowDescription: {e}"))?;
+        let by_position = match lineage {
+            Lineage::Clear => None,
+            Lineage::Columns(m) => {
+                if m.columns.len() != fields.len() {
+                    return Err(format!(
+                        "sluice: the result has {} columns where the statement's lineage has {}; refusing to guess which are masked",
+                        fields.len(),
+                        m.columns.len()
+                    ));
+                }
+                Some(m.clone())
+            }
+            Lineage::Unknown(why) => return Err(why.to_string()),
+        };
+        let mut rules = Vec::with_capacity(fields.len());
+        for (i, f) in fields.iter().enumerate() {
+            let mut rule = by_position.as_ref().and_then(|m| m.columns[i]);
+            if self.by_column {
+                let cat = self
+                    .catalog
+                    .as_ref()
+                    .ok_or_else(|| "sluice: no catalog to resolve result columns".to_string())?;
+                if f.table_oid >= FIRST_NORMAL_OID {
+                    if cat.catalog.by_oid(f.table_oid).is_none() {
+                        return Err(format!(
+                            "sluice: result column \"{}\" comes from a relation (oid {}) the gateway's catalog does not know yet; retry",
+                            f.name, f.table_oid
+                        ));
+                    }
+                    rule = rule.or_else(|| {
+                        lineage_shim::origin_rule(
+                            &self.policy,
+                            &cat.catalog,
+                            f.table_oid,
+                            f.column_id,
+                        )
+                    });
+                }
+                if rule.is_none() {
+                    if let Some(t) = cat.catalog.type_name(f.type_oid) {
+                        rule = lineage_shim::type_rule(&self.policy, t);
+                    }
+                }
+            }
+            rules.push(rule);
+        }
+        for (f, r) in fields.iter().zip(&rules) {
+            if r.is_some() {
+                self.masked_columns.push(f.name.into());
+            }
+        }
+        let strategies = &self.strategies;
+        RowPlan::from_row_description(frame, None, self.detectors, |i, _| {
+            rules[i].and_then(|r| strategies.get(r).cloned().flatten())
+        })
+        .map_err(|e| format!("sluice: cannot plan masking: {e}"))
+    }
+
+    /// Plans a COPY TO's text rows: the masked columns as text, detectors on every column.
+    fn copy_plan(&self, frame: &[u8], lineage: &Lineage) -> Result<Option<RowPlan>, String> {
+        let body = &frame[5..];
+        let (format, columns) = match body {
+            [f, a, b, ..] => (*f, u16::from_be_bytes([*a, *b]) as usize),
+            _ => return Err("sluice: malformed CopyOutResponse".into()),
+        };
+        let masks: Vec<Option<usize>> = match lineage {
+            Lineage::Clear => vec![None; columns],
+            Lineage::Columns(m) if m.columns.len() == columns => m.columns.clone(),
+            Lineage::Columns(m) => {
+                return Err(format!(
+                    "sluice: COPY has {columns} columns where its lineage has {}",
+                    m.columns.len()
+                ))
+            }
+            Lineage::Unknown(why) => return Err(why.to_string()),
+        };
+        let work = masks.iter().any(Option::is_some) || !self.detectors.is_empty();
+        if !work {
+            return Ok(None);
+        }
+        if format != 0 {
+            return Err("sluice: binary COPY cannot be masked; use text format".into());
+        }
+        let strategies = &self.strategies;
+        Ok(Some(RowPlan::new(
+            masks.iter().map(|r| {
+                (
+                    ColumnType::text(sluice_mask::oid::TEXT),
+                    r.and_then(|r| strategies.get(r).cloned().flatten()),
+                )
+            }),
+            self.detectors,
+        )))
+    }
+
+    /// Decides what happens to one whole server message answering the request tagged `job`
+    /// (0 for none); may rewrite `frame` in place.
+    pub fn on_message(&mut self, job: u64, frame: &mut [u8]) -> Action {
+        let tag = frame[0];
+        match tag {
+            bmsg::ERROR_RESPONSE | bmsg::NOTICE_RESPONSE => {
+                let opts = ScrubOptions {
+                    detectors: self.detectors,
+                    redact_data_values: self.by_column,
+                };
+                if scrub_error_response(frame, &opts).is_err() {
+                    return Action::Replace(error(
+                        sqlstate::INTERNAL_ERROR,
+                        "sluice: an error message from the server could not be scrubbed",
+                    ));
+                }
+                if tag == bmsg::ERROR_RESPONSE {
+                    // The request failed: its result is over.
+                    if let Some(Job::Simple { state, index, .. }) = self.jobs.get_mut(&job) {
+                        *state = ResultState::default();
+                        *index += 1;
+                    }
+                }
+                return Action::Forward;
+            }
+            bmsg::NOTIFICATION => {
+                if !self.detectors.is_empty() && scrub_notification(frame, self.detectors).is_err()
+                {
+                    return Action::Drop;
+                }
+                return Action::Forward;
+            }
+            _ => {}
+        }
+        let Some(mut j) = self.jobs.remove(&job) else {
+            return Action::Forward;
+        };
+        let action = self.on_job_message(&mut j, frame);
+        self.jobs.insert(job, j);
+        action
+    }
+
+    fn on_job_message(&mut self, job: &mut Job, frame: &mut [u8]) -> Action {
+        let tag = frame[0];
+        match job {
+            Job::Describe { portal } => {
+                if tag == bmsg::ROW_DESCRIPTION {
+                    let p = self.portals.get(&**portal).cloned().unwrap_or_else(|| Portal {
+                        lineage: Lineage::Unknown(
+                            format!("sluice: portal \"{portal}\" was not bound through this session").into(),
+                        ),
+                        ..Portal::default()
+                    });
+                    let rows = self.row_plan(frame, &p.lineage);
+                    let entry = self.portals.entry((&**portal).into()).or_default();
+                    match rows {
+                        Ok(plan) => entry.rows = Some(Rc::new(plan)),
+                        Err(why) => entry.lineage = Lineage::Unknown(why.into()),
+                    }
+                }
+                Action::Forward
+            }
+            Job::Simple {
+                plans,
+                index,
+                state,
+            } => {
+                match tag {
+                    bmsg::ROW_DESCRIPTION => {
+                        let lineage = self.lineage_of(plans, *index);
+                        match self.row_plan(frame, &lineage) {
+                            Ok(p) => state.rows = Some(Rc::new(p)),
+                            Err(why) => {
+                                state.failed = Some(why);
+                                return Action::Drop;
+                            }
+                        }
+                        Action::Forward
+                    }
+                    bmsg::COPY_OUT => {
+                        let lineage = self.lineage_of(plans, *index);
+                        match self.copy_plan(frame, &lineage) {
+                            Ok(p) => state.copy = p.map(Rc::new),
+                            Err(why) => state.failed = Some(why),
+                        }
+                        // The client must see the COPY start to read its end (or error).
+                        Action::Forward
+                    }
+                    bmsg::COMMAND_COMPLETE | bmsg::EMPTY_QUERY => {
+                        *index += 1;
+                        let s = std::mem::take(state);
+                        self.end_result(s, frame)
+                    }
+                    _ => self.row(state, None, frame),
+                }
+            }
+            Job::Execute { portal, state } => match tag {
+                bmsg::COMMAND_COMPLETE | bmsg::PORTAL_SUSPENDED | bmsg::EMPTY_QUERY => {
+                    let s = std::mem::take(state);
+                    if let Some(p) = self.portals.get_mut(&**portal) {
+                        p.sent += s.sent;
+                    }
+                    if tag == bmsg::PORTAL_SUSPENDED {
+                        return match s.failed {
+                            Some(why) => Action::Replace(error(sqlstate::INTERNAL_ERROR, &why)),
+                            None => Action::Forward,
+                        };
+                    }
+                    self.end_result(s, frame)
+                }
+                _ => {
+                    if state.rows.is_none() && state.failed.is_none() {
+                        match self.portals.get(&**portal) {
+                            Some(p) => match (&p.rows, &p.lineage) {
+                                (Some(r), _) => {
+                                    state.rows = Some(r.clone());
+                                    state.sent = p.sent;
+                                }
+                                (None, Lineage::Unknown(why)) => {
+                                    state.failed = Some(why.to_string())
+                                }
+                                (None, _) => {
+                                    state.failed = Some(
+                                        "sluice: rows of a portal that was never described".into(),
+                                    )
+                                }
+                            },
+                            None => {
+                                state.failed = Some(format!(
+                                    "sluice: portal \"{portal}\" was not bound through this session"
+                                ))
+                            }
+                        }
+                    }
+                    self.row(state, None, frame)
+                }
+            },
+        }
+    }
+
+    /// A DataRow or CopyData of a result.
+    fn row(&mut self, state: &mut ResultState, _: Option<()>, frame: &mut [u8]) -> Action {
+        let tag = frame[0];
+        if state.failed.is_some() {
+            return if matches!(tag, bmsg::DATA_ROW | bmsg::COPY_DATA) {
+                Action::Drop
+            } else {
+                Action::Forward
+            };
+        }
+        match tag {
+            bmsg::DATA_ROW => {
+                if let Some(max) = self.max_rows {
+                    if state.sent >= max {
+                        state.truncated = true;
+                        return Action::Drop;
+                    }
+                }
+                state.sent += 1;
+                let Some(plan) = state.rows.clone() else {
+                    return Action::Forward;
+                };
+                if plan.is_noop() {
+                    return Action::Forward;
+                }
+                match mask_row_in_place(frame, &plan) {
+                    Ok(true) => Action::Forward,
+                    Ok(false) => {
+                        let mut out = BytesMut::with_capacity(frame.len() + 64);
+                        match mask_row_into(frame, &plan, &mut out) {
+                            Ok(()) => Action::Replace(out.freeze()),
+                            Err(e) => self.fail(state, format!("sluice: cannot mask a row: {e}")),
+                        }
+                    }
+                    Err(e) => self.fail(state, format!("sluice: cannot mask a row: {e}")),
+                }
+            }
+            bmsg::COPY_DATA => {
+                let Some(plan) = state.copy.clone() else {
+                    return Action::Forward;
+                };
+                let mut out = BytesMut::with_capacity(frame.len() + 64);
+                match mask_copy_data(frame, &plan, &CopyText::default(), &mut out) {
+                    Ok(()) => Action::Replace(out.freeze()),
+                    Err(e) => self.fail(state, format!("sluice: cannot mask COPY data: {e}")),
+                }
+            }
+            _ => Action::Forward,
+        }
+    }
+
+    fn fail(&self, state: &mut ResultState, why: String) -> Action {
+        tracing::warn!(error = %why, "result failed closed");
+        state.failed = Some(why);
+        Action::Drop
+    }
+
+    /// The end of a result (CommandComplete or EmptyQueryResponse in `frame`).
+    fn end_result(&self, state: ResultState, frame: &[u8]) -> Action {
+        if let Some(why) = state.failed {
+            return Action::Replace(error(sqlstate::INTERNAL_ERROR, &why));
+        }
+        if !state.truncated {
+            return Action::Forward;
+        }
+        let max = self.max_rows.unwrap_or(0);
+        let mut out = BytesMut::new();
+        let notice = format!(
+            "sluice: the result was truncated to {max} rows, the most this role's policy returns"
+        );
+        encode::notice_response(
+            &mut out,
+            &ErrorResponse {
+                severity: "WARNING",
+                ..ErrorResponse::error("01000", &notice)
+            },
+        );
+        // CommandComplete with the count of rows actually sent.
+        let tag = match bmsg::parse(frame) {
+            Ok(bmsg::BackendMessage::CommandComplete { tag }) => tag.to_owned(),
+            _ => String::new(),
+        };
+        let verb = tag.split(' ').next().unwrap_or("SELECT");
+        let new_tag = match verb {
+            "INSERT" => format!("INSERT 0 {max}"),
+            v => format!("{v} {max}"),
+        };
+        encode::command_complete(&mut out, &new_tag);
+        Action::Replace(out.freeze())
+    }
+}
+
+fn error(code: &'static str, message: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    encode::error_response(&mut b, &ErrorResponse::error(code, message));
+    b.freeze()
+}
+
+// TEMPORARY until sluice_policy::lineage lands.
+#[allow(unused)]
+pub(crate) mod lineage_shim {
+    use sluice_policy::lineage::{Catalog, MaskPlan, RuleIndex};
+    use sluice_policy::Policy;
+    pub fn mask_plan(_: &Policy, _: &dyn Catalog, _: &str) -> MaskPlan {
+        MaskPlan::Clear
+    }
+    pub fn origin_rule(_: &Policy, _: &dyn Catalog, _: u32, _: i16) -> Option<RuleIndex> {
+        None
+    }
+    pub fn type_rule(_: &Policy, _: &str) -> Option<RuleIndex> {
+        None
+    }
+}
