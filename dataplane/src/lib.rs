@@ -6,6 +6,7 @@
 //!
 //! The entry point is [`Dataplane::start`] with a validated [`config::Config`].
 
+pub mod audit;
 pub mod backend;
 pub mod cancel;
 pub mod config;
