@@ -24,6 +24,10 @@ pub use analyze::{
 pub use cache::VerdictCache;
 pub use evaluate::{judge, judge_statement, judge_with, Verdict, BUILTIN_DENIED_FUNCTIONS};
 pub use glob::{Case, Glob, GlobError};
+pub use lineage::{
+    mask_plan, origin_rule, type_rule, Catalog, Column, MaskPlan, RelKind, Relation, ResultMask,
+    ResultPlan, RuleIndex,
+};
 pub use model::{
     AllowList, ClassDecision, ClassSet, DenyEntry, Detector, FunctionDeny, Keep, MaskRule,
     MaskStrategy, NameTarget, Policy, PolicyError, PolicySet, ReviewSettings, RuleId, RuleKind,
