@@ -11,6 +11,7 @@ pub mod compile;
 pub mod crypto;
 pub mod document;
 pub mod grants;
+pub mod inprocess;
 pub mod metrics;
 pub mod reviews;
 pub mod service;

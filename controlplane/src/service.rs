@@ -1,5 +1,6 @@
 //! The control plane's operations, independent of HTTP: apply, rollback, grants, nodes,
-//! audit ingestion (reviews are in [`crate::reviews`]), and the `watch` channel that carries the current snapshot to long-polls.
+//! audit ingestion (reviews are in [`crate::reviews`]), and the `watch` channel that carries
+//! the current snapshot to long-polls.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,16 +6,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice_controlplane::crypto::MasterKey;
-use sluice_controlplane::service::{ControlPlane, Settings};
-use sluice_controlplane::store::Store;
+use sluice_controlplane::inprocess::InProcess;
+use sluice_controlplane::service::{ControlPlane, Role, Settings};
 
 pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
 
 pub struct Server {
     pub base: String,
     pub cp: Arc<ControlPlane>,
-    pub rt: tokio::runtime::Runtime,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    inner: InProcess,
     agent: ureq::Agent,
 }
 
@@ -37,37 +36,28 @@ impl Server {
         key: &MasterKey,
         settings: Settings,
     ) -> anyhow::Result<Server> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let (cp, listener) = rt.block_on(async {
-            let store = Store::open(store_url).await?;
-            let cp = ControlPlane::start(store, key.clone(), settings).await?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            anyhow::Ok((cp, listener))
-        })?;
-        let base = format!("http://{}", listener.local_addr()?);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        rt.spawn(sluice_controlplane::api::serve(
-            listener,
-            cp.clone(),
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let inner = InProcess::start(
+            store_url,
+            key.clone(),
+            settings,
+            "127.0.0.1:0".parse().unwrap(),
+        )?;
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
         Ok(Server {
-            base,
-            cp,
-            rt,
-            stop: Some(tx),
+            base: inner.base_url().to_owned(),
+            cp: inner.control_plane().clone(),
+            inner,
             agent,
         })
+    }
+
+    /// A new API token with `role`.
+    pub fn token(&self, name: &str, role: Role) -> String {
+        self.inner.create_token(name, role).expect("token created")
     }
 
     /// Sends a request; returns the status and the body as JSON (Null when empty or not JSON).
@@ -152,12 +142,8 @@ impl Server {
         )
     }
 
-    pub fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let cp = self.cp.clone();
-        self.rt.block_on(async move { cp.store().close().await });
+    pub fn stop(self) {
+        self.inner.stop();
     }
 }
 
