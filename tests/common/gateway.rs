@@ -5,7 +5,9 @@
 //! - [`AGENT_TOKEN`] (static, group `analysts`) and [`agent_jwt`] map to role `analyst`, which
 //!   may use connection [`CONN`] (and `otherdb`) as the backend user [`APP_USER`];
 //! - [`AUDITOR_TOKEN`] maps to role `auditor`, which may use `otherdb` only;
-//! - [`OUTSIDER_TOKEN`] is a valid token whose identity no role covers.
+//! - [`OUTSIDER_TOKEN`] is a valid token whose identity no role covers;
+//! - [`MASKED_TOKEN`] (static, group `maskees`) maps to role `masked` on [`CONN`], whose
+//!   policy `masked` masks `public.customers` (see tests/masking.rs).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ pub const AGENT_TOKEN: &str = "agent-token-9f8e7d6c";
 pub const AUDITOR_TOKEN: &str = "auditor-token-1a2b3c4d";
 /// Static token of `outsider-1`, whom no role covers.
 pub const OUTSIDER_TOKEN: &str = "outsider-token-5e6f7a8b";
+/// Static token of `masked-1` (group `maskees`: role `masked`, policy `masked`).
+pub const MASKED_TOKEN: &str = "masked-token-3c5e7a9b";
 /// HS256 secret of the issuer [`JWT_ISSUER`].
 pub const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef";
 /// The trusted JWT issuer.
@@ -162,6 +166,7 @@ auth:
     - {{ token: {agent}, subject: agent-1, groups: [analysts] }}
     - {{ token: {auditor}, subject: auditor-1, groups: [auditors] }}
     - {{ token: {outsider}, subject: outsider-1, groups: [visitors] }}
+    - {{ token: {masked}, subject: masked-1, groups: [maskees] }}
   jwt:
     - issuer: {JWT_ISSUER}
       audience: [{JWT_AUDIENCE}]
@@ -186,6 +191,10 @@ roles:
     groups: [auditors]
     connections: {{ otherdb: app }}
     policy: read-only
+  - name: masked
+    groups: [maskees]
+    connections: {{ {CONN}: app }}
+    policy: masked
 policies:
   # The relay tests run everything a client may send; the built-in denials still apply.
   - name: unrestricted
@@ -197,10 +206,24 @@ policies:
   - name: read-only
     classes: {{ allow: [read, transaction, session] }}
     tables: {{ deny: [public.secrets] }}
+  # What the masking tests probe: customers' secrets masked by column, inet by type, and
+  # detectors on every text; writes allowed (so a denial is the masking's, not the classes').
+  - name: masked
+    classes: {{ allow: [read, write, ddl, copy, transaction, session] }}
+    max_rows: 1000
+    masking:
+      - {{ columns: [public.customers.ssn], strategy: {{ partial: {{ keep_last: 4 }} }} }}
+      - {{ columns: [public.customers.email], strategy: redact }}
+      - {{ columns: [public.customers.card], strategy: hash }}
+      - {{ columns: [public.customers.pin], strategy: tokenise }}
+      - {{ columns: [public.customers.salary], strategy: hash }}
+      - {{ types: [inet], strategy: "null" }}
+      - {{ detectors: [email, card, ssn, phone, iban, api_key], strategy: redact }}
 "#,
         agent = yaml_str(AGENT_TOKEN),
         auditor = yaml_str(AUDITOR_TOKEN),
         outsider = yaml_str(OUTSIDER_TOKEN),
+        masked = yaml_str(MASKED_TOKEN),
         secret = yaml_str(JWT_SECRET),
         port = pg_port,
         database = yaml_str(&opts.database),
