@@ -264,8 +264,12 @@ fn records_from_several_cores_arrive_exactly_once() {
     let mut cfg = site.config(&cp.base);
     cfg.max_delay = Duration::from_millis(200);
     let (shipper, sink) = AuditShipper::start(cfg).unwrap();
+    // `SLUICE_AUDIT_RECORDS` scales the run for figures (`--release -- --nocapture`).
     let cores = 2;
-    let per_core = 3000;
+    let per_core = std::env::var("SLUICE_AUDIT_RECORDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(3000, |n| n / cores);
     let t = Instant::now();
     std::thread::scope(|s| {
         for c in 0..cores {
@@ -665,10 +669,17 @@ fn a_full_spool_drops_loudly_and_a_marker_reports_the_loss() {
         .iter()
         .filter(|r| r["identity"] == LOSS_MARKER_IDENTITY)
         .collect();
-    assert_eq!(markers.len(), 1);
-    assert_eq!(markers[0]["rule_id"], LOSS_MARKER_RULE);
-    assert_eq!(markers[0]["verdict"], "deny");
-    assert_eq!(markers[0]["rows"].as_u64(), Some(st.dropped_spool_full));
+    // Usually one marker; a marker that fitted in the spool while others did not would
+    // split the count, never change its sum.
+    assert!(!markers.is_empty());
+    for m in &markers {
+        assert_eq!(
+            (&m["rule_id"], &m["verdict"]),
+            (&json!(LOSS_MARKER_RULE), &json!("deny"))
+        );
+    }
+    let reported: u64 = markers.iter().map(|m| m["rows"].as_u64().unwrap()).sum();
+    assert_eq!(reported, st.dropped_spool_full);
     shipper.shutdown(Duration::from_secs(5));
     cp.kill();
 }
