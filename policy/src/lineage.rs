@@ -2037,13 +2037,14 @@ impl<'c> Ctx<'c> {
     /// A column reference (`x`, `t.x`, `s.t.x`, `db.s.t.x`, or a whole row `t`).
     fn column_ref(&self, idents: &[Ident], scope: &Scope<'_>) -> Taint {
         let parts: Vec<Rc<str>> = idents.iter().map(fold).collect();
+        let quoted = idents.first().is_some_and(|i| i.quote_style.is_some());
         match parts.as_slice() {
             [] => Taint::default(),
-            [x] => resolve_unqualified(scope, x),
+            [x] => resolve_unqualified(scope, x, quoted),
             [t, c] => match qualified(scope, None, t, c) {
                 Some(taint) => taint,
                 // `composite_column.field`
-                None => resolve_unqualified(scope, t),
+                None => resolve_unqualified(scope, t, quoted),
             },
             [.., s, t, c] => match qualified(scope, Some(s), t, c) {
                 Some(taint) => taint,
@@ -2052,7 +2053,8 @@ impl<'c> Ctx<'c> {
                     let [a, b, ..] = parts.as_slice() else {
                         return Taint::unknown("an unresolvable column reference");
                     };
-                    qualified(scope, None, a, b).unwrap_or_else(|| resolve_unqualified(scope, a))
+                    qualified(scope, None, a, b)
+                        .unwrap_or_else(|| resolve_unqualified(scope, a, quoted))
                 }
             },
         }
@@ -2155,6 +2157,10 @@ impl Visitor for ExprWalk<'_, '_, '_> {
                 }
                 if let FunctionArguments::List(list) = &f.args {
                     for a in &list.args {
+                        // `f(name => value)`: the name is a parameter, not a column.
+                        if let FunctionArg::ExprNamed { name, .. } = a {
+                            self.skip.push(name);
+                        }
                         let (FunctionArg::Named { arg, .. }
                         | FunctionArg::ExprNamed { arg, .. }
                         | FunctionArg::Unnamed(arg)) = a;
@@ -2197,7 +2203,7 @@ impl Visitor for ExprWalk<'_, '_, '_> {
 
 /// An unqualified name: a column of some FROM item (all of them if several have it), else a
 /// whole row (`SELECT c FROM customers c`), at the innermost level that has it.
-fn resolve_unqualified(scope: &Scope<'_>, x: &str) -> Taint {
+fn resolve_unqualified(scope: &Scope<'_>, x: &str, quoted: bool) -> Taint {
     let mut maybe = Taint::default();
     let mut level = Some(scope);
     while let Some(s) = level {
@@ -2228,10 +2234,30 @@ fn resolve_unqualified(scope: &Scope<'_>, x: &str) -> Taint {
         level = s.parent;
     }
     if maybe == Taint::default() && !any_opaque(scope) {
+        if !quoted && SQL_VALUE_KEYWORDS.contains(&x) {
+            return Taint::default();
+        }
         return Taint::unknown(format!("column \"{x}\" could not be resolved"));
     }
     maybe
 }
+
+/// Keywords that read as bare identifiers but are values (`SELECT current_schema`); they
+/// stand for themselves only when no column of that name is in scope, as in PostgreSQL.
+const SQL_VALUE_KEYWORDS: &[&str] = &[
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "localtime",
+    "localtimestamp",
+    "session_user",
+    "system_user",
+    "user",
+];
 
 fn any_opaque(scope: &Scope<'_>) -> bool {
     let mut level = Some(scope);

@@ -334,6 +334,9 @@ fn count_and_clean_columns_are_not_masked() {
     clear("SELECT o.note, c.name FROM app.orders o JOIN app.customers c ON c.id = o.customer_id");
     clear("SELECT 1");
     clear("SELECT now(), current_user, version()");
+    // Bare value keywords and named arguments are not column references.
+    clear("SELECT id, current_schema, current_date, session_user FROM app.customers");
+    clear("SELECT id, make_interval(days => 1) FROM app.customers");
     clear("SELECT row_number() OVER (PARTITION BY ssn ORDER BY email), id FROM app.customers");
     clear("SELECT count(*) FILTER (WHERE ssn LIKE '1%') FROM app.customers");
     clear("SELECT id FROM app.customers WHERE id IN (SELECT customer_id FROM app.orders)");
@@ -372,6 +375,14 @@ fn ctes_subqueries_and_set_operations() {
     // Masked in the second branch only.
     assert_eq!(
         masks("SELECT note FROM app.orders UNION ALL SELECT ssn FROM app.customers"),
+        vec![SSN]
+    );
+    assert_eq!(
+        masks("WITH d AS (DELETE FROM app.customers WHERE id = 1 RETURNING ssn) SELECT * FROM d"),
+        vec![SSN]
+    );
+    assert_eq!(
+        masks("SELECT ARRAY(SELECT ssn FROM app.customers)"),
         vec![SSN]
     );
     assert_eq!(
