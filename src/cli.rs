@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the data plane from a local configuration file.
+    /// Run the data plane from a local configuration file (with a `control_plane` section,
+    /// it takes connections, roles and policies from the control plane's snapshots).
     Dataplane {
         /// YAML configuration (see configs/example.yaml).
         #[arg(long, short)]
@@ -32,16 +33,21 @@ enum Command {
         /// YAML configuration.
         config: PathBuf,
     },
-    /// Start a throwaway PostgreSQL with sample data and the gateway in front of it.
+    /// Start a throwaway PostgreSQL with sample data, and Sluice (control plane and data
+    /// plane, as `sluice up`) in front of it.
     Demo {
         /// Address the gateway listens on.
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: SocketAddr,
+        /// Address of the control plane's API (a free port if this one is taken).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        api_listen: SocketAddr,
         /// Port for the throwaway PostgreSQL (default: a free one).
         #[arg(long)]
         pg_port: Option<u16>,
     },
-    /// Control-plane commands: `up` serves the API; the others are its clients.
+    /// Control-plane commands: `up` runs the control plane and a data plane; the others are
+    /// clients of its API.
     #[command(flatten)]
     Control(sluice_controlplane::cli::Command),
 }
@@ -68,7 +74,12 @@ pub fn main() -> ExitCode {
                 )
             })
             .map_err(Into::into),
-        Command::Demo { listen, pg_port } => crate::demo::run(listen, pg_port),
+        Command::Demo {
+            listen,
+            api_listen,
+            pg_port,
+        } => crate::demo::run(listen, api_listen, pg_port),
+        Command::Control(sluice_controlplane::cli::Command::Up(args)) => crate::up::run(args),
         Command::Control(cmd) => sluice_controlplane::cli::run(cmd),
     };
     match result {

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -137,6 +138,11 @@ pub struct UpArgs {
     /// `iss` of grant tokens (generated once and kept in the store when absent).
     #[arg(long)]
     pub issuer: Option<String>,
+    /// The data plane's settings (listen, cores, TLS, limits, metrics, static break-glass
+    /// tokens) for the `sluice` binary, which runs the data plane beside the control plane;
+    /// its `control_plane` section is filled in. Default: listen on 127.0.0.1:6432.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
 }
 
 /// How the client commands reach the control plane.
@@ -361,67 +367,175 @@ fn data_dir_secret(dir: &Path, name: &str, make: impl FnOnce() -> String) -> Res
 }
 
 fn up(args: UpArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let embedded = args.store.is_none();
-        let key = match std::env::var(MASTER_KEY_ENV) {
-            Ok(k) => MasterKey::from_base64(&k)?,
-            Err(_) if embedded => MasterKey::from_base64(&data_dir_secret(
-                &args.data_dir,
-                "master.key",
-                MasterKey::generate_base64,
-            )?)?,
-            Err(_) => {
-                bail!("{MASTER_KEY_ENV} must be set (base64 of 32 bytes) with a PostgreSQL store")
-            }
-        };
-        let admin_token = match std::env::var("SLUICE_ADMIN_TOKEN") {
-            Ok(t) => Some(t),
-            Err(_) if embedded => Some(data_dir_secret(&args.data_dir, "admin.token", || {
-                crate::crypto::new_token("sluice_admin")
-            })?),
-            Err(_) => None,
-        };
-        let store = match &args.store {
-            Some(url) => Store::open(url)
-                .await
-                .with_context(|| format!("opening store {}", redact_url(url)))?,
-            None => Store::open_data_dir(&args.data_dir).await?,
-        };
-        let settings = Settings {
-            issuer: args.issuer,
-            admin_token,
-            ..Settings::default()
-        };
-        let cp = ControlPlane::start(store, key, settings).await?;
-        if cp.store().backend() == Backend::Postgres {
-            // Other replicas over the same store may commit snapshots; pick them up.
-            let cp2 = cp.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    if let Err(e) = cp2.refresh_from_store().await {
-                        tracing::warn!(error = %e, "refreshing the snapshot from the store");
-                    }
-                }
-            });
-        }
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("binding {}", args.listen))?;
+    let served = Served::start(&args)?;
+    served.block_on(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    served.stop();
+    Ok(())
+}
+
+/// A control plane serving its API on a tokio runtime of its own (`sluice up`; the `sluice`
+/// binary runs a data plane beside it in the same process).
+pub struct Served {
+    /// The control plane.
+    pub cp: Arc<ControlPlane>,
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The bootstrap admin token, if there is one (from `SLUICE_ADMIN_TOKEN` or the data dir).
+    pub admin_token: Option<String>,
+    data_dir: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Served {
+    /// Opens the store (generating the master key and admin token into the data dir on first
+    /// start with the embedded store), binds the API and serves it in the background.
+    pub fn start(args: &UpArgs) -> Result<Served> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sluice-api")
+            .enable_all()
+            .build()?;
+        let (cp, listener, admin_token) = rt.block_on(start_control_plane(args))?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = rt.spawn(crate::api::serve(listener, cp.clone(), async {
+            let _ = rx.await;
+        }));
         eprintln!(
-            "sluice control plane on http://{} (snapshot v{}, issuer {})",
-            listener.local_addr()?,
+            "sluice control plane on http://{addr} (snapshot v{}, issuer {})",
             cp.current_snapshot().version,
             cp.issuer()
         );
-        crate::api::serve(listener, cp, async {
-            let _ = tokio::signal::ctrl_c().await;
+        Ok(Served {
+            cp,
+            addr,
+            admin_token,
+            data_dir: args.data_dir.clone(),
+            shutdown: Some(tx),
+            server: Some(server),
+            rt,
         })
-        .await?;
-        Ok(())
-    })
+    }
+
+    /// Runs `f` on the control plane's runtime until it completes.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// A node token for a data plane in this process: the one kept in the data dir
+    /// (`node.token`) while it is still valid, else a new one (role `node`) written there.
+    pub fn local_node_token(&self) -> Result<String> {
+        let path = self.data_dir.join("node.token");
+        if let Ok(t) = std::fs::read_to_string(&path) {
+            let t = t.trim().to_owned();
+            let who = self.rt.block_on(self.cp.authenticate(&t))?;
+            if who.is_some_and(|p| p.role == crate::service::Role::Node) {
+                return Ok(t);
+            }
+        }
+        let up = crate::service::Principal {
+            name: "sluice-up".into(),
+            role: crate::service::Role::Admin,
+        };
+        let issued = self.rt.block_on(self.cp.create_token(
+            &up,
+            crate::service::TokenRequest {
+                name: "local data plane (sluice up)".into(),
+                role: crate::service::Role::Node,
+            },
+        ))?;
+        let _ = std::fs::remove_file(&path);
+        data_dir_secret(&self.data_dir, "node.token", || issued.token.clone())
+    }
+
+    /// Applies a YAML document through the API (`POST /v1/apply`) with the bootstrap admin
+    /// token, as `sluice apply -f` does; returns the snapshot version it made current.
+    pub fn apply_yaml(&self, yaml: &str) -> Result<u64> {
+        let client = Client::new(ClientArgs {
+            server: format!("http://{}", self.addr),
+            token: self.admin_token.clone(),
+        })?;
+        let out = client.send(
+            "POST",
+            "/v1/apply",
+            Some(("application/yaml", yaml.as_bytes().to_vec())),
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v["snapshot_version"]
+            .as_u64()
+            .context("the apply answer has no snapshot_version")
+    }
+
+    /// Stops serving (in-flight requests end, long-polls are cut) and closes the store.
+    pub fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let server = self.server.take();
+        let cp = self.cp.clone();
+        self.rt.block_on(async move {
+            if let Some(s) = server {
+                // Long-polls would hold a graceful shutdown for their whole wait.
+                let _ = tokio::time::timeout(Duration::from_millis(500), s).await;
+            }
+            cp.store().close().await;
+        });
+        self.rt.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+async fn start_control_plane(
+    args: &UpArgs,
+) -> Result<(Arc<ControlPlane>, tokio::net::TcpListener, Option<String>)> {
+    let embedded = args.store.is_none();
+    let key = match std::env::var(MASTER_KEY_ENV) {
+        Ok(k) => MasterKey::from_base64(&k)?,
+        Err(_) if embedded => MasterKey::from_base64(&data_dir_secret(
+            &args.data_dir,
+            "master.key",
+            MasterKey::generate_base64,
+        )?)?,
+        Err(_) => {
+            bail!("{MASTER_KEY_ENV} must be set (base64 of 32 bytes) with a PostgreSQL store")
+        }
+    };
+    let admin_token = match std::env::var("SLUICE_ADMIN_TOKEN") {
+        Ok(t) => Some(t),
+        Err(_) if embedded => Some(data_dir_secret(&args.data_dir, "admin.token", || {
+            crate::crypto::new_token("sluice_admin")
+        })?),
+        Err(_) => None,
+    };
+    let store = match &args.store {
+        Some(url) => Store::open(url)
+            .await
+            .with_context(|| format!("opening store {}", redact_url(url)))?,
+        None => Store::open_data_dir(&args.data_dir).await?,
+    };
+    let settings = Settings {
+        issuer: args.issuer.clone(),
+        admin_token: admin_token.clone(),
+        ..Settings::default()
+    };
+    let cp = ControlPlane::start(store, key, settings).await?;
+    if cp.store().backend() == Backend::Postgres {
+        // Other replicas over the same store may commit snapshots; pick them up.
+        let cp2 = cp.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = cp2.refresh_from_store().await {
+                    tracing::warn!(error = %e, "refreshing the snapshot from the store");
+                }
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    Ok((cp, listener, admin_token))
 }

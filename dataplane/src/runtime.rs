@@ -362,6 +362,9 @@ impl Shared {
     }
 }
 
+/// What closes a session, with the reason.
+type KillFn = Rc<dyn Fn(&str)>;
+
 /// A session known to its core, so a snapshot can close it.
 struct Registered {
     grant_id: Option<Arc<str>>,
@@ -535,7 +538,7 @@ impl CoreCtx {
     /// pools it no longer defines (sessions still holding one keep it until they end).
     fn enforce(&self) {
         let live = self.live();
-        let mut doomed: Vec<(Rc<dyn Fn(&str)>, String)> = Vec::new();
+        let mut doomed: Vec<(KillFn, String)> = Vec::new();
         {
             let mut r = self.sessions.borrow_mut();
             r.sessions.retain(|_, s| {

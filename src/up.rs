@@ -1,0 +1,96 @@
+//! `sluice up`: the control plane (embedded SQLite store by default) and a data plane in one
+//! process. The data plane takes its snapshots from the in-process control plane over HTTP,
+//! exactly as a remote one would, with a node token created at first start and kept in the
+//! data directory.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sluice_controlplane::cli::{Served, UpArgs};
+use sluice_dataplane::config::ControlPlaneSettings;
+use sluice_dataplane::{Config, Dataplane};
+
+/// The data plane's settings when `sluice up` gets no `--config`.
+pub const DEFAULT_DATAPLANE_CONFIG: &str = "listen: 127.0.0.1:6432\n";
+
+/// Both planes, running.
+pub struct Up {
+    /// The control plane and its API.
+    pub served: Served,
+    /// The data plane.
+    pub dataplane: Dataplane,
+}
+
+impl Up {
+    /// Starts the control plane from `args`, then a data plane with `dataplane_yaml` (its
+    /// relative paths resolve against `base_dir`; `${NAME}` through `env`) whose
+    /// `control_plane` section points at it; its state (the persisted snapshot, its node id)
+    /// goes to `<data_dir>/dataplane`.
+    pub fn start(
+        args: &UpArgs,
+        dataplane_yaml: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Up> {
+        let served = Served::start(args)?;
+        let node_token = served
+            .local_node_token()
+            .context("creating the data plane's node token")?;
+        let control_plane = ControlPlaneSettings {
+            url: format!("http://{}", served.addr),
+            node_token,
+            node_id: None,
+            state_dir: args.data_dir.join("dataplane"),
+        };
+        let config =
+            Config::from_yaml_with_control_plane(dataplane_yaml, base_dir, env, control_plane)?;
+        let dataplane = Dataplane::start(config).context("starting the data plane")?;
+        Ok(Up { served, dataplane })
+    }
+
+    /// Waits until the data plane runs snapshot `version` (or a newer one); false on timeout.
+    pub fn wait_for_version(&self, version: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.dataplane.shared().snapshot_version() < version {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Stops the control plane, then the data plane's snapshot client (whose long-poll the
+    /// first step cut short). The data plane's cores run until the process ends.
+    pub fn stop(self) {
+        self.served.stop();
+        self.dataplane.stop_snapshot_client();
+    }
+}
+
+/// `sluice up [--config FILE]` until Ctrl-C.
+pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    let (text, base) = match &args.config {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            path.parent().unwrap_or(Path::new(".")).to_owned(),
+        ),
+        None => (DEFAULT_DATAPLANE_CONFIG.to_owned(), ".".into()),
+    };
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+    let up = Up::start(&args, &text, &base, &|k| std::env::var(k).ok())?;
+    eprintln!(
+        "sluice data plane on {} (snapshot v{}); `sluice apply -f configs/policy.yaml` configures both",
+        up.dataplane.local_addr(),
+        up.dataplane.shared().snapshot_version()
+    );
+    let _ = stop_rx.recv();
+    eprintln!("stopping ...");
+    up.stop();
+    Ok(())
+}
