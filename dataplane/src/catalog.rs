@@ -171,7 +171,7 @@ impl Loaded {
         if let Some(p) = self.plans.borrow().get(&key) {
             return p.clone();
         }
-        let plan = Rc::new(crate::masking::lineage_shim::mask_plan(
+        let plan = Rc::new(sluice_policy::lineage::mask_plan(
             policy,
             &self.catalog,
             sql,

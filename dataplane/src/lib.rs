@@ -9,10 +9,12 @@
 pub mod audit;
 pub mod backend;
 pub mod cancel;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod io;
 mod login;
+mod masking;
 pub mod metrics;
 pub mod pool;
 pub mod prepared;

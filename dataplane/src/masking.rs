@@ -435,7 +435,7 @@ impl Masker {
                         ));
                     }
                     rule = rule.or_else(|| {
-                        lineage_shim::origin_rule(
+                        sluice_policy::lineage::origin_rule(
                             &self.policy,
                             &cat.catalog,
                             f.table_oid,
@@ -445,7 +445,7 @@ impl Masker {
                 }
                 if rule.is_none() {
                     if let Some(t) = cat.catalog.type_name(f.type_oid) {
-                        rule = lineage_shim::type_rule(&self.policy, t);
+                        rule = sluice_policy::lineage::type_rule(&self.policy, t);
                     }
                 }
             }
@@ -736,20 +736,4 @@ fn error(code: &'static str, message: &str) -> Bytes {
     let mut b = BytesMut::new();
     encode::error_response(&mut b, &ErrorResponse::error(code, message));
     b.freeze()
-}
-
-// TEMPORARY until sluice_policy::lineage lands.
-#[allow(unused)]
-pub(crate) mod lineage_shim {
-    use sluice_policy::lineage::{Catalog, MaskPlan, RuleIndex};
-    use sluice_policy::Policy;
-    pub fn mask_plan(_: &Policy, _: &dyn Catalog, _: &str) -> MaskPlan {
-        MaskPlan::Clear
-    }
-    pub fn origin_rule(_: &Policy, _: &dyn Catalog, _: u32, _: i16) -> Option<RuleIndex> {
-        None
-    }
-    pub fn type_rule(_: &Policy, _: &str) -> Option<RuleIndex> {
-        None
-    }
 }
