@@ -899,6 +899,51 @@ policies:
     }
 
     #[test]
+    fn control_plane_section() {
+        let yaml = "listen: 127.0.0.1:6432\ncontrol_plane:\n  url: http://cp:7070/\n  node_token: ${T}\n  state_dir: state\n";
+        let env = |k: &str| (k == "T").then(|| "sluice_node_x".to_string());
+        let c = Config::from_yaml(yaml, Path::new("/var/lib/sluice"), &env).unwrap();
+        assert!(c.connections.is_empty(), "connections come with snapshots");
+        let cp = c.control_plane.as_ref().unwrap();
+        assert_eq!(cp.url, "http://cp:7070");
+        assert_eq!(cp.state_dir, Path::new("/var/lib/sluice/state"));
+        assert_eq!(cp.node_id, None);
+        assert!(
+            !format!("{cp:?}").contains("sluice_node_x"),
+            "token not in Debug"
+        );
+
+        let e = Config::from_yaml("listen: 127.0.0.1:6432\n", Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "connections");
+        let bad = yaml.replace("http://cp", "https://cp");
+        let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "control_plane.url");
+
+        // `sluice up` supplies the section, replacing the text's own.
+        let given = ControlPlaneSettings {
+            url: "http://127.0.0.1:1".into(),
+            node_token: "t".into(),
+            node_id: Some("n".into()),
+            state_dir: "/s".into(),
+        };
+        let c = Config::from_yaml_with_control_plane(yaml, Path::new("."), &env, given).unwrap();
+        assert_eq!(c.control_plane.unwrap().url, "http://127.0.0.1:1");
+        let c = Config::from_yaml_with_control_plane(
+            "listen: 127.0.0.1:0\n",
+            Path::new("."),
+            &env,
+            ControlPlaneSettings {
+                url: "http://127.0.0.1:1".into(),
+                node_token: "t".into(),
+                node_id: None,
+                state_dir: "/s".into(),
+            },
+        )
+        .unwrap();
+        assert!(c.connections.is_empty());
+    }
+
+    #[test]
     fn substitution() {
         let e = |k: &str| (k == "A").then(|| "x".to_string());
         assert_eq!(substitute_env("a${A}b$$c$d", &e).unwrap(), "axb$c$d");

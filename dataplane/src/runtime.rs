@@ -919,3 +919,63 @@ fn serve_metrics(listener: std::net::TcpListener, shared: Arc<Shared>) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(port: u16, password: &str) -> Arc<Config> {
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nconnections:\n  - {{ name: a, port: {port}, database: d, users: [{{ name: r, password: {password} }}, {{ name: w, password: w }}] }}\n  - {{ name: b, port: 2, database: d, users: [{{ name: r }}] }}\nroles:\n  - {{ name: x, subjects: [s], connections: {{ a: r, b: r }} }}\n"
+        );
+        Arc::new(Config::from_yaml(&yaml, Path::new("."), &|_| None).unwrap())
+    }
+
+    fn build(c: Arc<Config>, previous: Option<&Live>, ids: &AtomicU64) -> Live {
+        Live::build(1, c, Arc::new(GrantRules::default()), previous, ids).unwrap()
+    }
+
+    #[test]
+    fn pools_are_kept_for_unchanged_backends_only() {
+        let ids = AtomicU64::new(1);
+        let v1 = build(config(1, "p"), None, &ids);
+        let id = |l: &Live, c: &str, u: &str| l.backends[c].pool_ids[u];
+        let same = build(config(1, "p"), Some(&v1), &ids);
+        for (c, u) in [("a", "r"), ("a", "w"), ("b", "r")] {
+            assert_eq!(id(&v1, c, u), id(&same, c, u), "{c}/{u} unchanged");
+        }
+        let password = build(config(1, "q"), Some(&same), &ids);
+        assert_ne!(
+            id(&same, "a", "r"),
+            id(&password, "a", "r"),
+            "new credentials"
+        );
+        assert_eq!(id(&same, "a", "w"), id(&password, "a", "w"));
+        assert_eq!(id(&same, "b", "r"), id(&password, "b", "r"));
+        let moved = build(config(3, "q"), Some(&password), &ids);
+        assert_ne!(id(&password, "a", "w"), id(&moved, "a", "w"), "new address");
+        assert_eq!(id(&password, "b", "r"), id(&moved, "b", "r"));
+    }
+
+    #[test]
+    fn withdrawn_sessions() {
+        let ids = AtomicU64::new(1);
+        let mut grants = GrantRules::default();
+        grants.revoked.insert("g1".into());
+        let live = Live::build(2, config(1, "p"), Arc::new(grants), None, &ids).unwrap();
+        assert_eq!(live.withdrawn(Some("g2"), "x", "a"), None);
+        assert_eq!(live.withdrawn(None, "x", "b"), None);
+        assert!(live
+            .withdrawn(Some("g1"), "x", "a")
+            .unwrap()
+            .contains("revoked"));
+        assert!(live
+            .withdrawn(None, "gone", "a")
+            .unwrap()
+            .contains("removed"));
+        assert!(live
+            .withdrawn(None, "x", "c")
+            .unwrap()
+            .contains("connection \"c\""));
+    }
+}
