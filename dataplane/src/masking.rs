@@ -69,6 +69,8 @@ enum Job {
     /// A simple Query: one plan per statement, advanced at each CommandComplete.
     Simple {
         plans: Rc<MaskPlan>,
+        /// The text, for telling a client's own words from echoed data in errors.
+        sql: Option<Rc<str>>,
         index: usize,
         state: ResultState,
     },
@@ -85,6 +87,8 @@ enum Job {
 #[derive(Clone, Default)]
 struct Portal {
     lineage: Lineage,
+    /// Its statement's text (see [`Job::Simple`]).
+    sql: Option<Rc<str>>,
     rows: Option<Rc<RowPlan>>,
     /// Rows already sent from this portal (Execute with a row limit resumes it).
     sent: u64,
@@ -114,8 +118,11 @@ pub struct Masker {
     catalog: Option<Rc<Loaded>>,
     jobs: HashMap<u64, Job>,
     next_job: u64,
-    /// Extended-protocol statements by client name: their lineage.
-    statements: HashMap<Box<str>, Lineage>,
+    /// Extended-protocol statements by client name: their lineage and text.
+    statements: HashMap<Box<str>, (Lineage, Option<Rc<str>>)>,
+    /// The text [`Masker::plan`] planned last, with its plan: the session hands that plan
+    /// to [`Masker::job_simple`] or [`Masker::parsed`] right after.
+    last_planned: Option<(Rc<MaskPlan>, Rc<str>)>,
     portals: HashMap<Box<str>, Portal>,
     /// SQL-level cursors and prepared statements: the lineage of what they return.
     cursors: HashMap<Box<str>, Lineage>,
@@ -204,6 +211,7 @@ impl Masker {
             jobs: HashMap::new(),
             next_job: 1,
             statements: HashMap::new(),
+            last_planned: None,
             portals: HashMap::new(),
             cursors: HashMap::new(),
             prepared: HashMap::new(),
@@ -250,9 +258,14 @@ impl Masker {
                 }
                 _ => false,
             },
-            bmsg::ROW_DESCRIPTION | bmsg::COPY_OUT | bmsg::COMMAND_COMPLETE => {
-                self.jobs.contains_key(&job)
-            }
+            // PortalSuspended and EmptyQueryResponse end a result as CommandComplete does:
+            // the masker must see them to carry a portal's row count (max_rows) across
+            // Executes and to turn a failed result into its error.
+            bmsg::ROW_DESCRIPTION
+            | bmsg::COPY_OUT
+            | bmsg::COMMAND_COMPLETE
+            | bmsg::PORTAL_SUSPENDED
+            | bmsg::EMPTY_QUERY => self.jobs.contains_key(&job),
             _ => false,
         }
     }
@@ -291,6 +304,15 @@ impl Masker {
             }
             MaskPlan::Clear => Ok(plan),
         }
+        .inspect(|plan| self.last_planned = Some((plan.clone(), sql.into())))
+    }
+
+    /// The text of `plan`, if it is the one planned last.
+    fn sql_of(&self, plan: &MaskPlan) -> Option<Rc<str>> {
+        self.last_planned
+            .as_ref()
+            .filter(|(p, _)| std::ptr::eq(&**p, plan))
+            .map(|(_, sql)| sql.clone())
     }
 
     fn job(&mut self, job: Job) -> u64 {
@@ -302,8 +324,10 @@ impl Masker {
 
     /// A job for a simple Query with this plan.
     pub fn job_simple(&mut self, plans: Rc<MaskPlan>) -> u64 {
+        let sql = self.sql_of(&plans);
         self.job(Job::Simple {
             plans,
+            sql,
             index: 0,
             state: ResultState::default(),
         })
@@ -312,21 +336,28 @@ impl Masker {
     /// Records what an extended-protocol Parse of `name` returns.
     pub fn parsed(&mut self, name: &str, plan: &MaskPlan) {
         let lineage = self.lineage_of(plan, 0);
-        self.statements.insert(name.into(), lineage);
+        let sql = self.sql_of(plan);
+        self.statements.insert(name.into(), (lineage, sql));
     }
 
     /// Records a Bind of `portal` to `statement`.
     pub fn bound(&mut self, portal: &str, statement: &str) {
-        let lineage = self.statements.get(statement).cloned().unwrap_or_else(|| {
-            Lineage::Unknown(
-                format!("sluice: statement \"{statement}\" was not prepared through this session")
+        let (lineage, sql) = self.statements.get(statement).cloned().unwrap_or_else(|| {
+            (
+                Lineage::Unknown(
+                    format!(
+                        "sluice: statement \"{statement}\" was not prepared through this session"
+                    )
                     .into(),
+                ),
+                None,
             )
         });
         self.portals.insert(
             portal.into(),
             Portal {
                 lineage,
+                sql,
                 rows: None,
                 sent: 0,
             },
@@ -516,6 +547,11 @@ impl Masker {
                         "sluice: an error message from the server could not be scrubbed",
                     ));
                 }
+                if self.by_column {
+                    if let Some(sql) = self.job_text(job) {
+                        scrub_echoes(frame, sql.as_deref());
+                    }
+                }
                 if tag == bmsg::ERROR_RESPONSE {
                     // The request failed: its result is over.
                     if let Some(Job::Simple { state, index, .. }) = self.jobs.get_mut(&job) {
@@ -542,6 +578,18 @@ impl Masker {
         action
     }
 
+    /// The statement text of a job that runs a statement (`Some(None)` when unknown); `None`
+    /// for jobs that read no data (Describe) and for messages outside any job.
+    fn job_text(&self, job: u64) -> Option<Option<Rc<str>>> {
+        match self.jobs.get(&job)? {
+            Job::Simple { sql, .. } => Some(sql.clone()),
+            Job::Execute { portal, .. } => {
+                Some(self.portals.get(&**portal).and_then(|p| p.sql.clone()))
+            }
+            Job::Describe { .. } => None,
+        }
+    }
+
     fn on_job_message(&mut self, job: &mut Job, frame: &mut [u8]) -> Action {
         let tag = frame[0];
         match job {
@@ -566,6 +614,7 @@ impl Masker {
                 plans,
                 index,
                 state,
+                ..
             } => {
                 match tag {
                     bmsg::ROW_DESCRIPTION => {
@@ -600,7 +649,8 @@ impl Masker {
                 bmsg::COMMAND_COMPLETE | bmsg::PORTAL_SUSPENDED | bmsg::EMPTY_QUERY => {
                     let s = std::mem::take(state);
                     if let Some(p) = self.portals.get_mut(&**portal) {
-                        p.sent += s.sent;
+                        // `s.sent` started from the portal's count (see below).
+                        p.sent = p.sent.max(s.sent);
                     }
                     if tag == bmsg::PORTAL_SUSPENDED {
                         return match s.failed {
@@ -610,8 +660,30 @@ impl Masker {
                     }
                     self.end_result(s, frame)
                 }
+                bmsg::COPY_OUT => {
+                    // COPY ... TO STDOUT through Parse/Bind/Execute (tokio-postgres'
+                    // copy_out): its portal describes as NoData, so the plan comes from the
+                    // portal's lineage, as a simple Query's COPY does.
+                    let lineage = self.portals.get(&**portal).map_or_else(
+                        || {
+                            Lineage::Unknown(
+                                format!("sluice: portal \"{portal}\" was not bound through this session")
+                                    .into(),
+                            )
+                        },
+                        |p| p.lineage.clone(),
+                    );
+                    match self.copy_plan(frame, &lineage) {
+                        Ok(p) => state.copy = p.map(Rc::new),
+                        Err(why) => state.failed = Some(why),
+                    }
+                    Action::Forward
+                }
                 _ => {
-                    if state.rows.is_none() && state.failed.is_none() {
+                    if state.rows.is_none()
+                        && state.failed.is_none()
+                        && !(tag == bmsg::COPY_DATA || tag == bmsg::COPY_DONE)
+                    {
                         match self.portals.get(&**portal) {
                             Some(p) => match (&p.rows, &p.lineage) {
                                 (Some(r), _) => {
@@ -729,6 +801,69 @@ impl Masker {
         };
         encode::command_complete(&mut out, &new_tag);
         Action::Replace(out.freeze())
+    }
+}
+
+/// Blanks what an error or notice of a statement may echo from the data it read, beyond what
+/// `sluice_mask::scrub_error_response` does (classes 22 and 23, quote pairs):
+/// - in the message, detail, hint, context and internal query of any class, the span from the
+///   first to the last `"` unless that text is in the client's own statement `sql` (so
+///   `relation "nosuch" does not exist` stays readable, `relation "<a value>" does not exist`
+///   from `value::regclass` does not; a value holding quotes cannot split the span);
+/// - for data exceptions (class 22), the detail and context after their first `": "`, where
+///   the server quotes the input unquoted (`xmlparse`'s input line, `JSON data, line 1: ...`).
+///
+/// `sql` is `None` when the text is unknown: every quoted span is blanked.
+fn scrub_echoes(frame: &mut [u8], sql: Option<&str>) {
+    const HEADER: usize = 5;
+    let mut data_class = false;
+    let mut fields = Vec::new();
+    let mut i = HEADER;
+    while i < frame.len() && frame[i] != 0 {
+        let code = frame[i];
+        let Some(len) = frame[i + 1..].iter().position(|&b| b == 0) else {
+            return;
+        };
+        let value = i + 1..i + 1 + len;
+        if code == b'C' {
+            data_class = frame[value.clone()].starts_with(b"22");
+        }
+        if matches!(code, b'M' | b'D' | b'H' | b'W' | b'q') {
+            fields.push((code, value.clone()));
+        }
+        i = value.end + 1;
+    }
+    for (code, range) in fields {
+        let v = &mut frame[range];
+        if data_class && matches!(code, b'D' | b'W') {
+            if let Some(at) = v.windows(2).position(|w| w == b": ") {
+                blank(&mut v[at + 2..]);
+                continue;
+            }
+        }
+        let quote = |b: &u8| *b == b'"';
+        let (Some(first), Some(last)) = (v.iter().position(quote), v.iter().rposition(quote))
+        else {
+            continue;
+        };
+        if last <= first + 1 {
+            continue;
+        }
+        let inner = &v[first + 1..last];
+        let own = sql.is_some_and(|sql| std::str::from_utf8(inner).is_ok_and(|t| sql.contains(t)));
+        if !own {
+            blank(&mut v[first + 1..last]);
+        }
+    }
+}
+
+/// Overwrites bytes with `*`, keeping newlines (the field stays valid UTF-8: every byte of a
+/// multi-byte character becomes `*`).
+fn blank(v: &mut [u8]) {
+    for b in v {
+        if *b != b'\n' {
+            *b = b'*';
+        }
     }
 }
 
