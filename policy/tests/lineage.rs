@@ -870,6 +870,58 @@ fn odd_statements_never_panic() {
     );
 }
 
+/// Views within views, each nested as deeply as the parser allows: the walk stays bounded
+/// (view depth and total query depth) and fits a 1 MiB stack even in a debug build.
+#[test]
+fn deep_view_chains_are_bounded() {
+    fn nested(inner: &str, n: usize) -> String {
+        let mut sql = inner.to_owned();
+        for _ in 0..n {
+            sql = format!("SELECT * FROM (SELECT (SELECT ssn) AS ssn FROM ({sql}) s) t");
+        }
+        sql
+    }
+    let handle = std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(|| {
+            let mut cat = catalog();
+            let mut prev = "app.customers".to_owned();
+            for i in 0..12u32 {
+                let name = format!("chain_{i}");
+                let sql = nested(&format!("SELECT ssn FROM {prev}"), 10);
+                cat.add_view(
+                    2000 + i,
+                    "app",
+                    &name,
+                    RelKind::View,
+                    &[("ssn", "text")],
+                    Some(&sql),
+                );
+                prev = format!("app.{name}");
+            }
+            let p = policy("agent");
+            (
+                mask_plan(&p, &cat, "SELECT ssn FROM app.chain_2"),
+                mask_plan(&p, &cat, "SELECT ssn FROM app.chain_11"),
+                origin_rule(&p, &cat, 2011, 1),
+            )
+        })
+        .expect("spawn");
+    let (shallow, deep, origin) = handle.join().expect("no stack overflow");
+    assert_eq!(
+        shallow,
+        MaskPlan::Statements(vec![ResultPlan::Rows(sluice_policy::ResultMask {
+            columns: vec![SSN]
+        })])
+    );
+    // Too deep to trace: masked or denied, never clear.
+    assert!(
+        matches!(&deep, MaskPlan::Deny { rule, .. } if rule.as_str() == "masking/lineage"),
+        "{deep:?}"
+    );
+    assert_eq!(origin, SSN);
+}
+
 #[test]
 fn nothing_masked_in_the_whole_text_is_clear_but_any_mask_lists_every_statement() {
     clear("SELECT id FROM app.customers; SELECT note FROM app.orders");
