@@ -161,14 +161,18 @@ pub struct Loaded {
     pub catalog: PgCatalog,
     /// When it was loaded.
     pub at: Instant,
-    plans: RefCell<HashMap<(u64, Box<str>), Rc<MaskPlan>>>,
+    /// Mask plans by policy cache key, then statement key.
+    plans: RefCell<HashMap<u64, HashMap<Box<str>, Rc<MaskPlan>>>>,
+    /// RowDescription origins: (policy cache key, table OID, attnum) → masking rule.
+    origins: RefCell<HashMap<(u64, u32, i16), Option<usize>>>,
 }
 
 impl Loaded {
-    /// The mask plan of `sql` under `policy`, computed once per catalog.
-    pub fn plan(&self, policy: &sluice_policy::Policy, sql: &str) -> Rc<MaskPlan> {
-        let key = (policy.cache_key(), Box::<str>::from(sql));
-        if let Some(p) = self.plans.borrow().get(&key) {
+    /// The mask plan of `sql` under `policy`, computed once per catalog and cached under
+    /// `key` (the text itself, or its shape when constants cannot change the plan).
+    pub fn plan(&self, policy: &sluice_policy::Policy, key: &str, sql: &str) -> Rc<MaskPlan> {
+        let pk = policy.cache_key();
+        if let Some(p) = self.plans.borrow().get(&pk).and_then(|m| m.get(key)) {
             return p.clone();
         }
         let plan = Rc::new(sluice_policy::lineage::mask_plan(
@@ -177,11 +181,34 @@ impl Loaded {
             sql,
         ));
         let mut plans = self.plans.borrow_mut();
-        if plans.len() >= MAX_PLANS {
+        if plans.values().map(HashMap::len).sum::<usize>() >= MAX_PLANS {
             plans.clear();
         }
-        plans.insert(key, plan.clone());
+        plans
+            .entry(pk)
+            .or_default()
+            .insert(key.into(), plan.clone());
         plan
+    }
+
+    /// The masking rule of a RowDescription field's origin (cached per catalog).
+    pub fn origin_rule(
+        &self,
+        policy: &sluice_policy::Policy,
+        table_oid: u32,
+        attnum: i16,
+    ) -> Option<usize> {
+        let key = (policy.cache_key(), table_oid, attnum);
+        if let Some(r) = self.origins.borrow().get(&key) {
+            return *r;
+        }
+        let r = sluice_policy::lineage::origin_rule(policy, &self.catalog, table_oid, attnum);
+        let mut origins = self.origins.borrow_mut();
+        if origins.len() >= MAX_PLANS {
+            origins.clear();
+        }
+        origins.insert(key, r);
+        r
     }
 }
 
@@ -204,6 +231,14 @@ thread_local! {
 pub async fn current(connection: &str, target: &Target) -> LoadResult {
     let pending = CATALOGS.with(|c| {
         let mut map = c.borrow_mut();
+        // The hot path (a fresh catalog) allocates nothing.
+        if let Some(e) = map.get(connection) {
+            if let Some(cur) = &e.current {
+                if !e.stale && cur.at.elapsed() < MAX_AGE {
+                    return Ok(cur.clone());
+                }
+            }
+        }
         let e = map.entry(connection.into()).or_default();
         if let Some(cur) = &e.current {
             if !e.stale && cur.at.elapsed() < MAX_AGE {
@@ -234,6 +269,7 @@ pub async fn current(connection: &str, target: &Target) -> LoadResult {
                         catalog,
                         at: Instant::now(),
                         plans: RefCell::new(HashMap::new()),
+                        origins: RefCell::new(HashMap::new()),
                     }))
                 }
                 Err(e) => {

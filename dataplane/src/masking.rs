@@ -39,6 +39,12 @@ use sluice_policy::{Detector, Keep, MaskStrategy, Policy};
 
 use crate::catalog::Loaded;
 
+/// Masked column names kept for one audit record at most.
+const MAX_NOTED_COLUMNS: usize = 256;
+
+/// Row plans a session keeps (by RowDescription bytes and lineage).
+const MAX_ROW_PLANS: usize = 64;
+
 /// OIDs below this are PostgreSQL's own objects (`FirstNormalObjectId`): system catalogs hold
 /// no masked data.
 const FIRST_NORMAL_OID: u32 = 16384;
@@ -106,6 +112,9 @@ enum Lineage {
     Unknown(Rc<str>),
 }
 
+/// A cached row plan: the lineage it was built under, the plan, the masked column names.
+type RowPlanEntry = (Option<Vec<Option<usize>>>, Rc<RowPlan>, Vec<Box<str>>);
+
 /// One session's masking.
 pub struct Masker {
     policy: Arc<Policy>,
@@ -129,6 +138,10 @@ pub struct Masker {
     prepared: HashMap<Box<str>, Option<Lineage>>,
     /// Names of columns masked so far in the current request (for audit records).
     pub masked_columns: Vec<Box<str>>,
+    /// Whether masked column names are kept for audit records.
+    pub record_columns: bool,
+    /// Row plans by RowDescription bytes, then lineage (with the masked column names).
+    row_plans: HashMap<Vec<u8>, Vec<RowPlanEntry>>,
 }
 
 /// The key of keyed-hash and tokenise strategies: `SLUICE_MASKING_KEY` (at least 16 bytes of
@@ -216,6 +229,8 @@ impl Masker {
             cursors: HashMap::new(),
             prepared: HashMap::new(),
             masked_columns: Vec::new(),
+            row_plans: HashMap::new(),
+            record_columns: false,
         })
     }
 
@@ -227,6 +242,7 @@ impl Masker {
             None => (Vec::new(), Detectors::NONE, false, None),
         };
         self.policy = policy;
+        self.row_plans.clear();
         self.strategies = strategies;
         self.detectors = detectors;
         self.by_column = by_column;
@@ -240,7 +256,14 @@ impl Masker {
 
     /// The catalog to plan with (the session loads it before processing client messages).
     pub fn set_catalog(&mut self, catalog: Rc<Loaded>) {
-        self.catalog = Some(catalog);
+        if !self
+            .catalog
+            .as_ref()
+            .is_some_and(|c| Rc::ptr_eq(c, &catalog))
+        {
+            self.row_plans.clear();
+            self.catalog = Some(catalog);
+        }
     }
 
     /// Whether a message with `tag`, answering the request tagged `job`, must be whole in
@@ -271,10 +294,12 @@ impl Masker {
     }
 
     /// The masking plan of a statement text; `Err` with a message when it must be denied.
-    pub fn plan(&mut self, sql: &str) -> Result<Rc<MaskPlan>, (String, String)> {
+    /// `key` is what the plan is cached under (the text, or its shape when constants cannot
+    /// change it).
+    pub fn plan(&mut self, key: &str, sql: &str) -> Result<Rc<MaskPlan>, (String, String)> {
         let plan = match (&self.catalog, self.by_column) {
             (_, false) => Rc::new(MaskPlan::Clear),
-            (Some(c), true) => c.plan(&self.policy, sql),
+            (Some(c), true) => c.plan(&self.policy, key, sql),
             (None, true) => {
                 return Err((
                     "masking/catalog".into(),
@@ -409,9 +434,16 @@ impl Masker {
             MaskPlan::Deny { message, .. } => Lineage::Unknown(message.as_str().into()),
             MaskPlan::Statements(v) => match v.get(index) {
                 Some(ResultPlan::Rows(m)) => Lineage::Columns(Rc::new(m.clone())),
-                Some(ResultPlan::NoRows)
-                | Some(ResultPlan::Declare { .. })
-                | Some(ResultPlan::Prepare { .. }) => Lineage::Clear,
+                // DECLARE and PREPARE answer without rows.
+                Some(ResultPlan::Declare { .. }) | Some(ResultPlan::Prepare { .. }) => {
+                    Lineage::Clear
+                }
+                // Rows from a statement planned to return none (CALL with OUT parameters,
+                // anything the lineage does not model): fail closed.
+                Some(ResultPlan::NoRows) => Lineage::Unknown(
+                    "sluice: this statement returned rows the gateway did not expect, so their columns cannot be traced"
+                        .into(),
+                ),
                 Some(ResultPlan::Fetch { cursor }) => {
                     self.cursors.get(cursor).cloned().unwrap_or_else(|| {
                         Lineage::Unknown(
@@ -432,7 +464,54 @@ impl Masker {
     }
 
     /// Builds the row plan of a RowDescription under `lineage`.
-    fn row_plan(&mut self, frame: &[u8], lineage: &Lineage) -> Result<RowPlan, String> {
+    /// The row plan of a RowDescription under `lineage`, cached by the description's bytes
+    /// and the lineage (the same statement's results share one plan).
+    fn row_plan(&mut self, frame: &[u8], lineage: &Lineage) -> Result<Rc<RowPlan>, String> {
+        let key: Option<Vec<Option<usize>>> = match lineage {
+            Lineage::Clear => None,
+            Lineage::Columns(m) => Some(m.columns.clone()),
+            Lineage::Unknown(why) => return Err(why.to_string()),
+        };
+        if let Some(hit) = self
+            .row_plans
+            .get(frame)
+            .and_then(|v| v.iter().find(|(k, _, _)| *k == key))
+        {
+            let (_, plan, names) = hit;
+            let plan = plan.clone();
+            if self.record_columns {
+                let names = names.clone();
+                self.note_masked(names);
+            }
+            return Ok(plan);
+        }
+        let (plan, names) = self.build_row_plan(frame, lineage)?;
+        let plan = Rc::new(plan);
+        self.note_masked(names.iter().cloned());
+        if self.row_plans.len() >= MAX_ROW_PLANS {
+            self.row_plans.clear();
+        }
+        self.row_plans
+            .entry(frame.to_vec())
+            .or_default()
+            .push((key, plan.clone(), names));
+        Ok(plan)
+    }
+
+    /// Remembers masked column names for the request's audit record (bounded: the session
+    /// drains them when it ships the record, and nobody does without audit shipping).
+    fn note_masked(&mut self, names: impl IntoIterator<Item = Box<str>>) {
+        if self.record_columns && self.masked_columns.len() < MAX_NOTED_COLUMNS {
+            self.masked_columns.extend(names);
+        }
+    }
+
+    /// Builds a row plan; also returns the names of the masked columns.
+    fn build_row_plan(
+        &self,
+        frame: &[u8],
+        lineage: &Lineage,
+    ) -> Result<(RowPlan, Vec<Box<str>>), String> {
         let fields: Vec<FieldDescription<'_>> = sluice_mask::row_description_fields(frame)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(|e| format!("sluice: malformed RowDescription: {e}"))?;
@@ -465,14 +544,7 @@ impl Masker {
                             f.name, f.table_oid
                         ));
                     }
-                    rule = rule.or_else(|| {
-                        sluice_policy::lineage::origin_rule(
-                            &self.policy,
-                            &cat.catalog,
-                            f.table_oid,
-                            f.column_id,
-                        )
-                    });
+                    rule = rule.or_else(|| cat.origin_rule(&self.policy, f.table_oid, f.column_id));
                 }
                 if rule.is_none() {
                     if let Some(t) = cat.catalog.type_name(f.type_oid) {
@@ -482,15 +554,17 @@ impl Masker {
             }
             rules.push(rule);
         }
-        for (f, r) in fields.iter().zip(&rules) {
-            if r.is_some() {
-                self.masked_columns.push(f.name.into());
-            }
-        }
+        let names = fields
+            .iter()
+            .zip(&rules)
+            .filter(|(_, r)| r.is_some())
+            .map(|(f, _)| Box::<str>::from(f.name))
+            .collect();
         let strategies = &self.strategies;
         RowPlan::from_row_description(frame, None, self.detectors, |i, _| {
             rules[i].and_then(|r| strategies.get(r).cloned().flatten())
         })
+        .map(|plan| (plan, names))
         .map_err(|e| format!("sluice: cannot plan masking: {e}"))
     }
 
@@ -604,7 +678,7 @@ impl Masker {
                     let rows = self.row_plan(frame, &p.lineage);
                     let entry = self.portals.entry((&**portal).into()).or_default();
                     match rows {
-                        Ok(plan) => entry.rows = Some(Rc::new(plan)),
+                        Ok(plan) => entry.rows = Some(plan),
                         Err(why) => entry.lineage = Lineage::Unknown(why.into()),
                     }
                 }
@@ -620,7 +694,7 @@ impl Masker {
                     bmsg::ROW_DESCRIPTION => {
                         let lineage = self.lineage_of(plans, *index);
                         match self.row_plan(frame, &lineage) {
-                            Ok(p) => state.rows = Some(Rc::new(p)),
+                            Ok(p) => state.rows = Some(p),
                             Err(why) => {
                                 state.failed = Some(why);
                                 return Action::Drop;

@@ -209,6 +209,11 @@ pub struct Shared {
     wake_cores: Mutex<Vec<futures::channel::mpsc::Sender<()>>>,
     counters: SnapshotCounters,
     client: Mutex<Option<SnapshotClient>>,
+    /// Audit records go here (each session clones the sink) when there is a control plane.
+    audit_sink: std::sync::OnceLock<crate::audit::AuditSink>,
+    audit_shipper: Mutex<Option<crate::audit::AuditShipper>>,
+    /// The control plane's review API, when there is one.
+    reviews: std::sync::OnceLock<crate::review::ReviewClient>,
 }
 
 impl Shared {
@@ -254,8 +259,31 @@ impl Shared {
             wake_cores: Mutex::new(Vec::new()),
             counters: SnapshotCounters::default(),
             client: Mutex::new(None),
+            audit_sink: std::sync::OnceLock::new(),
+            audit_shipper: Mutex::new(None),
+            reviews: std::sync::OnceLock::new(),
             config,
         })
+    }
+
+    /// Where sessions send audit records (`None` without a control plane).
+    pub fn audit_sink(&self) -> Option<crate::audit::AuditSink> {
+        self.audit_sink.get().cloned()
+    }
+
+    /// The control plane's review API (`None` without a control plane).
+    pub fn review_client(&self) -> Option<crate::review::ReviewClient> {
+        self.reviews.get().cloned()
+    }
+
+    /// Ships what the audit shipper holds, waiting up to `timeout`; true when nothing is
+    /// left unacknowledged (or there is no shipper).
+    pub fn flush_audit(&self, timeout: Duration) -> bool {
+        self.audit_shipper
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|s| s.flush(timeout))
     }
 
     /// The version in force now (off the cores; a core uses [`CoreCtx::live`]).
@@ -353,7 +381,30 @@ impl Shared {
                 c.sessions_closed.load(Ordering::Relaxed),
             ),
         ];
-        for (name, kind, help, value) in lines {
+        let audit = self.audit_sink.get().map(|s| s.stats().snapshot());
+        let audit_lines = audit.iter().flat_map(|a| {
+            [
+                (
+                    "audit_records_shipped_total",
+                    "counter",
+                    "Audit records acknowledged by the control plane",
+                    a.records_shipped,
+                ),
+                (
+                    "audit_records_dropped_total",
+                    "counter",
+                    "Audit records lost (channel or spool full, or after shutdown); loss markers record them",
+                    a.dropped_channel_full + a.dropped_spool_full + a.dropped_after_shutdown,
+                ),
+                (
+                    "audit_spool_bytes",
+                    "gauge",
+                    "Bytes of audit batches spooled while the control plane is away",
+                    a.spool_bytes,
+                ),
+            ]
+        });
+        for (name, kind, help, value) in lines.into_iter().chain(audit_lines) {
             let _ = writeln!(out, "# HELP sluice_{name} {help}");
             let _ = writeln!(out, "# TYPE sluice_{name} {kind}");
             let _ = writeln!(out, "sluice_{name} {value}");
@@ -605,6 +656,27 @@ impl Dataplane {
         let shared = Arc::new(Shared::with_live(config, initial)?);
         if persisted_refused {
             shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(cp) = &cp {
+            let node = node_id(cp)?;
+            let (shipper, sink) =
+                crate::audit::AuditShipper::start(crate::audit::ShipperConfig::new(
+                    &cp.url,
+                    &cp.node_token,
+                    &node,
+                    cp.state_dir.join("audit-spool"),
+                ))
+                .context("starting the audit shipper")?;
+            let _ = shared.audit_sink.set(sink);
+            *shared
+                .audit_shipper
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(shipper);
+            let _ = shared.reviews.set(crate::review::ReviewClient::new(
+                &cp.url,
+                &cp.node_token,
+                &node,
+            ));
         }
         let config = shared.config.clone();
         let listeners = bind_listeners(config.listen, config.cores)?;

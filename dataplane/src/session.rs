@@ -135,6 +135,9 @@ struct State {
     next_tag: u64,
     /// Approvers of the statement a review just let through, for its audit record.
     review_approvers: Option<(String, Vec<String>)>,
+    /// The key the masking plan of the statement just judged is cached under: its shape
+    /// when the verdict is shared across constants, else its text.
+    plan_key: Option<String>,
     /// Extended-protocol statement and portal texts, for audit records (only when auditing).
     statement_sql: HashMap<String, Rc<str>>,
     portal_sql: HashMap<String, Rc<str>>,
@@ -241,6 +244,7 @@ pub(crate) async fn relay(
             audits: HashMap::new(),
             next_tag: OWN_TAGS,
             review_approvers: None,
+            plan_key: None,
             statement_sql: HashMap::new(),
             portal_sql: HashMap::new(),
             tracker: Tracker::new(),
@@ -264,6 +268,11 @@ pub(crate) async fn relay(
         audit: ctx.audit_sink(),
         session_id: format!("{}-{pid}", ctx.id),
     });
+    if session.audit.is_some() {
+        if let Some(m) = session.st.borrow_mut().masker.as_mut() {
+            m.record_columns = true;
+        }
+    }
     if let Some(server) = server {
         session.attach(server);
     }
@@ -1310,7 +1319,12 @@ impl Session {
             let mut st = self.st.borrow_mut();
             match st.masker.as_mut() {
                 Some(m) => m.set_policy(policy),
-                None => st.masker = Masker::new(policy),
+                None => {
+                    st.masker = Masker::new(policy);
+                    if let Some(m) = st.masker.as_mut() {
+                        m.record_columns = self.audit.is_some();
+                    }
+                }
             }
         }
         let needs_catalog = self
@@ -1339,11 +1353,17 @@ impl Session {
         let mut cache = self.ctx.verdicts.borrow_mut();
         // The exact text first: constant texts (extended protocol) never pay for the lexer.
         let mut shape = None;
+        st.plan_key = None;
         let cached = match cache.get(key, sql) {
             Some(v) => Some(v.clone()),
             None => {
                 shape = crate::shape::shape(sql);
-                shape.as_deref().and_then(|s| cache.get(key, s)).cloned()
+                let v = shape.as_deref().and_then(|s| cache.get(key, s)).cloned();
+                if v.is_some() {
+                    // Shared across constants: so is the masking plan.
+                    st.plan_key = shape.clone();
+                }
+                v
             }
         };
         let verdict = match cached {
@@ -1375,7 +1395,8 @@ impl Session {
                 match shape {
                     // Statements that differ only in constants share the verdict.
                     Some(s) if literal_independent(&analysis) => {
-                        cache.insert(key, &s, verdict.clone())
+                        cache.insert(key, &s, verdict.clone());
+                        st.plan_key = Some(s);
                     }
                     _ => cache.insert(key, sql, verdict.clone()),
                 }
@@ -1694,7 +1715,8 @@ impl Session {
         let Some(m) = st.masker.as_mut() else {
             return Ok(None);
         };
-        match m.plan(sql) {
+        let key = st.plan_key.take();
+        match m.plan(key.as_deref().unwrap_or(sql), sql) {
             Ok(p) => Ok(Some(p)),
             Err((rule, message)) => {
                 self.audit_denied(sql, &rule, &message);
@@ -1722,37 +1744,12 @@ impl Session {
 impl CoreCtx {
     /// This core's audit sink, when the data plane ships audit records.
     pub fn audit_sink(&self) -> Option<crate::audit::AuditSink> {
-        None // wired once Shared starts the shipper
+        self.shared.audit_sink()
     }
 
-    /// The control plane's review API, when the data plane has a control plane (built once
-    /// per process from the configuration's `control_plane` section).
+    /// The control plane's review API, when the data plane has a control plane.
     pub fn review_client(&self) -> Option<crate::review::ReviewClient> {
-        // Per core thread: cores belong to one data plane (tests run several per process).
-        thread_local! {
-            static CLIENT: std::cell::OnceCell<Option<crate::review::ReviewClient>> =
-                const { std::cell::OnceCell::new() };
-        }
-        CLIENT.with(|c| {
-            c.get_or_init(|| {
-                let cp = self.shared.config.control_plane.as_ref()?;
-                let node_id = cp
-                    .node_id
-                    .clone()
-                    .or_else(|| {
-                        std::fs::read_to_string(cp.state_dir.join("node-id"))
-                            .ok()
-                            .map(|s| s.trim().to_owned())
-                    })
-                    .unwrap_or_else(|| "data-plane".to_owned());
-                Some(crate::review::ReviewClient::new(
-                    &cp.url,
-                    &cp.node_token,
-                    &node_id,
-                ))
-            })
-            .clone()
-        })
+        self.shared.review_client()
     }
 }
 

@@ -255,6 +255,11 @@ pub fn mask_plan(policy: &Policy, catalog: &dyn Catalog, sql: &str) -> MaskPlan 
             ));
         }
     };
+    if let Some(f) = stmts.iter().find_map(side_channel_call) {
+        return lineage_deny(format!(
+            "{f}() with a computed argument can carry a masked value out of the result (a notification, a setting, a large object, another server); only constant arguments are allowed for this role"
+        ));
+    }
     let mut cx = Ctx::new(policy, catalog);
     let mut plans = Vec::with_capacity(stmts.len());
     for stmt in &stmts {
@@ -322,6 +327,51 @@ pub fn type_rule(policy: &Policy, type_name: &str) -> Option<RuleIndex> {
             t == canon || element == Some(t.as_str())
         })
     })
+}
+
+/// Functions that send a value somewhere other than the result (and so past the masker):
+/// notifications, settings read back later, large objects, other servers, server files.
+const SIDE_CHANNEL_FUNCTIONS: &[&str] = &[
+    "pg_notify",
+    "set_config",
+    "pg_logical_emit_message",
+    "lo_from_bytea",
+    "lo_put",
+    "pg_file_write",
+];
+
+/// The first call anywhere in `stmt` (select list, WHERE, subqueries, ...) of a
+/// [`SIDE_CHANNEL_FUNCTIONS`] function or a `dblink*` function with an argument that is not
+/// a literal. Such a call is judged without lineage: a WHERE clause is not traced, and the
+/// value leaves through the side channel whatever the result's masking.
+fn side_channel_call(stmt: &Statement) -> Option<String> {
+    let mut found = None;
+    let _ = ast::visit_expressions(stmt, |e| {
+        if let Expr::Function(f) = e {
+            let name = last_name(&f.name).map(|n| n.to_ascii_lowercase());
+            let sink = name
+                .as_deref()
+                .is_some_and(|n| SIDE_CHANNEL_FUNCTIONS.contains(&n) || n.starts_with("dblink"));
+            let computed = match &f.args {
+                FunctionArguments::List(l) => l.args.iter().any(|a| {
+                    let e = match a {
+                        FunctionArg::Named { arg, .. }
+                        | FunctionArg::ExprNamed { arg, .. }
+                        | FunctionArg::Unnamed(arg) => arg,
+                    };
+                    !matches!(e, FunctionArgExpr::Expr(Expr::Value(_)))
+                }),
+                FunctionArguments::Subquery(_) => true,
+                FunctionArguments::None => false,
+            };
+            if sink && computed {
+                found = name;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    found
 }
 
 fn has_column_rules(policy: &Policy) -> bool {

