@@ -1,0 +1,323 @@
+//! Human approval and the audit trail, end to end against a real PostgreSQL: `sluice up`'s two
+//! planes in this process, real clients (tokio-postgres). A write held for review waits for
+//! an approver and then runs once; a denied one fails with 57014 and never reaches the
+//! database; in the resend mode the client gets the review id, and the same statement runs
+//! after approval. Every statement leaves exactly one audit record at the control plane,
+//! with its verdict, rule, approvers and rows.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::gateway::{connect, create_app_database, runtime, sqlstate, APP_PASSWORD};
+use common::{psql_cmd, run_ok, shared_pg, superuser_on, with_shared_pg};
+use sluice::up::Up;
+use sluice_controlplane::cli::UpArgs;
+
+const WAITER: &str = "agent-token-review-wait-0123456789";
+const RESENDER: &str = "agent-token-review-resend-0123456789";
+
+fn dataplane_yaml() -> String {
+    format!(
+        "listen: 127.0.0.1:0\ncores: 2\nauth:\n  static_tokens:\n    - {{ token: {WAITER}, subject: agent-wait, groups: [waiters] }}\n    - {{ token: {RESENDER}, subject: agent-resend, groups: [resenders] }}\n"
+    )
+}
+
+fn document(conn: &str, db: &str) -> String {
+    let pg = shared_pg();
+    format!(
+        r#"connections:
+  - name: {conn}
+    port: {pg}
+    database: {db}
+    pool: {{ mode: transaction, size: 6, timeout: 5s }}
+    users: [ {{ name: app, user: app, password: {APP_PASSWORD} }} ]
+roles:
+  - name: waiter
+    groups: [waiters]
+    connections: {{ {conn}: app }}
+    policy: wait-for-approval
+  - name: resender
+    groups: [resenders]
+    connections: {{ {conn}: app }}
+    policy: resend-after-approval
+policies:
+  - name: wait-for-approval
+    classes: {{ allow: [read, transaction, session], review: [write] }}
+    review: {{ wait: true, timeout: 20s }}
+  - name: resend-after-approval
+    classes: {{ allow: [read, transaction, session], review: [write] }}
+    review: {{ wait: false }}
+"#
+    )
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the status and the JSON body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let json = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| serde_json::from_str(b).unwrap_or(serde_json::Value::Null))
+        .unwrap_or_default();
+    (status, json)
+}
+
+/// The pending reviews of `identity`, waiting up to 10 s for one to appear.
+fn pending_review(addr: SocketAddr, token: &str, identity: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = http(addr, "GET", "/v1/reviews?status=pending", token, None);
+        assert_eq!(s, 200, "{v}");
+        let list = v
+            .get("reviews")
+            .or(Some(&v))
+            .and_then(|l| l.as_array())
+            .cloned()
+            .unwrap_or_default();
+        if let Some(r) = list.iter().find(|r| r["identity"] == identity) {
+            return r["id"].as_str().expect("review id").to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending review for {identity}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn backend_value(db: &str, id: i32) -> String {
+    run_ok(&mut psql_cmd(
+        &superuser_on(shared_pg(), db),
+        &format!("SELECT v FROM items WHERE id = {id}"),
+    ))
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn reviewed_writes_wait_for_an_approver_and_every_statement_is_audited() {
+    let db = "review_audit";
+    with_shared_pg(|c| {
+        create_app_database(c, db);
+        c.psql_as(
+            common::gateway::APP_USER,
+            APP_PASSWORD,
+            db,
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 5) g;",
+        )
+        .expect("seeding");
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        &UpArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_owned(),
+            store: None,
+            issuer: None,
+            config: None,
+        },
+        &dataplane_yaml(),
+        Path::new("."),
+        &|_| None,
+    )
+    .expect("sluice up");
+    let conn = "review_audit";
+    let v = up.served.apply_yaml(&document(conn, db)).expect("apply");
+    assert!(up.wait_for_version(v, Duration::from_secs(10)));
+    let api = up.served.addr;
+    let admin = up
+        .served
+        .admin_token
+        .clone()
+        .expect("bootstrap admin token");
+    let (s, tok) = http(
+        api,
+        "POST",
+        "/v1/tokens",
+        &admin,
+        Some(r#"{"name": "alice", "role": "approver"}"#),
+    );
+    assert!(s == 200 || s == 201, "{tok}");
+    let alice = tok["token"].as_str().expect("token").to_owned();
+    let (s, tok) = http(
+        api,
+        "POST",
+        "/v1/tokens",
+        &admin,
+        Some(r#"{"name": "agent-wait", "role": "approver"}"#),
+    );
+    assert!(s == 200 || s == 201, "{tok}");
+    let self_approver = tok["token"].as_str().expect("token").to_owned();
+
+    let port = up.dataplane.local_addr().port();
+    let cs = |token: &str, user: &str| {
+        format!("host=127.0.0.1 port={port} user={user} password='{token}' dbname={conn} sslmode=disable")
+    };
+    let rt = runtime();
+
+    // ---- wait mode: the client waits, an approver approves, the statement runs once ----
+    let waiter = rt.block_on(connect(&cs(WAITER, "agent")));
+    let n: i64 = rt
+        .block_on(waiter.query_one("SELECT count(*) FROM items", &[]))
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5);
+    let update = rt.spawn(async move {
+        let r = waiter
+            .simple_query("UPDATE items SET v = 'approved' WHERE id = 1")
+            .await;
+        (waiter, r)
+    });
+    let id = pending_review(api, &alice, "agent-wait");
+    // Nobody approves their own request.
+    let (s, body) = http(
+        api,
+        "POST",
+        &format!("/v1/reviews/{id}/approve"),
+        &self_approver,
+        None,
+    );
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(backend_value(db, 1), "v1", "nothing runs before approval");
+    let (s, body) = http(
+        api,
+        "POST",
+        &format!("/v1/reviews/{id}/approve"),
+        &alice,
+        None,
+    );
+    assert_eq!(s, 200, "{body}");
+    let (waiter, r) = rt.block_on(update).unwrap();
+    r.expect("the approved statement runs");
+    assert_eq!(backend_value(db, 1), "approved");
+
+    // Denied: 57014, nothing written, the session goes on.
+    let update = rt.spawn(async move {
+        let r = waiter
+            .simple_query("UPDATE items SET v = 'denied' WHERE id = 2")
+            .await;
+        (waiter, r)
+    });
+    let id = pending_review(api, &alice, "agent-wait");
+    let (s, body) = http(
+        api,
+        "POST",
+        &format!("/v1/reviews/{id}/deny"),
+        &alice,
+        Some(r#"{"comment": "not today"}"#),
+    );
+    assert_eq!(s, 200, "{body}");
+    let (waiter, r) = rt.block_on(update).unwrap();
+    let e = r.expect_err("a denied review fails the statement");
+    assert_eq!(sqlstate(&e), "57014", "{e:?}");
+    assert!(format!("{e:?}").contains("not today"), "{e:?}");
+    assert_eq!(backend_value(db, 2), "v2");
+    let n: i64 = rt
+        .block_on(waiter.query_one("SELECT count(*) FROM items", &[]))
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5, "the session is still usable");
+
+    // ---- resend mode: an error carrying the review id, then the same text runs ----
+    let resender = rt.block_on(connect(&cs(RESENDER, "agent")));
+    let sql = "UPDATE items SET v = 'resent' WHERE id = 3";
+    let e = rt
+        .block_on(resender.simple_query(sql))
+        .expect_err("held for review");
+    assert_eq!(sqlstate(&e), "42501", "{e:?}");
+    let id = pending_review(api, &alice, "agent-resend");
+    assert!(format!("{e:?}").contains(&id), "{e:?} names {id}");
+    assert_eq!(backend_value(db, 3), "v3");
+    let (s, body) = http(
+        api,
+        "POST",
+        &format!("/v1/reviews/{id}/approve"),
+        &alice,
+        None,
+    );
+    assert_eq!(s, 200, "{body}");
+    rt.block_on(resender.simple_query(sql))
+        .expect("the approved text runs");
+    assert_eq!(backend_value(db, 3), "resent");
+    // Single use: the same text needs a new review.
+    let e = rt.block_on(resender.simple_query(sql)).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e:?}");
+
+    // ---- the audit trail: one record per statement ----
+    assert!(up.dataplane.shared().flush_audit(Duration::from_secs(10)));
+    let (s, page) = http(api, "GET", "/v1/audit?limit=100", &admin, None);
+    assert_eq!(s, 200, "{page}");
+    let records: Vec<&serde_json::Value> = page["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r.get("record").unwrap_or(r))
+        .collect();
+    let of = |identity: &str| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = records
+            .iter()
+            .filter(|r| r["identity"] == identity)
+            .map(|r| {
+                (
+                    r["verdict"].as_str().unwrap_or("").to_owned(),
+                    r["statement"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        of("agent-wait"),
+        vec![
+            ("allow".to_owned(), "SELECT count(*) FROM items".to_owned()),
+            ("allow".to_owned(), "SELECT count(*) FROM items".to_owned()),
+            (
+                "deny".to_owned(),
+                "UPDATE items SET v = 'denied' WHERE id = 2".to_owned()
+            ),
+            (
+                "review".to_owned(),
+                "UPDATE items SET v = 'approved' WHERE id = 1".to_owned()
+            ),
+        ],
+        "{records:#?}"
+    );
+    let approved = records
+        .iter()
+        .find(|r| r["identity"] == "agent-wait" && r["verdict"] == "review")
+        .unwrap();
+    assert_eq!(approved["approvers"], serde_json::json!(["alice"]));
+    assert_eq!(approved["rows"], 1);
+    assert_eq!(
+        of("agent-resend"),
+        vec![
+            ("deny".to_owned(), sql.to_owned()),
+            ("deny".to_owned(), sql.to_owned()),
+            ("review".to_owned(), sql.to_owned()),
+        ],
+        "{records:#?}"
+    );
+    up.stop();
+}
