@@ -129,14 +129,41 @@ pub struct RoleSpec {
     pub policy: Option<String>,
 }
 
-/// A named policy. Its body is kept as given until the policy model (sluice-policy) is wired
-/// in; only its name is checked here.
+/// A named policy. Its body is the policy format of sluice-policy (`policy/README.md`), kept as
+/// given and checked with that crate's own parser on every apply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PolicySpec {
     pub name: String,
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub body: BTreeMap<String, Value>,
+}
+
+/// Builds one policy with the data plane's own model (sluice-policy), so a policy that would
+/// be refused there (and leave data planes on the previous snapshot) is refused here, with its
+/// path in this document.
+fn check_policy(i: usize, pol: &PolicySpec) -> Result<(), FieldError> {
+    let src = serde_json::json!({ "policies": [pol] }).to_string();
+    match sluice_policy::PolicySet::from_yaml(&src, 0) {
+        Ok(_) => Ok(()),
+        Err(sluice_policy::PolicyError::Invalid { path, message }) => {
+            // The policy was alone at index 0; put it back at its index.
+            let rest = path.strip_prefix("policies[0]").unwrap_or("");
+            Err(FieldError::new(format!("policies[{i}]{rest}"), message))
+        }
+        Err(sluice_policy::PolicyError::Syntax(message)) => {
+            // serde's location is in the generated JSON, so drop it; the message starts with
+            // the path inside it (`policies[0].masking[0]: unknown field ...`).
+            let message = message.split(" at line ").next().unwrap_or(&message);
+            let (path, message) = match message.split_once(": ") {
+                Some((p, m)) if p.starts_with("policies[0]") => {
+                    (format!("policies[{i}]{}", &p["policies[0]".len()..]), m)
+                }
+                _ => (format!("policies[{i}]"), message),
+            };
+            Err(FieldError::new(path, message))
+        }
+    }
 }
 
 /// One problem in a document, at a path like `roles[2].connections.app`.
@@ -367,6 +394,9 @@ impl Document {
         );
         for (i, pol) in self.policies.iter().enumerate() {
             check_name(&mut errors, format!("policies[{i}].name"), &pol.name);
+            if let Err(e) = check_policy(i, pol) {
+                errors.push(e);
+            }
         }
 
         check_unique(

@@ -40,7 +40,7 @@ roles:
     connections: {{ app: writer }}
 policies:
   - name: read-only
-    statements: [read]
+    classes: {{ allow: [read] }}
     max_rows: {policy_marker}
 "#
     )
@@ -197,7 +197,8 @@ fn scenario(srv: &Server, label: &str) {
             "connections: { app: writer }",
             "connections: { nosuch: writer }",
         )
-        .replace("policy: read-only", "policy: missing");
+        .replace("policy: read-only", "policy: missing")
+        .replace("allow: [read]", "allow: [reed]");
     let (s, v) = srv.apply_yaml(&bad);
     assert_eq!(s, 422, "{v}");
     assert_eq!(v["error"]["code"], "invalid_document");
@@ -211,6 +212,8 @@ fn scenario(srv: &Server, label: &str) {
         "connections[0].port",
         "roles[0].policy",
         "roles[1].connections.nosuch",
+        // Policies are built with the data plane's own model.
+        "policies[0].classes.allow[0]",
     ] {
         assert!(paths.contains(&p), "missing {p} in {paths:?}");
     }

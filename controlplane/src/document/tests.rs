@@ -73,3 +73,37 @@ fn diff_by_name_and_field() {
     let d = Diff::between(&Document::default(), &Credentials::new(), &a, &ca);
     assert_eq!(d.connections.added, ["app"]);
 }
+
+#[test]
+fn policies_are_checked_by_the_policy_model_with_their_path() {
+    let doc = format!(
+        "{DOC}policies:\n  - name: ok\n    classes: {{allow: [read]}}\n  - name: typo\n    classes: {{allow: [reed]}}\n  - name: unknown\n    statements: [read]\n  - name: regex\n    masking: [{{columns: ['*.ssn'], strategy: partial, keep_last: 0}}]\n"
+    );
+    let d = parse(doc.as_bytes(), Format::Yaml).unwrap();
+    let errors = d.validate(&Credentials::new()).unwrap_err();
+    let at = |path: &str| {
+        errors
+            .iter()
+            .find(|e| e.path.starts_with(path))
+            .unwrap_or_else(|| panic!("no error at {path}: {errors:?}"))
+    };
+    assert!(
+        at("policies[1].classes").message.contains("reed"),
+        "{errors:?}"
+    );
+    let unknown = at("policies[2]");
+    assert!(unknown.message.contains("statements"), "{unknown:?}");
+    assert!(!unknown.message.contains("line"), "{unknown:?}");
+    assert!(
+        unknown.message.starts_with("unknown field `statements`"),
+        "{unknown:?}"
+    );
+    assert!(
+        at("policies[3].masking[0]").message.contains("keep_last"),
+        "{errors:?}"
+    );
+    assert!(
+        !errors.iter().any(|e| e.path.starts_with("policies[0]")),
+        "{errors:?}"
+    );
+}
