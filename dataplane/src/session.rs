@@ -716,9 +716,14 @@ impl Session {
                         &mut unprepared,
                     );
                     if let Some(mk) = st.masker.as_mut() {
-                        // A DataRow carries no description: describe the portal for the
-                        // masker (the client never sees this answer).
                         mk.bound(portal, statement);
+                    }
+                    // A DataRow carries no description: unless the client describes the
+                    // portal next itself (libpq does), describe it for the masker (the
+                    // client never sees this answer).
+                    let describes_next = st.masker.is_some()
+                        && client_describes_portal(&buf[pos + total..], portal, self.max_message);
+                    if let (Some(mk), false) = (st.masker.as_mut(), describes_next) {
                         let mut b = rewritten.take().unwrap_or_else(|| BytesMut::from(frame));
                         encode::describe(&mut b, b'P', portal);
                         rewritten = Some(b);
@@ -1273,6 +1278,20 @@ impl Session {
         self.finish_if_closing();
         true
     }
+}
+
+/// Whether the next whole message in `rest` is a Describe of `portal`.
+fn client_describes_portal(rest: &[u8], portal: &str, max: usize) -> bool {
+    let Ok(Some(h)) = parse_header(rest, max) else {
+        return false;
+    };
+    if h.tag != frontend::DESCRIBE || rest.len() < h.total_len() {
+        return false;
+    }
+    matches!(
+        frontend::parse(&rest[..h.total_len()]),
+        Ok(FrontendMessage::Describe { kind: b'P', name }) if name == portal
+    )
 }
 
 /// Whether no literal value in the text can change its verdict: one plain SELECT or INSERT
