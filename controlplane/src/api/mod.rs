@@ -140,6 +140,11 @@ async fn observe(State(cp): State<Cp>, req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     let resp = next.run(req).await;
     let status = resp.status();
     cp.metrics.request(&method, &route, status.as_u16());
@@ -168,7 +173,17 @@ async fn observe(State(cp): State<Cp>, req: Request, next: Next) -> Response {
                 },
             ),
         };
-        return ApiError::new(status, code, message).into_response();
+        let mut resp = ApiError::new(status, code, message).into_response();
+        if has_body {
+            // A rejection came before the body was read, and hyper will not reuse a
+            // connection with an unread body: say so, or the client's next request on it
+            // (from its pool) finds the connection gone.
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        return resp;
     }
     resp
 }
