@@ -398,10 +398,9 @@ fn grants_are_scoped_to_their_connection_and_revoking_one_closes_its_session() {
             .get(0);
         assert_eq!(n, 5);
         // ...and on no other, though the role may use it.
-        let e = try_connect(&conn_str(dp, &token, &format!("{conn}_other")))
-            .await
-            .err()
-            .expect("a grant for another connection is refused");
+        let Err(e) = try_connect(&conn_str(dp, &token, &format!("{conn}_other"))).await else {
+            panic!("a grant for another connection is refused");
+        };
         assert_eq!(sqlstate(&e), "42501", "{e:?}");
         (c, connect(&conn_str(dp, AGENT_TOKEN, conn)).await)
     });
@@ -423,10 +422,9 @@ fn grants_are_scoped_to_their_connection_and_revoking_one_closes_its_session() {
         std::thread::sleep(Duration::from_millis(1));
     }
     rt.block_on(async {
-        let e = try_connect(&conn_str(dp, &token, conn))
-            .await
-            .err()
-            .expect("revoked grant refused");
+        let Err(e) = try_connect(&conn_str(dp, &token, conn)).await else {
+            panic!("revoked grant refused");
+        };
         assert_eq!(sqlstate(&e), "28P01", "{e:?}");
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {

@@ -309,10 +309,7 @@ impl ServerConn {
                 }
                 let mut row = Vec::new();
                 for range in msg::data_row_ranges(&frame)? {
-                    row.push(match range? {
-                        None => None,
-                        Some(r) => Some(String::from_utf8_lossy(&frame[r]).into_owned()),
-                    });
+                    row.push(range?.map(|r| String::from_utf8_lossy(&frame[r]).into_owned()));
                 }
                 rows.push(row);
                 continue;

@@ -155,6 +155,9 @@ fn parse_oid(s: &str) -> Result<u32, String> {
     s.parse().map_err(|_| format!("bad oid {s:?}"))
 }
 
+/// Mask plans of one policy by statement key.
+type PlansByText = HashMap<Box<str>, Rc<MaskPlan>>;
+
 /// A loaded catalog with its mask plans.
 pub struct Loaded {
     /// The catalog.
@@ -162,7 +165,7 @@ pub struct Loaded {
     /// When it was loaded.
     pub at: Instant,
     /// Mask plans by policy cache key, then statement key.
-    plans: RefCell<HashMap<u64, HashMap<Box<str>, Rc<MaskPlan>>>>,
+    plans: RefCell<HashMap<u64, PlansByText>>,
     /// RowDescription origins: (policy cache key, table OID, attnum) → masking rule.
     origins: RefCell<HashMap<(u64, u32, i16), Option<usize>>>,
 }
