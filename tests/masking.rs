@@ -525,6 +525,18 @@ fn direct_columns_are_masked_with_their_strategies() {
         if first[5].is_some() {
             fx.fail(format!("last_ip null by type: got {:?}", first[5]));
         }
+        // The core metrics count the rows that went through the masker.
+        let metrics = fx._gw.dp.shared().render_metrics();
+        let masked: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("sluice_rows_masked_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if masked < 3 {
+            fx.fail(format!(
+                "sluice_rows_masked_total is {masked} after masked reads"
+            ));
+        }
         // Tokens are deterministic (joins still work), and differ between values.
         let again = simple_rows(&c, "SELECT pin FROM customers ORDER BY id").await;
         fx.check_leaks("token check");

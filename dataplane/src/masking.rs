@@ -112,6 +112,15 @@ enum Lineage {
     Unknown(Rc<str>),
 }
 
+/// What a masker did, for the core's metrics.
+#[derive(Default)]
+pub struct Counts {
+    /// DataRows that went through a plan with work to do.
+    pub rows_masked: std::cell::Cell<u64>,
+    /// Results failed closed.
+    pub failed_closed: std::cell::Cell<u64>,
+}
+
 /// A cached row plan: the lineage it was built under, the plan, the masked column names.
 type RowPlanEntry = (Option<Vec<Option<usize>>>, Rc<RowPlan>, Vec<Box<str>>);
 
@@ -138,6 +147,8 @@ pub struct Masker {
     prepared: HashMap<Box<str>, Option<Lineage>>,
     /// Names of columns masked so far in the current request (for audit records).
     pub masked_columns: Vec<Box<str>>,
+    /// Rows masked and results failed closed since the session last took them (for metrics).
+    pub counts: Counts,
     /// Whether masked column names are kept for audit records.
     pub record_columns: bool,
     /// Row plans by RowDescription bytes, then lineage (with the masked column names).
@@ -231,6 +242,7 @@ impl Masker {
             masked_columns: Vec::new(),
             row_plans: HashMap::new(),
             record_columns: false,
+            counts: Counts::default(),
         })
     }
 
@@ -811,6 +823,9 @@ impl Masker {
                 if plan.is_noop() {
                     return Action::Forward;
                 }
+                self.counts
+                    .rows_masked
+                    .set(self.counts.rows_masked.get() + 1);
                 match mask_row_in_place(frame, &plan) {
                     Ok(true) => Action::Forward,
                     Ok(false) => {
@@ -846,6 +861,9 @@ impl Masker {
     /// The end of a result (CommandComplete or EmptyQueryResponse in `frame`).
     fn end_result(&self, state: ResultState, frame: &[u8]) -> Action {
         if let Some(why) = state.failed {
+            self.counts
+                .failed_closed
+                .set(self.counts.failed_closed.get() + 1);
             return Action::Replace(error(sqlstate::INTERNAL_ERROR, &why));
         }
         if !state.truncated {

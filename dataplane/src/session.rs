@@ -1172,6 +1172,16 @@ impl Session {
             chunks.push(buf.split_to(pos).freeze());
         }
         self.ctx.metrics.server_bytes.add(bytes);
+        if let Some(mk) = st.masker.as_ref() {
+            self.ctx
+                .metrics
+                .rows_masked
+                .add(mk.counts.rows_masked.take());
+            self.ctx
+                .metrics
+                .results_failed_closed
+                .add(mk.counts.failed_closed.take());
+        }
         for c in chunks {
             self.push_out(st, c);
         }
