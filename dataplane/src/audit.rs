@@ -966,7 +966,7 @@ fn begin_body(body: &mut Vec<u8>, batch_id: &str, node_id: &str) {
 pub fn loss_marker(node_id: &str, lost: u64) -> AuditRecord {
     let text = format!(
         "sluice: {lost} audit record(s) were lost on data plane {node_id} (shipper channel or \
-         spool full); see its sluice_audit_dropped metrics"
+         spool full); see its audit drop counters"
     );
     AuditRecord {
         time_ms: now_ms(),

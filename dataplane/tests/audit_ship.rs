@@ -261,15 +261,20 @@ const LONG: Duration = Duration::from_secs(60);
 #[test]
 fn records_from_several_cores_arrive_exactly_once() {
     let (site, cp) = Site::new();
-    let mut cfg = site.config(&cp.base);
-    cfg.max_delay = Duration::from_millis(200);
-    let (shipper, sink) = AuditShipper::start(cfg).unwrap();
     // `SLUICE_AUDIT_RECORDS` scales the run for figures (`--release -- --nocapture`).
     let cores = 2;
     let per_core = std::env::var("SLUICE_AUDIT_RECORDS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(3000, |n| n / cores);
+    let mut cfg = site.config(&cp.base);
+    cfg.max_delay = Duration::from_millis(200);
+    cfg.max_batch_records = std::env::var("SLUICE_AUDIT_BATCH")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(512);
+    let batch = cfg.max_batch_records;
+    let (shipper, sink) = AuditShipper::start(cfg).unwrap();
     let t = Instant::now();
     std::thread::scope(|s| {
         for c in 0..cores {
@@ -326,12 +331,12 @@ fn records_from_several_cores_arrive_exactly_once() {
     assert_eq!(st.records_shipped, total as u64);
     assert_eq!(st.duplicate_batches, 0);
     assert_eq!(st.dropped_channel_full + st.dropped_spool_full, 0);
-    assert!(st.batches_shipped >= (total / 512) as u64);
-    assert_eq!(
-        (st.spool_bytes, st.spooled_batches),
-        (0, 0),
-        "nothing spooled"
-    );
+    assert!(st.batches_shipped >= (total / batch) as u64);
+    assert_eq!(st.spool_bytes, 0, "drained");
+    if total * 400 < 16 << 20 {
+        // Less than the default memory bound: nothing had to wait on disk.
+        assert_eq!(st.spooled_batches, 0);
+    }
     let end = shipper.shutdown(Duration::from_secs(5));
     assert_eq!(end.spool_batches, 0);
     sink.record(record("late", 0));
@@ -411,7 +416,8 @@ fn an_outage_spools_and_the_spool_drains_exactly_once_in_order() {
 }
 
 /// A proxy that forwards each request to the control plane but, for the first `lose`
-/// batches, hangs up instead of relaying the answer: stored, never acknowledged.
+/// batches, hangs up instead of relaying the answer: stored, never acknowledged. With no
+/// upstream it acknowledges every batch at once, storing nothing (the shipper's own ceiling).
 struct LossyProxy {
     addr: String,
     lost: Arc<AtomicUsize>,
@@ -470,6 +476,15 @@ impl LossyProxy {
         }
         let mut body = vec![0; len];
         reader.read_exact(&mut body)?;
+        if upstream.is_empty() {
+            let ack = br#"{"batch_id":"-","stored":0,"duplicate":false}"#;
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                ack.len()
+            )?;
+            return conn.write_all(ack);
+        }
         let mut resp = agent
             .post(format!("{upstream}{path}"))
             .header("Authorization", &auth)
@@ -705,4 +720,39 @@ fn a_record_the_control_plane_would_refuse_is_kept_aside() {
     let b: AuditBatch = serde_json::from_str(kept.trim_end()).unwrap();
     assert_eq!(b.records[0].statement, "SELECT bad 2");
     cp.kill();
+}
+
+#[test]
+fn the_shippers_own_ceiling_against_a_server_that_acknowledges_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ack = LossyProxy::start("", 0);
+    let mut cfg = ShipperConfig::new(
+        &format!("http://{}", ack.addr),
+        "t",
+        "node-a",
+        dir.path().join("spool"),
+    );
+    cfg.max_delay = Duration::from_millis(20);
+    let (shipper, sink) = AuditShipper::start(cfg).unwrap();
+    let total = 50_000;
+    let records: Vec<AuditRecord> = (0..total).map(|i| record("ceiling", i)).collect();
+    let t = Instant::now();
+    for r in records {
+        sink.record(r);
+    }
+    let recorded = t.elapsed();
+    assert!(shipper.flush(LONG));
+    let elapsed = t.elapsed();
+    let st = shipper.shutdown(Duration::from_secs(5));
+    println!(
+        "shipper ceiling: {total} records, AuditSink::record {:.0} ns each (record built \
+         beforehand), all acknowledged after {:.0} ms: {:.0} records/s in {} batches \
+         (serialize, POST over loopback, parse the answer; nothing stored)",
+        recorded.as_nanos() as f64 / total as f64,
+        elapsed.as_secs_f64() * 1e3,
+        total as f64 / elapsed.as_secs_f64(),
+        st.batches_shipped,
+    );
+    assert_eq!(st.records_shipped, total as u64);
+    assert_eq!(st.dropped_channel_full, 0);
 }

@@ -47,6 +47,8 @@ struct Active {
     file: File,
 }
 
+/// The segments on disk and the index of the batches in them (the older part of the
+/// shipper's queue); always used under the queue's lock.
 pub(super) struct Spool {
     dir: PathBuf,
     /// Held for the life of the spool: the `flock` on `LOCK`.
