@@ -455,5 +455,35 @@ fn grants_are_scoped_to_their_connection_and_revoking_one_closes_its_session() {
         metrics.contains("sluice_sessions_closed_by_snapshot_total 1\n"),
         "{metrics}"
     );
+
+    // ---- expiry: a grant's open session ends when the grant does ----
+    let body =
+        format!(r#"{{"identity": "ci-bot", "connection": "{conn}", "role": "jit", "ttl": "2s"}}"#);
+    let (s, g) = http(up.served.addr, "POST", "/v1/grants", &admin, Some(&body));
+    assert!(s == 200 || s == 201, "{s} {g}");
+    let short = g["token"].as_str().expect("grant token").to_owned();
+    rt.block_on(async {
+        let c = connect(&conn_str(dp, &short, conn)).await;
+        c.simple_query("SELECT 1").await.expect("the grant works");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match c.simple_query("SELECT 1").await {
+                Err(e) => {
+                    // The FATAL 57P01 may arrive before the next query or be seen
+                    // as the connection closing.
+                    assert!(e.is_closed() || sqlstate(&e) == "57P01", "{e:?}");
+                    println!("expired grant's session closed: {e}");
+                    break;
+                }
+                Ok(_) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the expired grant's session is still open"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
     up.stop();
 }

@@ -224,6 +224,7 @@ pub(crate) async fn relay(
         peer,
     } = login;
     let (read, write) = stream.into_split();
+    let expires_at = identity.expires_at;
     let session = Rc::new(Session {
         max_message: ctx.shared.config.limits.max_message_bytes,
         mode: pool.config().mode,
@@ -284,6 +285,19 @@ pub(crate) async fn relay(
             s.terminate(reason);
         }
     });
+    // A just-in-time grant ends with its expiry, open sessions included.
+    if let (Some(_), Some(exp)) = (&grant_id, expires_at) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let weak = Rc::downgrade(&session);
+        monoio::spawn(async move {
+            monoio::time::sleep(std::time::Duration::from_secs(exp.saturating_sub(now))).await;
+            if let Some(s) = weak.upgrade() {
+                s.terminate("the grant has expired");
+            }
+        });
+    }
     let _registration = ctx.register_session(grant_id, role, connection, Rc::downgrade(&kill));
     let writer = monoio::spawn(client_writer(session.clone(), write));
     session.clone().client_reader(read, buf).await;
