@@ -291,7 +291,10 @@ impl Masker {
                         || self.max_rows.is_some()
                         || matches!(self.jobs.get(&job), Some(Job::Execute { .. }))
                 }
-                _ => false,
+                Some(Job::Describe { .. }) => false,
+                // Rows of a request the masker never saw (one sent before the policy that
+                // masks arrived): dropped, never forwarded unmasked.
+                None => self.by_column || !self.detectors.is_empty(),
             },
             // PortalSuspended and EmptyQueryResponse end a result as CommandComplete does:
             // the masker must see them to carry a portal's row count (max_rows) across
@@ -657,6 +660,15 @@ impl Masker {
             _ => {}
         }
         let Some(mut j) = self.jobs.remove(&job) else {
+            if matches!(tag, bmsg::DATA_ROW | bmsg::COPY_DATA)
+                && (self.by_column || !self.detectors.is_empty())
+            {
+                tracing::warn!("dropping a result row of a request the masker did not plan");
+                self.counts
+                    .failed_closed
+                    .set(self.counts.failed_closed.get() + 1);
+                return Action::Drop;
+            }
             return Action::Forward;
         };
         let action = self.on_job_message(&mut j, frame);
