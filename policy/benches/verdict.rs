@@ -70,5 +70,96 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, lineage_bench::bench);
 criterion_main!(benches);
+
+// ---- masking lineage: what planning a statement's masking costs on a cache miss ----
+
+mod lineage_bench {
+    use std::collections::HashMap;
+
+    use criterion::{black_box, Criterion};
+    use sluice_policy::lineage::{mask_plan, Catalog, Column, MaskPlan, RelKind, Relation};
+    use sluice_policy::PolicySet;
+
+    #[derive(Default)]
+    struct Cat {
+        rels: HashMap<u32, Relation>,
+    }
+
+    impl Catalog for Cat {
+        fn relation(&self, schema: &str, name: &str) -> Option<&Relation> {
+            self.rels
+                .values()
+                .find(|r| &*r.schema == schema && &*r.name == name)
+        }
+        fn by_oid(&self, oid: u32) -> Option<&Relation> {
+            self.rels.get(&oid)
+        }
+        fn type_name(&self, _: u32) -> Option<&str> {
+            Some("text")
+        }
+    }
+
+    fn table(oid: u32, name: &str, cols: &[&str], view: Option<&str>) -> Relation {
+        Relation {
+            oid,
+            schema: "public".into(),
+            name: name.into(),
+            kind: if view.is_some() {
+                RelKind::View
+            } else {
+                RelKind::Table
+            },
+            columns: cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Column {
+                    attnum: i as i16 + 1,
+                    name: (*c).into(),
+                    type_name: "text".into(),
+                    type_oid: 25,
+                })
+                .collect(),
+            view_sql: view.map(Into::into),
+        }
+    }
+
+    pub fn bench(c: &mut Criterion) {
+        let set = PolicySet::from_yaml(
+            "policies:\n  - name: m\n    classes: {allow: [read]}\n    masking:\n      - columns: [public.people.ssn]\n        strategy: {partial: {keep_last: 4}}\n",
+            1,
+        )
+        .unwrap();
+        let policy = set.get("m").unwrap();
+        let mut cat = Cat::default();
+        let people = [
+            "id", "name", "email", "ssn", "card", "city", "plan", "score", "created", "note",
+        ];
+        cat.rels
+            .insert(16384, table(16384, "people", &people, None));
+        cat.rels.insert(
+            16385,
+            table(
+                16385,
+                "people_v",
+                &["id", "s"],
+                Some("SELECT people.id, upper(people.ssn) AS s FROM people"),
+            ),
+        );
+        let select = "SELECT id, name, email, ssn, card, city, plan, score, created, note FROM people WHERE id = 42";
+        let cte = "WITH x AS (SELECT id, ssn || '' AS s FROM people) SELECT string_agg(s, ',') FROM x UNION ALL SELECT s FROM people_v";
+        for sql in [select, cte] {
+            assert!(
+                matches!(mask_plan(policy, &cat, sql), MaskPlan::Statements(_)),
+                "{sql}"
+            );
+        }
+        c.bench_function("mask_plan/select_10_columns_1_masked", |b| {
+            b.iter(|| mask_plan(policy, &cat, black_box(select)))
+        });
+        c.bench_function("mask_plan/cte_union_view", |b| {
+            b.iter(|| mask_plan(policy, &cat, black_box(cte)))
+        });
+    }
+}
