@@ -318,6 +318,8 @@ fn data_plane_serves_on_without_the_control_plane_and_after_its_own_restart() {
 
     // ---- a second data plane starts with the control plane down: the persisted snapshot ----
     dataplane.stop_snapshot_client();
+    // The first one's audit spool is locked while its shipper runs: as after a real restart.
+    dataplane.stop_audit_shipper(Duration::ZERO);
     let cp = ControlPlaneSettings {
         url: format!("http://{api}"),
         node_token: std::fs::read_to_string(dir.path().join("node.token")).unwrap(),
@@ -484,6 +486,42 @@ fn grants_are_scoped_to_their_connection_and_revoking_one_closes_its_session() {
                 }
             }
         }
+    });
+    up.stop();
+}
+
+#[test]
+fn statements_prepared_before_a_policy_change_are_judged_by_the_new_one() {
+    let db = "live_prepared";
+    seed(db);
+    let dir = tempfile::tempdir().unwrap();
+    let up = start_up(dir.path());
+    let dp = &up.dataplane;
+    let conn = "live_prepared";
+    let allow = document(conn, db, &["public.secrets"]);
+    let deny = document(conn, db, &["public.secrets", "public.items"]);
+    apply_and_wait(&up.served, dp, &allow);
+    let rt = runtime();
+    rt.block_on(async {
+        let c = connect(&conn_str(dp, AGENT_TOKEN, conn)).await;
+        let stmt = c
+            .prepare("SELECT v FROM items WHERE id = $1")
+            .await
+            .expect("prepared while allowed");
+        let rows = c.query(&stmt, &[&1i32]).await.expect("allowed");
+        assert_eq!(rows.len(), 1);
+
+        apply_and_wait(&up.served, dp, &deny);
+        let e = c
+            .query(&stmt, &[&1i32])
+            .await
+            .expect_err("the new policy denies the prepared statement");
+        assert_eq!(sqlstate(&e), "42501", "{e:?}");
+        // The session goes on, and the statement works again once allowed again.
+        c.simple_query("SELECT 1").await.expect("session usable");
+        apply_and_wait(&up.served, dp, &allow);
+        let rows = c.query(&stmt, &[&2i32]).await.expect("allowed again");
+        assert_eq!(rows.len(), 1);
     });
     up.stop();
 }

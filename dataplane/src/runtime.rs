@@ -759,6 +759,21 @@ impl Dataplane {
         &self.shared
     }
 
+    /// Stops the audit shipper: what it holds goes to the control plane within `grace`, the
+    /// rest to the spool (which a later start drains); records after this are counted as
+    /// dropped. Releases the spool directory for another data plane.
+    pub fn stop_audit_shipper(&self, grace: Duration) {
+        let shipper = self
+            .shared
+            .audit_shipper
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(s) = shipper {
+            s.shutdown(grace);
+        }
+    }
+
     /// Stops taking snapshots from the control plane (the one in force stays); returns at
     /// once between requests, within a long-poll's wait otherwise.
     pub fn stop_snapshot_client(&self) {

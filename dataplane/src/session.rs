@@ -138,8 +138,10 @@ struct State {
     /// The key the masking plan of the statement just judged is cached under: its shape
     /// when the verdict is shared across constants, else its text.
     plan_key: Option<String>,
-    /// Extended-protocol statement and portal texts, for audit records (only when auditing).
-    statement_sql: HashMap<String, Rc<str>>,
+    /// Extended-protocol statements by client name: the text, and the configuration
+    /// generation it was judged in (a Bind in a later one judges it again).
+    statement_sql: HashMap<String, (Rc<str>, u64)>,
+    /// Portal texts, for audit records (only when auditing).
     portal_sql: HashMap<String, Rc<str>>,
 }
 
@@ -595,25 +597,59 @@ impl Session {
                 }),
                 _ => None,
             };
+            // A statement prepared under an older snapshot is judged again when bound, so
+            // a new policy reaches statements prepared before it.
+            let generation = self.policy_generation.get();
+            let mut bind_denial = None;
+            if let FrontendMessage::Bind { statement, .. } = msg {
+                let stale = st
+                    .statement_sql
+                    .get(statement)
+                    .filter(|(_, g)| *g != generation)
+                    .map(|(text, _)| text.clone());
+                if let Some(text) = stale {
+                    bind_denial = match self.judge(st, &text) {
+                        Some(denial) => Some(denial),
+                        None => match self.mask_plan(st, &text) {
+                            Ok(Some(plan)) => {
+                                if let Some(mk) = st.masker.as_mut() {
+                                    mk.parsed(statement, &plan);
+                                }
+                                None
+                            }
+                            Ok(None) => None,
+                            Err(denial) => Some(denial),
+                        },
+                    };
+                }
+            }
             if st.review_needed.is_some() {
                 // Held for review: the client reader asks, then this message comes again.
                 break;
             }
-            if self.audit.is_some() {
-                match msg {
-                    FrontendMessage::Parse { name, query, .. } => {
-                        st.statement_sql.insert(name.to_owned(), Rc::from(query));
+            match msg {
+                FrontendMessage::Parse { name, query, .. } => {
+                    if parse_denial.is_none() {
+                        st.statement_sql
+                            .insert(name.to_owned(), (Rc::from(query), generation));
+                    } else {
+                        st.statement_sql.remove(name);
                     }
-                    FrontendMessage::Bind {
-                        portal, statement, ..
-                    } => {
-                        let sql = st.statement_sql.get(statement).cloned();
-                        if let Some(sql) = sql {
-                            st.portal_sql.insert(portal.to_owned(), sql);
+                }
+                FrontendMessage::Bind {
+                    portal, statement, ..
+                } => {
+                    if let Some(entry) = st.statement_sql.get_mut(statement) {
+                        if bind_denial.is_none() {
+                            entry.1 = generation;
+                        }
+                        if self.audit.is_some() {
+                            let text = entry.0.clone();
+                            st.portal_sql.insert(portal.to_owned(), text);
                         }
                     }
-                    _ => {}
                 }
+                _ => {}
             }
             match msg {
                 FrontendMessage::Query { sql } => {
@@ -711,6 +747,19 @@ impl Session {
                 }
                 FrontendMessage::Bind {
                     portal,
+                    statement: _,
+                    rest,
+                } if bind_denial.is_some() => {
+                    // Bound to a statement no server has: the server fails the Bind and
+                    // skips to Sync; its error is replaced by the gateway's.
+                    let error = bind_denial.take().expect("checked by the guard");
+                    let mut b = BytesMut::with_capacity(total + 32);
+                    encode::bind_with_statement(&mut b, portal, DENIED_STATEMENT, rest);
+                    st.tracker.push_replacing(Request::Bind, error);
+                    rewritten = Some(b);
+                }
+                FrontendMessage::Bind {
+                    portal,
                     statement,
                     rest,
                 } => {
@@ -781,6 +830,7 @@ impl Session {
                 {
                     // The server keeps the statement for other clients; the client's name goes.
                     st.statements.remove(name);
+                    st.statement_sql.remove(name);
                     if let Some(mk) = st.masker.as_mut() {
                         mk.closed_statement(name);
                     }
@@ -793,7 +843,10 @@ impl Session {
                     );
                     rewritten = Some(BytesMut::new());
                 }
-                FrontendMessage::Close { .. } => {
+                FrontendMessage::Close { kind, name } => {
+                    if kind == b'S' {
+                        st.statement_sql.remove(name);
+                    }
                     st.tracker.push(
                         Request::Close,
                         Delivery::Forward,
@@ -1343,6 +1396,10 @@ fn literal_independent(analysis: &sluice_policy::Analysis) -> bool {
 /// protocol and reports the right transaction status; its error is replaced by the
 /// gateway's (see [`Delivery::ReplaceError`]).
 const DENIED_STAND_IN: &str = "sluice: statement denied by policy";
+
+/// The statement a denied Bind names instead of the client's: no server has one by this name
+/// (the gateway's own are `sluice_<core>_<id>`), so the server fails the Bind.
+const DENIED_STATEMENT: &str = "sluice: denied";
 
 fn stand_in_query() -> BytesMut {
     let mut b = BytesMut::with_capacity(64);
