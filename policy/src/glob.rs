@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize, Serializer};
+
 /// One part of a dotted glob (`public`, `order_*`, `"Mixed?"`), already folded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Part {
@@ -28,10 +30,77 @@ pub enum Case {
 /// characters and `?` one character) or double-quoted (case kept; `""` is a literal quote;
 /// `*` and `?` still act as wildcards). A glob with fewer parts than the name it is matched
 /// against leaves the leading parts unconstrained: `secrets` matches `secrets` in any schema.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// In a snapshot a glob travels compiled: `{"source": "Public.\"Log?\"", "parts": ["public",
+/// "Log?"]}`, its parts already split, unquoted and folded, so loading one parses nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "CompiledGlob")]
 pub struct Glob {
     source: Box<str>,
     parts: Vec<Part>,
+}
+
+/// The most parts any glob has (`schema.table.column` in masking rules).
+pub(crate) const MAX_GLOB_PARTS: usize = 3;
+
+/// The wire form of a [`Glob`]: the source (for messages) and the folded parts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompiledGlob {
+    source: Box<str>,
+    parts: Vec<Box<str>>,
+}
+
+impl TryFrom<CompiledGlob> for Glob {
+    type Error = GlobError;
+
+    /// Checks the shape only (1 to [`MAX_GLOB_PARTS`] non-empty parts); the folding was done
+    /// by [`Glob::parse`] on the control plane and is not repeated. The lower-case copies
+    /// are derived here rather than carried, so they always agree with the patterns.
+    fn try_from(g: CompiledGlob) -> Result<Self, GlobError> {
+        if g.parts.len() > MAX_GLOB_PARTS {
+            return Err(GlobError::TooManyParts {
+                max: MAX_GLOB_PARTS,
+            });
+        }
+        if g.parts.is_empty() || g.parts.iter().any(|p| p.is_empty()) {
+            return Err(GlobError::EmptyPart);
+        }
+        let parts = g
+            .parts
+            .into_iter()
+            .map(|pattern| Part {
+                lower: pattern.to_lowercase().into_boxed_str(),
+                pattern,
+            })
+            .collect();
+        Ok(Self {
+            source: g.source,
+            parts,
+        })
+    }
+}
+
+impl Serialize for Glob {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// Borrows the glob, so serializing a large policy copies no pattern.
+        #[derive(Serialize)]
+        struct View<'a> {
+            source: &'a str,
+            parts: PartsView<'a>,
+        }
+        struct PartsView<'a>(&'a [Part]);
+        impl Serialize for PartsView<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|p| &*p.pattern))
+            }
+        }
+        View {
+            source: &self.source,
+            parts: PartsView(&self.parts),
+        }
+        .serialize(s)
+    }
 }
 
 /// Why a glob was rejected.
@@ -120,6 +189,11 @@ impl Glob {
     /// The glob as written in the policy.
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// How many dot-separated parts the glob has.
+    pub(crate) fn part_count(&self) -> usize {
+        self.parts.len()
     }
 
     /// Whether the already-folded name `parts` (e.g. `["public", "orders"]`) matches.
@@ -221,6 +295,27 @@ mod tests {
         assert!(g("\"a.b\".c").matches(&["a.b", "c"], Case::Exact));
         assert!(g("secrets").matches(&["any", "secrets"], Case::Exact));
         assert!(!g("public.secrets").matches(&["secrets"], Case::Exact));
+    }
+
+    #[test]
+    fn compiled_form_round_trips_without_parsing() {
+        let g = g("Public.\"Log?\"");
+        let v = serde_json::to_value(&g).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"source": "Public.\"Log?\"", "parts": ["public", "Log?"]})
+        );
+        let back: Glob = serde_json::from_value(v).unwrap();
+        assert_eq!(back, g);
+        assert!(back.matches(&["public", "log1"], Case::Insensitive));
+        for bad in [
+            serde_json::json!({"source": "x", "parts": []}),
+            serde_json::json!({"source": "x", "parts": ["a", ""]}),
+            serde_json::json!({"source": "x", "parts": ["a", "b", "c", "d"]}),
+            serde_json::json!({"source": "x", "parts": ["a"], "lower": ["a"]}),
+        ] {
+            assert!(serde_json::from_value::<Glob>(bad).is_err());
+        }
     }
 
     #[test]

@@ -5,9 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::glob::{Glob, GlobError};
+use crate::glob::{Glob, GlobError, MAX_GLOB_PARTS};
+use crate::snapshot::CompiledPolicy;
 
 /// A statement class, the coarsest thing a policy allows, denies or sends to review.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,8 +73,10 @@ impl fmt::Display for StatementClass {
     }
 }
 
-/// A set of statement classes (an empty set in a rule means "every class").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A set of statement classes (an empty set in a rule means "every class"). Compiled as its
+/// bit mask, bit `n` for the `n`th class of [`StatementClass::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct ClassSet(u8);
 
 impl ClassSet {
@@ -107,6 +110,18 @@ impl RuleId {
     }
 }
 
+impl Serialize for RuleId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<str>::deserialize(d).map(|s| Self(s.into()))
+    }
+}
+
 impl fmt::Display for RuleId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -115,7 +130,8 @@ impl fmt::Display for RuleId {
 
 /// The kinds of rule whose violations a policy may send to review instead of denying
 /// (`review.on` in the document). Class-level review is `classes.review`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RuleKind {
     /// Table or schema allow/deny lists.
     Tables,
@@ -187,7 +203,8 @@ impl RuleKind {
 }
 
 /// What a policy says about one statement class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ClassDecision {
     /// Listed under `classes.allow`.
     Allow,
@@ -198,7 +215,8 @@ pub enum ClassDecision {
 }
 
 /// Whether a name rule applies to tables or whole schemas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NameTarget {
     /// `schema.table` globs.
     Table,
@@ -207,7 +225,8 @@ pub enum NameTarget {
 }
 
 /// One entry of a table or schema deny list.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DenyEntry {
     /// The rule id (`analyst/rules[0].tables.deny[1]`).
     pub id: RuleId,
@@ -221,7 +240,8 @@ pub struct DenyEntry {
 
 /// A table or schema allow list: a relation accessed under one of `classes` must match one
 /// of `globs` (exactly, after identifier folding). Several applicable lists must all match.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AllowList {
     /// The rule id (`analyst/tables.allow`).
     pub id: RuleId,
@@ -234,7 +254,8 @@ pub struct AllowList {
 }
 
 /// An entry of the policy's own function deny list.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FunctionDeny {
     /// The rule id (`analyst/functions.deny[0]`).
     pub id: RuleId,
@@ -243,7 +264,8 @@ pub struct FunctionDeny {
 }
 
 /// Where review verdicts go and how the client waits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReviewSettings {
     /// Rule kinds whose violations become reviews instead of denials.
     pub on: Vec<RuleKind>,
@@ -267,7 +289,8 @@ impl Default for ReviewSettings {
 }
 
 /// A content detector a masking rule may name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Detector {
     /// E-mail addresses.
     Email,
@@ -298,7 +321,8 @@ impl Detector {
 }
 
 /// Which end of a value a partial mask keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Keep {
     /// Keep the last N characters.
     Last(u32),
@@ -307,7 +331,8 @@ pub enum Keep {
 }
 
 /// How a masked value is rewritten (the masking engine implements these).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MaskStrategy {
     /// Replace with a fixed text (default `****`).
     Redact {
@@ -325,7 +350,8 @@ pub enum MaskStrategy {
 }
 
 /// One masking rule: which columns, types or detected contents, and how to mask them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MaskRule {
     /// The rule id (`analyst/masking[0]`).
     pub id: RuleId,
@@ -341,11 +367,20 @@ pub struct MaskRule {
 
 /// One role's policy, validated and immutable. [`Policy::deny_all`] is the policy of a role
 /// without one, and of every role when the document is invalid.
-#[derive(Debug, Clone)]
+///
+/// Its serde form is the compiled policy of a snapshot ([`CompiledPolicy`]): every field but
+/// `valid` and `cache_key`, which belong to one [`PolicySet`] and are set only by
+/// [`PolicySet::from_yaml`] and [`PolicySet::from_compiled`]. A policy deserialized any other
+/// way is therefore not valid and denies every statement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
     pub(crate) name: Box<str>,
+    #[serde(skip)]
     pub(crate) valid: bool,
+    #[serde(skip)]
     pub(crate) cache_key: u64,
+    /// Indexed by `StatementClass as usize` (the order of [`StatementClass::ALL`]).
     pub(crate) classes: [ClassDecision; 8],
     pub(crate) deny: Vec<DenyEntry>,
     pub(crate) allow: Vec<AllowList>,
@@ -436,11 +471,16 @@ impl Policy {
     }
 }
 
-/// The policies of one snapshot, by name.
+/// The most policies one set may hold: [`cache_key`] keeps 20 bits of a policy's index.
+pub const MAX_POLICIES: usize = 1 << 20;
+
+/// The policies of one snapshot, in document order and by name.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     version: u64,
-    policies: HashMap<Box<str>, Arc<Policy>>,
+    /// In document order: a policy's index is part of its cache key.
+    policies: Vec<Arc<Policy>>,
+    by_name: HashMap<Box<str>, usize>,
 }
 
 impl PolicySet {
@@ -452,19 +492,76 @@ impl PolicySet {
         } else {
             serde_yaml_ng::from_str(src).map_err(|e| PolicyError::Syntax(e.to_string()))?
         };
-        let mut policies = HashMap::new();
+        let mut set = Self {
+            version,
+            ..Self::default()
+        };
         for (i, raw) in doc.policies.into_iter().enumerate() {
             let path = format!("policies[{i}]");
             let policy = build_policy(raw, &path, version, i)?;
-            if policies.contains_key(&policy.name) {
-                return Err(PolicyError::invalid(
-                    format!("{path}.name"),
-                    format!("duplicate policy name {:?}", policy.name),
-                ));
-            }
-            policies.insert(policy.name.clone(), Arc::new(policy));
+            set.push(policy, &path)?;
         }
-        Ok(Self { version, policies })
+        Ok(set)
+    }
+
+    /// The compiled form of every policy, in document order, for a snapshot: what
+    /// [`PolicySet::from_compiled`] turns back into this set without parsing or validating
+    /// the document again. The compiled form carries no version; the set built from it takes
+    /// the snapshot's.
+    pub fn compile(&self) -> Vec<CompiledPolicy> {
+        self.policies
+            .iter()
+            .map(|p| {
+                let mut p = Policy::clone(p);
+                // Inert until `from_compiled` checks it and gives it a key in its set.
+                p.valid = false;
+                p.cache_key = 0;
+                CompiledPolicy(p)
+            })
+            .collect()
+    }
+
+    /// Builds a set from policies [`PolicySet::compile`] produced (normally on the control
+    /// plane, from a document validated there). Only the structure is checked here: names
+    /// present and unique, at most [`MAX_POLICIES`], every glob with as many parts as its
+    /// rule allows, rule ids under their policy's name, no empty masking rule or type name,
+    /// `min_approvers` at least 1. The YAML validation is not run again; the snapshot's
+    /// content hash vouches for the rest. Cache keys come from `(version, index)` exactly as
+    /// in [`PolicySet::from_yaml`], so a verdict cached under another version never matches.
+    /// Error paths name the snapshot field, e.g. `compiled_policies[2].deny[0].glob`.
+    pub fn from_compiled(compiled: Vec<CompiledPolicy>, version: u64) -> Result<Self, PolicyError> {
+        if compiled.len() > MAX_POLICIES {
+            return Err(PolicyError::invalid(
+                "compiled_policies",
+                format!("{} policies, at most {MAX_POLICIES}", compiled.len()),
+            ));
+        }
+        let mut set = Self {
+            version,
+            policies: Vec::with_capacity(compiled.len()),
+            by_name: HashMap::with_capacity(compiled.len()),
+        };
+        for (i, CompiledPolicy(mut policy)) in compiled.into_iter().enumerate() {
+            let path = format!("compiled_policies[{i}]");
+            check_compiled(&policy, &path)?;
+            policy.valid = true;
+            policy.cache_key = cache_key(version, i);
+            set.push(policy, &path)?;
+        }
+        Ok(set)
+    }
+
+    fn push(&mut self, policy: Policy, path: &str) -> Result<(), PolicyError> {
+        if self.by_name.contains_key(&policy.name) {
+            return Err(PolicyError::invalid(
+                format!("{path}.name"),
+                format!("duplicate policy name {:?}", policy.name),
+            ));
+        }
+        self.by_name
+            .insert(policy.name.clone(), self.policies.len());
+        self.policies.push(Arc::new(policy));
+        Ok(())
     }
 
     /// The snapshot version.
@@ -474,7 +571,12 @@ impl PolicySet {
 
     /// The named policy, if the document has it. Callers use [`Policy::deny_all`] otherwise.
     pub fn get(&self, name: &str) -> Option<&Arc<Policy>> {
-        self.policies.get(name)
+        self.by_name.get(name).map(|&i| &self.policies[i])
+    }
+
+    /// The policies in document order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.policies.iter()
     }
 
     /// Number of policies.
@@ -486,6 +588,94 @@ impl PolicySet {
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
     }
+}
+
+/// The structural checks of [`PolicySet::from_compiled`] on one policy at `path`.
+fn check_compiled(p: &Policy, path: &str) -> Result<(), PolicyError> {
+    let name = &*p.name;
+    if name.is_empty() || name.trim() != name {
+        return Err(PolicyError::invalid(
+            format!("{path}.name"),
+            "empty, or with surrounding spaces",
+        ));
+    }
+    // Verdicts name their rule; a rule id outside its policy would blame another one.
+    let prefix = format!("{name}/");
+    let id = |id: &RuleId, at: String| {
+        if id.as_str().starts_with(&prefix) && id.as_str().len() > prefix.len() {
+            Ok(())
+        } else {
+            Err(PolicyError::invalid(
+                at,
+                format!("rule id {:?} is not under policy {name:?}", id.as_str()),
+            ))
+        }
+    };
+    let glob = |g: &Glob, max: usize, at: String| {
+        if g.part_count() <= max {
+            Ok(())
+        } else {
+            Err(PolicyError::invalid(
+                at,
+                format!("glob {:?} has more than {max} parts", g.as_str()),
+            ))
+        }
+    };
+    let parts = |t: NameTarget| match t {
+        NameTarget::Table => 2,
+        NameTarget::Schema => 1,
+    };
+    for (i, d) in p.deny.iter().enumerate() {
+        id(&d.id, format!("{path}.deny[{i}].id"))?;
+        glob(&d.glob, parts(d.target), format!("{path}.deny[{i}].glob"))?;
+    }
+    for (i, a) in p.allow.iter().enumerate() {
+        id(&a.id, format!("{path}.allow[{i}].id"))?;
+        for (j, g) in a.globs.iter().enumerate() {
+            glob(g, parts(a.target), format!("{path}.allow[{i}].globs[{j}]"))?;
+        }
+    }
+    for (i, f) in p.function_deny.iter().enumerate() {
+        id(&f.id, format!("{path}.function_deny[{i}].id"))?;
+        glob(&f.glob, 2, format!("{path}.function_deny[{i}].glob"))?;
+    }
+    if let Some(i) = p.search_path.iter().position(|s| s.is_empty()) {
+        return Err(PolicyError::invalid(
+            format!("{path}.search_path[{i}]"),
+            "empty schema name",
+        ));
+    }
+    if p.review.min_approvers == 0 {
+        return Err(PolicyError::invalid(
+            format!("{path}.review.min_approvers"),
+            "must be at least 1",
+        ));
+    }
+    for (i, m) in p.masking.iter().enumerate() {
+        let at = format!("{path}.masking[{i}]");
+        id(&m.id, format!("{at}.id"))?;
+        if m.columns.is_empty() && m.types.is_empty() && m.detectors.is_empty() {
+            return Err(PolicyError::invalid(
+                at,
+                "a masking rule needs columns, types or detectors",
+            ));
+        }
+        for (c, g) in m.columns.iter().enumerate() {
+            glob(g, MAX_GLOB_PARTS, format!("{at}.columns[{c}]"))?;
+        }
+        // Type rules compare with lower-case type names; anything else would never match.
+        if let Some(t) = m
+            .types
+            .iter()
+            .position(|t| t.is_empty() || t.trim() != &**t || t.chars().any(char::is_uppercase))
+        {
+            return Err(PolicyError::invalid(
+                format!("{at}.types[{t}]"),
+                "type names are compiled trimmed, non-empty and lower case",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Why a policy document was rejected.

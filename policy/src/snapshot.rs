@@ -5,10 +5,20 @@
 //! persists and loads one. The content hash is SHA-256 over a canonical
 //! JSON encoding of [`SnapshotContent`] (object keys sorted at every depth, lists sorted by
 //! name when compiled), so equal content always hashes equally, whatever its version.
+//!
+//! Policies travel twice: as given in the document (`policies`, for people and
+//! `GET /v1/snapshot/current`) and compiled (`compiled_policies`: [`CompiledPolicy`], every
+//! glob split and folded, every class list a bit mask), which a data plane turns into
+//! ready-to-evaluate policies with [`PolicySet::from_compiled`](crate::PolicySet::from_compiled)
+//! without parsing YAML or validating again. Both are covered by the content hash. A snapshot
+//! without `compiled_policies` (from a control plane before it, or with no policies) hashes
+//! exactly as before the field existed, and data planes build its policies from source.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::model::Policy;
 
 /// A snapshot as delivered to a data plane.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,10 +48,36 @@ pub struct SnapshotContent {
     pub identity_providers: Vec<SnapshotIdentityProvider>,
     /// Roles, sorted by name.
     pub roles: Vec<SnapshotRole>,
-    /// Policies as given in the document, until the policy compiler produces their compiled form.
+    /// Policies as given in the document, sorted by name: what people read.
     pub policies: Vec<Value>,
+    /// The same policies compiled, in the same order: what data planes load. Empty (and then
+    /// left out of the encoding, so the hash of older snapshots is unchanged) when the
+    /// control plane did not compile them; data planes then build `policies` instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compiled_policies: Vec<CompiledPolicy>,
     /// Ids (`jti`) of revoked grants that have not expired yet, sorted.
     pub revoked_grants: Vec<String>,
+}
+
+/// One policy as the control plane compiled it: a validated [`Policy`] without its place in
+/// a set (no cache key; not valid until [`PolicySet::from_compiled`](crate::PolicySet::from_compiled)
+/// checks it and gives it one). Made only by [`PolicySet::compile`](crate::PolicySet::compile)
+/// or by deserializing a snapshot.
+///
+/// The encoding is the policy's fields by name: `classes` (the decision per class, in the
+/// order of [`StatementClass::ALL`](crate::StatementClass::ALL)), `deny`, `allow`,
+/// `function_deny` (entries with their rule `id`, a `classes` bit mask, a `target` and
+/// compiled globs), `search_path`, the `require_where` and `allow_*` flags, `max_rows`,
+/// `review` and `masking`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CompiledPolicy(pub(crate) Policy);
+
+impl CompiledPolicy {
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
 }
 
 /// The control plane as a token issuer.
