@@ -2,7 +2,8 @@
 //! planes in this process, real clients (tokio-postgres). A write held for review waits for
 //! an approver and then runs once; a denied one fails with 57014 and never reaches the
 //! database; in the resend mode the client gets the review id, and the same statement runs
-//! after approval. Every statement leaves exactly one audit record at the control plane,
+//! after approval; a CancelRequest ends a wait with 57014. Every statement leaves exactly one
+//! audit record at the control plane,
 //! with its verdict, rule, approvers and rows.
 
 mod common;
@@ -239,6 +240,27 @@ fn reviewed_writes_wait_for_an_approver_and_every_statement_is_audited() {
         .get(0);
     assert_eq!(n, 5, "the session is still usable");
 
+    // Cancelled while waiting: 57014 as for a running query; nothing written.
+    let cancel = waiter.cancel_token();
+    let update = rt.spawn(async move {
+        let r = waiter
+            .simple_query("UPDATE items SET v = 'cancelled' WHERE id = 4")
+            .await;
+        (waiter, r)
+    });
+    let _pending = pending_review(api, &alice, "agent-wait");
+    rt.block_on(cancel.cancel_query(tokio_postgres::NoTls))
+        .expect("cancel request sent");
+    let (waiter, r) = rt.block_on(update).unwrap();
+    let e = r.expect_err("a cancelled wait fails the statement");
+    assert_eq!(sqlstate(&e), "57014", "{e:?}");
+    assert_eq!(backend_value(db, 4), "v4");
+    let n: i64 = rt
+        .block_on(waiter.query_one("SELECT count(*) FROM items", &[]))
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5, "the session is still usable after a cancel");
+
     // ---- resend mode: an error carrying the review id, then the same text runs ----
     let resender = rt.block_on(connect(&cs(RESENDER, "agent")));
     let sql = "UPDATE items SET v = 'resent' WHERE id = 3";
@@ -293,6 +315,11 @@ fn reviewed_writes_wait_for_an_approver_and_every_statement_is_audited() {
         vec![
             ("allow".to_owned(), "SELECT count(*) FROM items".to_owned()),
             ("allow".to_owned(), "SELECT count(*) FROM items".to_owned()),
+            ("allow".to_owned(), "SELECT count(*) FROM items".to_owned()),
+            (
+                "deny".to_owned(),
+                "UPDATE items SET v = 'cancelled' WHERE id = 4".to_owned()
+            ),
             (
                 "deny".to_owned(),
                 "UPDATE items SET v = 'denied' WHERE id = 2".to_owned()

@@ -26,6 +26,9 @@ pub struct BackendKey {
 #[derive(Debug, Default)]
 pub struct CancelSlot {
     current: Mutex<Option<BackendKey>>,
+    /// A CancelRequest with this client's key arrived (for waits the gateway itself runs,
+    /// such as a statement held for review, which no backend can cancel).
+    requested: std::sync::atomic::AtomicBool,
 }
 
 impl CancelSlot {
@@ -37,6 +40,12 @@ impl CancelSlot {
     /// The server connection the client holds now.
     pub fn get(&self) -> Option<BackendKey> {
         *self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes (and clears) the flag a CancelRequest for this client sets.
+    pub fn take_cancel_request(&self) -> bool {
+        self.requested
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 }
 
@@ -109,6 +118,10 @@ impl CancelRegistry {
         if (entry.secret ^ secret) != 0 {
             return None;
         }
+        entry
+            .slot
+            .requested
+            .store(true, std::sync::atomic::Ordering::Release);
         entry.slot.get()
     }
 

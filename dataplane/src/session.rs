@@ -1635,7 +1635,35 @@ impl Session {
                 let mut st = self.st.borrow_mut();
                 self.push_out(&mut st, notice.freeze());
             }
-            let status = client.wait(&ticket.id, settings.timeout).await;
+            // A CancelRequest ends the wait as it would a running query (57014); the review
+            // stays pending for the approvers.
+            self.slot.take_cancel_request();
+            let status = {
+                use futures::FutureExt as _;
+                let mut wait = std::pin::pin!(client.wait(&ticket.id, settings.timeout).fuse());
+                let cancelled = async {
+                    loop {
+                        monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        if self.slot.take_cancel_request() || self.st.borrow().closing {
+                            break;
+                        }
+                    }
+                };
+                let mut cancelled = std::pin::pin!(cancelled.fuse());
+                futures::select! {
+                    s = wait => Some(s),
+                    _ = cancelled => None,
+                }
+            };
+            let Some(status) = status else {
+                return Err(self.review_error(
+                    sqlstate::QUERY_CANCELED,
+                    &format!(
+                        "canceling statement due to user request (review {} stays pending)",
+                        ticket.id
+                    ),
+                ));
+            };
             match status {
                 Ok(crate::review::ReviewStatus::Approved { approvers }) => {
                     // Use the approval up (single-use unless it has a window).
