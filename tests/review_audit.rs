@@ -3,8 +3,7 @@
 //! an approver and then runs once; a denied one fails with 57014 and never reaches the
 //! database; in the resend mode the client gets the review id, and the same statement runs
 //! after approval; a CancelRequest ends a wait with 57014. Every statement leaves exactly one
-//! audit record at the control plane,
-//! with its verdict, rule, approvers and rows.
+//! audit record at the control plane, with its verdict, rule, approvers and rows.
 
 mod common;
 
