@@ -9,9 +9,13 @@
 //! otherwise the masked copy replaces the message. Untouched messages stay in the read buffer
 //! and go out as they came.
 //!
-//! In the extended protocol a DataRow carries no description, so the session injects a
-//! Describe of the portal after every Bind while masking is on; its RowDescription (which the
-//! client never sees) plans the portal's rows.
+//! In the extended protocol a DataRow carries no description, so after every Bind, unless the
+//! client's next message describes that portal itself, the session injects a Describe of the
+//! portal; its RowDescription (which the client never sees) plans the portal's rows.
+//!
+//! Plans are cached: mask plans per core with the catalog (by text, or by shape when
+//! constants cannot change them), row plans per session by RowDescription bytes and lineage,
+//! so a repeated statement costs hash lookups and the in-place rewrite.
 //!
 //! Fail closed: a row that cannot be masked, a description that does not match the statement's
 //! lineage, a result column from a relation the catalog does not know, a cursor or prepared
@@ -740,7 +744,7 @@ impl Masker {
                         let s = std::mem::take(state);
                         self.end_result(s, frame)
                     }
-                    _ => self.row(state, None, frame),
+                    _ => self.row(state, frame),
                 }
             }
             Job::Execute { portal, state } => match tag {
@@ -804,14 +808,14 @@ impl Masker {
                             }
                         }
                     }
-                    self.row(state, None, frame)
+                    self.row(state, frame)
                 }
             },
         }
     }
 
     /// A DataRow or CopyData of a result.
-    fn row(&mut self, state: &mut ResultState, _: Option<()>, frame: &mut [u8]) -> Action {
+    fn row(&mut self, state: &mut ResultState, frame: &mut [u8]) -> Action {
         let tag = frame[0];
         if state.failed.is_some() {
             return if matches!(tag, bmsg::DATA_ROW | bmsg::COPY_DATA) {
