@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// One part of a dotted glob (`public`, `order_*`, `"Mixed?"`), already folded.
@@ -31,10 +33,12 @@ pub enum Case {
 /// `*` and `?` still act as wildcards). A glob with fewer parts than the name it is matched
 /// against leaves the leading parts unconstrained: `secrets` matches `secrets` in any schema.
 ///
-/// In a snapshot a glob travels compiled: `{"source": "Public.\"Log?\"", "parts": ["public",
-/// "Log?"]}`, its parts already split, unquoted and folded, so loading one parses nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "CompiledGlob")]
+/// In a snapshot a glob travels compiled, its parts already split, unquoted and folded, so
+/// loading one parses nothing: as the list of its parts (`["public", "secret_*"]`) when the
+/// source is exactly those parts joined by dots (the usual, unquoted lower-case spelling),
+/// else with its source for messages: `{"source": "Public.\"Log?\"", "parts": ["public",
+/// "Log?"]}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob {
     source: Box<str>,
     parts: Vec<Part>,
@@ -43,63 +47,103 @@ pub struct Glob {
 /// The most parts any glob has (`schema.table.column` in masking rules).
 pub(crate) const MAX_GLOB_PARTS: usize = 3;
 
-/// The wire form of a [`Glob`]: the source (for messages) and the folded parts.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompiledGlob {
-    source: Box<str>,
-    parts: Vec<Box<str>>,
-}
-
-impl TryFrom<CompiledGlob> for Glob {
-    type Error = GlobError;
-
-    /// Checks the shape only (1 to [`MAX_GLOB_PARTS`] non-empty parts); the folding was done
-    /// by [`Glob::parse`] on the control plane and is not repeated. The lower-case copies
-    /// are derived here rather than carried, so they always agree with the patterns.
-    fn try_from(g: CompiledGlob) -> Result<Self, GlobError> {
-        if g.parts.len() > MAX_GLOB_PARTS {
+impl Glob {
+    /// A glob from compiled parts: checks the shape only (1 to [`MAX_GLOB_PARTS`] non-empty
+    /// parts); the folding was done by [`Glob::parse`] on the control plane and is not
+    /// repeated. The lower-case copies are derived here rather than carried, so they always
+    /// agree with the patterns.
+    fn from_compiled(source: Option<Box<str>>, parts: Vec<Box<str>>) -> Result<Self, GlobError> {
+        if parts.len() > MAX_GLOB_PARTS {
             return Err(GlobError::TooManyParts {
                 max: MAX_GLOB_PARTS,
             });
         }
-        if g.parts.is_empty() || g.parts.iter().any(|p| p.is_empty()) {
+        if parts.is_empty() || parts.iter().any(|p| p.is_empty()) {
             return Err(GlobError::EmptyPart);
         }
-        let parts = g
-            .parts
+        let source = source.unwrap_or_else(|| parts.join(".").into_boxed_str());
+        let parts = parts
             .into_iter()
             .map(|pattern| Part {
                 lower: pattern.to_lowercase().into_boxed_str(),
                 pattern,
             })
             .collect();
-        Ok(Self {
-            source: g.source,
-            parts,
-        })
+        Ok(Self { source, parts })
+    }
+
+    /// Whether the source is the parts joined by dots, so the compiled form can leave it out.
+    fn source_is_joined_parts(&self) -> bool {
+        let mut rest = &*self.source;
+        for (i, p) in self.parts.iter().enumerate() {
+            if p.pattern.contains('.') {
+                return false;
+            }
+            if i > 0 {
+                match rest.strip_prefix('.') {
+                    Some(r) => rest = r,
+                    None => return false,
+                }
+            }
+            match rest.strip_prefix(&*p.pattern) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        rest.is_empty()
     }
 }
 
 impl Serialize for Glob {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        /// Borrows the glob, so serializing a large policy copies no pattern.
-        #[derive(Serialize)]
-        struct View<'a> {
-            source: &'a str,
-            parts: PartsView<'a>,
-        }
-        struct PartsView<'a>(&'a [Part]);
-        impl Serialize for PartsView<'_> {
+        /// Borrows the parts, so serializing a large policy copies no pattern.
+        struct Parts<'a>(&'a [Part]);
+        impl Serialize for Parts<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_seq(self.0.iter().map(|p| &*p.pattern))
             }
         }
-        View {
-            source: &self.source,
-            parts: PartsView(&self.parts),
+        if self.source_is_joined_parts() {
+            return Parts(&self.parts).serialize(s);
         }
-        .serialize(s)
+        let mut m = s.serialize_struct("Glob", 2)?;
+        m.serialize_field("source", &*self.source)?;
+        m.serialize_field("parts", &Parts(&self.parts))?;
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Glob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Glob;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a compiled glob: a list of parts, or {source, parts}")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Glob, A::Error> {
+                let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(2).min(4));
+                while let Some(p) = seq.next_element::<Box<str>>()? {
+                    parts.push(p);
+                }
+                Glob::from_compiled(None, parts).map_err(de::Error::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Glob, A::Error> {
+                let (mut source, mut parts) = (None, None);
+                while let Some(key) = map.next_key::<Box<str>>()? {
+                    match &*key {
+                        "source" if source.is_none() => source = Some(map.next_value()?),
+                        "parts" if parts.is_none() => parts = Some(map.next_value()?),
+                        "source" | "parts" => return Err(de::Error::duplicate_field("parts")),
+                        other => return Err(de::Error::unknown_field(other, &["source", "parts"])),
+                    }
+                }
+                let source = source.ok_or_else(|| de::Error::missing_field("source"))?;
+                let parts = parts.ok_or_else(|| de::Error::missing_field("parts"))?;
+                Glob::from_compiled(Some(source), parts).map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -299,22 +343,42 @@ mod tests {
 
     #[test]
     fn compiled_form_round_trips_without_parsing() {
-        let g = g("Public.\"Log?\"");
-        let v = serde_json::to_value(&g).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"source": "Public.\"Log?\"", "parts": ["public", "Log?"]})
-        );
-        let back: Glob = serde_json::from_value(v).unwrap();
-        assert_eq!(back, g);
-        assert!(back.matches(&["public", "log1"], Case::Insensitive));
-        for bad in [
-            serde_json::json!({"source": "x", "parts": []}),
-            serde_json::json!({"source": "x", "parts": ["a", ""]}),
-            serde_json::json!({"source": "x", "parts": ["a", "b", "c", "d"]}),
-            serde_json::json!({"source": "x", "parts": ["a"], "lower": ["a"]}),
+        use serde_json::json;
+        for (text, compiled) in [
+            ("public.secret_*", json!(["public", "secret_*"])),
+            ("secrets", json!(["secrets"])),
+            (
+                "Public.\"Log?\"",
+                json!({"source": "Public.\"Log?\"", "parts": ["public", "Log?"]}),
+            ),
+            (
+                "\"a.b\".c",
+                json!({"source": "\"a.b\".c", "parts": ["a.b", "c"]}),
+            ),
+            (" x.y", json!({"source": " x.y", "parts": ["x", "y"]})),
         ] {
-            assert!(serde_json::from_value::<Glob>(bad).is_err());
+            let g = g(text);
+            let v = serde_json::to_value(&g).unwrap();
+            assert_eq!(v, compiled, "{text}");
+            let back: Glob = serde_json::from_value(v).unwrap();
+            assert_eq!(back, g, "{text}");
+        }
+        let back: Glob = serde_json::from_value(json!(["public", "Log?"])).unwrap();
+        assert!(back.matches(&["public", "log1"], Case::Insensitive));
+        assert!(!back.matches(&["public", "log1"], Case::Exact));
+        for bad in [
+            json!([]),
+            json!(["a", ""]),
+            json!(["a", "b", "c", "d"]),
+            json!({"source": "x", "parts": []}),
+            json!({"source": "x"}),
+            json!({"source": "x", "parts": ["a"], "lower": ["a"]}),
+            json!("a.b"),
+        ] {
+            assert!(
+                serde_json::from_value::<Glob>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -356,10 +356,13 @@ pub struct MaskRule {
     /// The rule id (`analyst/masking[0]`).
     pub id: RuleId,
     /// `schema.table.column` globs (fewer parts leave the leading ones open).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<Glob>,
     /// Type names (lower case, e.g. `text`, `varchar`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<Box<str>>,
     /// Content detectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub detectors: Vec<Detector>,
     /// The strategy.
     pub strategy: MaskStrategy,
@@ -382,8 +385,11 @@ pub struct Policy {
     pub(crate) cache_key: u64,
     /// Indexed by `StatementClass as usize` (the order of [`StatementClass::ALL`]).
     pub(crate) classes: [ClassDecision; 8],
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) deny: Vec<DenyEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) allow: Vec<AllowList>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) function_deny: Vec<FunctionDeny>,
     pub(crate) search_path: Vec<Box<str>>,
     pub(crate) require_where: bool,
@@ -398,6 +404,7 @@ pub struct Policy {
     pub(crate) allow_unparsed: bool,
     pub(crate) max_rows: Option<u64>,
     pub(crate) review: ReviewSettings,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) masking: Vec<MaskRule>,
 }
 
@@ -590,7 +597,8 @@ impl PolicySet {
     }
 }
 
-/// The structural checks of [`PolicySet::from_compiled`] on one policy at `path`.
+/// The structural checks of [`PolicySet::from_compiled`] on one policy at `path`. Paths are
+/// formatted only for an error: this runs over every entry of every policy.
 fn check_compiled(p: &Policy, path: &str) -> Result<(), PolicyError> {
     let name = &*p.name;
     if name.is_empty() || name.trim() != name {
@@ -600,23 +608,23 @@ fn check_compiled(p: &Policy, path: &str) -> Result<(), PolicyError> {
         ));
     }
     // Verdicts name their rule; a rule id outside its policy would blame another one.
-    let prefix = format!("{name}/");
-    let id = |id: &RuleId, at: String| {
-        if id.as_str().starts_with(&prefix) && id.as_str().len() > prefix.len() {
-            Ok(())
-        } else {
-            Err(PolicyError::invalid(
-                at,
-                format!("rule id {:?} is not under policy {name:?}", id.as_str()),
-            ))
-        }
+    let id = |id: &RuleId, at: &dyn Fn() -> String| match id
+        .as_str()
+        .strip_prefix(name)
+        .and_then(|r| r.strip_prefix('/'))
+    {
+        Some(local) if !local.is_empty() => Ok(()),
+        _ => Err(PolicyError::invalid(
+            at(),
+            format!("rule id {:?} is not under policy {name:?}", id.as_str()),
+        )),
     };
-    let glob = |g: &Glob, max: usize, at: String| {
+    let glob = |g: &Glob, max: usize, at: &dyn Fn() -> String| {
         if g.part_count() <= max {
             Ok(())
         } else {
             Err(PolicyError::invalid(
-                at,
+                at(),
                 format!("glob {:?} has more than {max} parts", g.as_str()),
             ))
         }
@@ -626,18 +634,22 @@ fn check_compiled(p: &Policy, path: &str) -> Result<(), PolicyError> {
         NameTarget::Schema => 1,
     };
     for (i, d) in p.deny.iter().enumerate() {
-        id(&d.id, format!("{path}.deny[{i}].id"))?;
-        glob(&d.glob, parts(d.target), format!("{path}.deny[{i}].glob"))?;
+        id(&d.id, &|| format!("{path}.deny[{i}].id"))?;
+        glob(&d.glob, parts(d.target), &|| {
+            format!("{path}.deny[{i}].glob")
+        })?;
     }
     for (i, a) in p.allow.iter().enumerate() {
-        id(&a.id, format!("{path}.allow[{i}].id"))?;
+        id(&a.id, &|| format!("{path}.allow[{i}].id"))?;
         for (j, g) in a.globs.iter().enumerate() {
-            glob(g, parts(a.target), format!("{path}.allow[{i}].globs[{j}]"))?;
+            glob(g, parts(a.target), &|| {
+                format!("{path}.allow[{i}].globs[{j}]")
+            })?;
         }
     }
     for (i, f) in p.function_deny.iter().enumerate() {
-        id(&f.id, format!("{path}.function_deny[{i}].id"))?;
-        glob(&f.glob, 2, format!("{path}.function_deny[{i}].glob"))?;
+        id(&f.id, &|| format!("{path}.function_deny[{i}].id"))?;
+        glob(&f.glob, 2, &|| format!("{path}.function_deny[{i}].glob"))?;
     }
     if let Some(i) = p.search_path.iter().position(|s| s.is_empty()) {
         return Err(PolicyError::invalid(
@@ -652,16 +664,17 @@ fn check_compiled(p: &Policy, path: &str) -> Result<(), PolicyError> {
         ));
     }
     for (i, m) in p.masking.iter().enumerate() {
-        let at = format!("{path}.masking[{i}]");
-        id(&m.id, format!("{at}.id"))?;
+        id(&m.id, &|| format!("{path}.masking[{i}].id"))?;
         if m.columns.is_empty() && m.types.is_empty() && m.detectors.is_empty() {
             return Err(PolicyError::invalid(
-                at,
+                format!("{path}.masking[{i}]"),
                 "a masking rule needs columns, types or detectors",
             ));
         }
         for (c, g) in m.columns.iter().enumerate() {
-            glob(g, MAX_GLOB_PARTS, format!("{at}.columns[{c}]"))?;
+            glob(g, MAX_GLOB_PARTS, &|| {
+                format!("{path}.masking[{i}].columns[{c}]")
+            })?;
         }
         // Type rules compare with lower-case type names; anything else would never match.
         if let Some(t) = m
@@ -670,7 +683,7 @@ fn check_compiled(p: &Policy, path: &str) -> Result<(), PolicyError> {
             .position(|t| t.is_empty() || t.trim() != &**t || t.chars().any(char::is_uppercase))
         {
             return Err(PolicyError::invalid(
-                format!("{at}.types[{t}]"),
+                format!("{path}.masking[{i}].types[{t}]"),
                 "type names are compiled trimmed, non-empty and lower case",
             ));
         }

@@ -237,7 +237,7 @@ fn write_canonical(v: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
+                write_scalar(k, out);
                 out.push(b':');
                 write_canonical(&map[k], out);
             }
@@ -253,8 +253,13 @@ fn write_canonical(v: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        other => out.extend_from_slice(other.to_string().as_bytes()),
+        other => write_scalar(other, out),
     }
+}
+
+/// A key or scalar, escaped as `Value::to_string` escapes it, written straight into `out`.
+fn write_scalar<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, v).expect("a string or scalar always serializes");
 }
 
 #[cfg(test)]
