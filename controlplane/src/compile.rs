@@ -1,9 +1,12 @@
-//! Compiles a validated document into snapshot content (the policy compiler proper arrives
-//! with sluice-policy; policies pass through as given for now).
+//! Compiles a validated document into snapshot content: connections, identity providers and
+//! roles in the data plane's vocabulary, and policies twice, as given (for people) and
+//! compiled by sluice-policy (what data planes load without parsing or validating again).
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use sluice_policy::snapshot::CompiledPolicy;
+use sluice_policy::PolicySet;
 
 use crate::document::{Credentials, Document};
 use crate::snapshot::{
@@ -83,17 +86,35 @@ pub fn compile(
             }
         })
         .collect();
-    let policies = doc
+    let policies: Vec<Value> = doc
         .policies
         .iter()
         .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
         .collect();
+    let compiled_policies = compile_policies(&policies);
     SnapshotContent {
         grants,
         connections,
         identity_providers,
         roles,
         policies,
+        compiled_policies,
         revoked_grants,
+    }
+}
+
+/// The compiled form of `policies`, in their order (so each keeps its index, and its cache
+/// key on the data plane). The document was validated with the same builder, so this does
+/// not fail; if it did, the snapshot carries the source only and data planes build from it,
+/// refusing it with the same error.
+fn compile_policies(policies: &[Value]) -> Vec<CompiledPolicy> {
+    // JSON is YAML: the builder reads the document as validation read it.
+    let src = serde_json::json!({ "policies": policies }).to_string();
+    match PolicySet::from_yaml(&src, 0) {
+        Ok(set) => set.compile(),
+        Err(e) => {
+            tracing::error!(error = %e, "a validated policy document did not compile; the snapshot carries its source only");
+            Vec::new()
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! A policy document of 10,000 rules: how large its snapshot is and how long each step of an
 //! apply takes (parse, validation with the policy model, compile and hash, the data plane's
-//! build of ready-to-evaluate policies, and a whole apply through the API). Prints medians of
-//! five runs: `cargo test -p sluice-controlplane --release --test policy_scale -- --nocapture`.
+//! decoding, hash check and build of ready-to-evaluate policies, from the compiled section
+//! and, as older snapshots need, from source; and a whole apply through the API). Prints
+//! medians of five runs:
+//! `cargo test -p sluice-controlplane --release --test policy_scale -- --nocapture`.
 
 mod common;
 
@@ -68,9 +70,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 #[test]
 fn ten_thousand_rules() {
     let yaml = document(100);
-    let (mut parse, mut validate, mut compile_hash, mut dataplane) =
+    let (mut parse, mut validate, mut compile_hash) = (vec![], vec![], vec![]);
+    let (mut decode, mut verify, mut from_source, mut from_compiled) =
         (vec![], vec![], vec![], vec![]);
-    let mut snapshot_bytes = 0;
+    let (mut snapshot_bytes, mut source_only_bytes) = (0, 0);
     let issuer = GrantIssuer {
         issuer: "sluice-test".into(),
         jwks: serde_json::json!({"keys": []}),
@@ -86,17 +89,41 @@ fn ten_thousand_rules() {
         let content = compile(&doc, &creds, issuer.clone(), vec![]);
         let snap = Snapshot::new(2, 1, 0, content);
         compile_hash.push(t.elapsed());
+        assert_eq!(snap.content.compiled_policies.len(), POLICIES);
         let bytes = serde_json::to_vec(&snap).unwrap();
         snapshot_bytes = bytes.len();
-        // What a data plane does with it: build every policy into ready-to-evaluate structures.
+        let mut source_only = snap.clone();
+        source_only.content.compiled_policies.clear();
+        source_only_bytes = serde_json::to_vec(&source_only).unwrap().len();
+
+        // What a data plane does with it: decode, check the hash, build every policy into
+        // ready-to-evaluate structures (the compiled section is cloned out of the snapshot,
+        // as the data plane does, which keeps the snapshot to persist it).
         let t = Instant::now();
-        let set = sluice_policy::PolicySet::from_yaml(
+        let snap: Snapshot = serde_json::from_slice(&bytes).unwrap();
+        decode.push(t.elapsed());
+        let t = Instant::now();
+        assert!(snap.verify_hash());
+        verify.push(t.elapsed());
+        let t = Instant::now();
+        let compiled = sluice_policy::PolicySet::from_compiled(
+            snap.content.compiled_policies.clone(),
+            snap.version,
+        )
+        .unwrap();
+        from_compiled.push(t.elapsed());
+        let t = Instant::now();
+        let built = sluice_policy::PolicySet::from_yaml(
             &serde_json::json!({ "policies": snap.content.policies }).to_string(),
             snap.version,
         )
         .unwrap();
-        dataplane.push(t.elapsed());
-        assert_eq!(set.len(), POLICIES);
+        from_source.push(t.elapsed());
+        assert_eq!(built.len(), POLICIES);
+        assert!(
+            built.iter().zip(compiled.iter()).all(|(a, b)| a == b),
+            "the compiled section builds the same policies as the source"
+        );
     }
 
     // A whole apply through the API (HTTP, validation, compile, seal, SQLite commit).
@@ -124,14 +151,20 @@ fn ten_thousand_rules() {
     eprintln!(
         "policy document of {rules} rules ({POLICIES} policies), {} KiB of YAML; medians of 5:\n  \
          parse {:?}, validate (incl. sluice-policy build) {:?}, compile + content hash {:?}\n  \
-         snapshot {} KiB of JSON; data-plane PolicySet build {:?}\n  \
+         snapshot {} KiB of JSON ({} KiB without the compiled policies)\n  \
+         data plane: decode {:?}, content hash check {:?}, PolicySet from the compiled \
+         policies {:?} (from source {:?})\n  \
          whole apply through the API (SQLite) {:?}",
         yaml.len() / 1024,
         median(parse),
         median(validate),
         median(compile_hash),
         snapshot_bytes / 1024,
-        median(dataplane),
+        source_only_bytes / 1024,
+        median(decode),
+        median(verify),
+        median(from_compiled),
+        median(from_source),
         median(apply),
     );
 }
