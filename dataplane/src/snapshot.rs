@@ -3,8 +3,11 @@
 //! [`config_from_snapshot`] merges a snapshot with the local file: the process-level settings
 //! (listen, cores, client TLS, limits, metrics, static break-glass tokens) stay local; the
 //! connections, JWT issuers (identity providers and the control plane's grant key), roles and
-//! their statement policies come from the snapshot and go through the same validation as a configuration file, so a
-//! bad snapshot is refused with the field at fault and the one in force stays.
+//! their statement policies come from the snapshot and go through the same validation as a
+//! configuration file, so a bad snapshot is refused with the field at fault and the one in
+//! force stays. Policies are loaded from their compiled form (`compiled_policies`, checked for
+//! structure only: the control plane validated them and the content hash vouches for them),
+//! or built from source, validation included, when a snapshot has no compiled form.
 //!
 //! [`SnapshotClient`] runs on its own thread: it registers the node, long-polls
 //! `GET /v1/nodes/{id}/snapshot?after=V` with `V` the version it runs (which is also how the
@@ -24,7 +27,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sluice_auth::token::TokenVerifier;
 use sluice_policy::snapshot::Snapshot;
-use sluice_policy::{Policy, PolicySet};
+use sluice_policy::{Policy, PolicyError, PolicySet};
 
 use crate::config::{Config, ConfigError};
 
@@ -317,12 +320,12 @@ fn merge(local: &Config, snap: &Snapshot) -> Result<Config, SnapshotError> {
         .roles
         .iter()
         .map(|r| {
+            // No `policy`: policies are built below, once, with this snapshot's version.
             json!({
                 "name": r.name,
                 "subjects": r.subjects,
                 "groups": r.groups,
                 "connections": r.connections,
-                "policy": r.policy,
             })
         })
         .collect();
@@ -333,7 +336,6 @@ fn merge(local: &Config, snap: &Snapshot) -> Result<Config, SnapshotError> {
         "auth": {"jwt": jwt},
         "connections": connections,
         "roles": roles,
-        "policies": c.policies,
     });
     // JSON is YAML; every `$` is doubled so `${...}` substitution leaves values as they are.
     let text = doc.to_string().replace('$', "$$");
@@ -348,14 +350,13 @@ fn merge(local: &Config, snap: &Snapshot) -> Result<Config, SnapshotError> {
         field: "identity_providers".into(),
         message: e.to_string(),
     })?;
-    // Policies again, now with the snapshot version in their verdict-cache keys, so no core
-    // serves a verdict cached under an older version of a policy with the same name.
-    let policies = PolicySet::from_yaml(&json!({ "policies": c.policies }).to_string(), version)
-        .map_err(|e| SnapshotError::Invalid {
-            version,
-            field: "policies".into(),
-            message: e.to_string(),
-        })?;
+    // The snapshot version goes into every policy's verdict-cache key, so no core serves a
+    // verdict cached under an older version of a policy with the same name.
+    let policies = if c.compiled_policies.is_empty() {
+        policies_from_source(snap)?
+    } else {
+        policies_from_compiled(snap)?
+    };
     let deny_all = Arc::new(Policy::deny_all());
     debug_assert_eq!(config.roles.len(), c.roles.len());
     for (i, (role, src)) in config.roles.iter_mut().zip(&c.roles).enumerate() {
@@ -384,6 +385,59 @@ fn merge(local: &Config, snap: &Snapshot) -> Result<Config, SnapshotError> {
     config.limits = local.limits.clone();
     config.control_plane = local.control_plane.clone();
     Ok(config)
+}
+
+/// The fast path: the policies the control plane compiled, checked for structure and for
+/// matching the source people read (same count, same names, same order).
+fn policies_from_compiled(snap: &Snapshot) -> Result<PolicySet, SnapshotError> {
+    let version = snap.version;
+    let c = &snap.content;
+    let invalid = |field: String, message: String| SnapshotError::Invalid {
+        version,
+        field,
+        message,
+    };
+    if c.compiled_policies.len() != c.policies.len() {
+        return Err(invalid(
+            "compiled_policies".into(),
+            format!(
+                "{} compiled policies for {} in `policies`",
+                c.compiled_policies.len(),
+                c.policies.len()
+            ),
+        ));
+    }
+    for (i, (compiled, source)) in c.compiled_policies.iter().zip(&c.policies).enumerate() {
+        let name = source.get("name").and_then(Value::as_str);
+        if name != Some(compiled.name()) {
+            return Err(invalid(
+                format!("compiled_policies[{i}].name"),
+                format!("`{}` where policies[{i}] is {name:?}", compiled.name()),
+            ));
+        }
+    }
+    // Cloned: the caller keeps the snapshot (to persist it, to compare the next one).
+    PolicySet::from_compiled(c.compiled_policies.clone(), version).map_err(|e| match e {
+        PolicyError::Invalid { path, message } => invalid(path, message),
+        PolicyError::Syntax(message) => invalid("compiled_policies".into(), message),
+    })
+}
+
+/// The fallback for snapshots without compiled policies (from a control plane before them):
+/// the source, parsed and validated as a configuration file's policies are.
+fn policies_from_source(snap: &Snapshot) -> Result<PolicySet, SnapshotError> {
+    let src = json!({ "policies": snap.content.policies }).to_string();
+    PolicySet::from_yaml(&src, snap.version).map_err(|e| {
+        let (field, message) = match e {
+            PolicyError::Invalid { path, message } => (path, message),
+            PolicyError::Syntax(message) => ("policies".into(), message),
+        };
+        SnapshotError::Invalid {
+            version: snap.version,
+            field,
+            message,
+        }
+    })
 }
 
 /// Decodes and verifies a snapshot from bytes (`origin` names where they came from).
@@ -951,6 +1005,7 @@ connections:
                 policy: None,
             }],
             policies: vec![],
+            compiled_policies: vec![],
             revoked_grants: vec!["g-1".into()],
         }
     }
@@ -1072,6 +1127,56 @@ connections:
         bad.roles[0].policy = Some("missing".into());
         let e = config_from_snapshot(&local(), &snap(bad)).unwrap_err();
         assert!(e.to_string().contains("roles[0].policy"), "{e}");
+    }
+
+    fn compiled(doc: &str) -> Vec<sluice_policy::snapshot::CompiledPolicy> {
+        PolicySet::from_yaml(doc, 0).unwrap().compile()
+    }
+
+    #[test]
+    fn compiled_policies_are_loaded_as_they_are() {
+        let mut c = content();
+        c.policies
+            .push(json!({"name": "read-only", "classes": {"allow": ["read"]}, "max_rows": 5}));
+        // What data planes load is the compiled form: it says 6 here, to tell them apart.
+        c.compiled_policies =
+            compiled("policies: [{name: read-only, classes: {allow: [read]}, max_rows: 6}]");
+        c.roles[0].policy = Some("read-only".into());
+        let v7 = config_from_snapshot(&local(), &snap(c.clone())).unwrap();
+        let p = &v7.roles[0].policy;
+        assert_eq!((p.name(), p.max_rows()), ("read-only", Some(6)));
+        assert!(p.is_valid());
+        let v8 = config_from_snapshot(&local(), &Snapshot::new(8, 3, 0, c.clone())).unwrap();
+        assert_ne!(p.cache_key(), v8.roles[0].policy.cache_key());
+
+        let refused = |c: SnapshotContent| match config_from_snapshot(&local(), &snap(c)) {
+            Err(SnapshotError::Invalid { field, message, .. }) => format!("{field}: {message}"),
+            other => panic!("{other:?}"),
+        };
+        let mut bad = c.clone();
+        bad.compiled_policies = compiled("policies: [{name: other}]");
+        assert_eq!(
+            refused(bad),
+            "compiled_policies[0].name: `other` where policies[0] is Some(\"read-only\")"
+        );
+        let mut bad = c.clone();
+        bad.compiled_policies
+            .extend(compiled("policies: [{name: x}]"));
+        assert_eq!(
+            refused(bad),
+            "compiled_policies: 2 compiled policies for 1 in `policies`"
+        );
+        let mut bad = c.clone();
+        let mut v = serde_json::to_value(&bad.compiled_policies).unwrap();
+        v[0]["review"]["min_approvers"] = json!(0);
+        bad.compiled_policies = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            refused(bad),
+            "compiled_policies[0].review.min_approvers: must be at least 1"
+        );
+        let mut bad = c;
+        bad.roles[0].policy = Some("missing".into());
+        assert_eq!(refused(bad), "roles[0].policy: no policy named `missing`");
     }
 
     #[test]

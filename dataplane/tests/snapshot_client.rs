@@ -419,6 +419,22 @@ fn snapshots_arrive_survive_a_control_plane_outage_and_a_restart() {
     assert!(matches!(e, SnapshotError::HashMismatch { .. }), "{e}");
     println!("tampered file: {e}");
 
+    // ---- so is one whose compiled policies were changed (the source left as it was) ----
+    assert_eq!(
+        snap.content.compiled_policies.len(),
+        1,
+        "the control plane compiles"
+    );
+    let mut v = serde_json::to_value(&snap).unwrap();
+    v["content"]["compiled_policies"][0]["classes"] =
+        json!(["allow", "allow", "allow", "allow", "allow", "allow", "allow", "allow"]);
+    std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+    let e = SnapshotClient::load_persisted(&state).unwrap_err();
+    assert!(matches!(e, SnapshotError::HashMismatch { .. }), "{e}");
+    let tampered: Snapshot = serde_json::from_value(v).unwrap();
+    let e = config_from_snapshot(&local_config(), &tampered).unwrap_err();
+    assert!(matches!(e, SnapshotError::HashMismatch { .. }), "{e}");
+
     // ---- a snapshot naming a missing backend user is refused with the field ----
     let mut content = snap.content.clone();
     content
@@ -518,11 +534,30 @@ fn bad_snapshots_from_the_wire_are_refused_and_the_last_good_one_stays() {
     let missing_user = Snapshot::new(2, 2, 0, missing_user);
     let mut tampered = Snapshot::new(3, 3, 0, good_content.clone());
     tampered.content.connections[0].host = "evil.example".into();
+    // Compiled policies are covered by the hash as the source is.
+    let mut with_policy = good_content.clone();
+    with_policy.policies = vec![json!({"name": "p", "classes": {"allow": ["read"]}})];
+    with_policy.compiled_policies =
+        sluice_policy::PolicySet::from_yaml("policies: [{name: p, classes: {allow: [read]}}]", 0)
+            .unwrap()
+            .compile();
+    let mut tampered_policy = Snapshot::new(4, 4, 0, with_policy);
+    tampered_policy.content.compiled_policies = sluice_policy::PolicySet::from_yaml(
+        "policies: [{name: p, classes: {allow: [read, write, ddl]}}]",
+        0,
+    )
+    .unwrap()
+    .compile();
+    assert!(
+        serde_json::to_vec(&tampered_policy).unwrap().len() < 1024,
+        "refused for its hash, not its size"
+    );
     let oversized = vec![b' '; 2048];
     let answers = vec![
         (200, serde_json::to_vec(&good).unwrap()),
         (200, serde_json::to_vec(&missing_user).unwrap()),
         (200, serde_json::to_vec(&tampered).unwrap()),
+        (200, serde_json::to_vec(&tampered_policy).unwrap()),
         (200, oversized),
         (200, b"{\"version\": 9".to_vec()),
         (500, br#"{"error":{"message":"boom"}}"#.to_vec()),
@@ -545,8 +580,8 @@ fn bad_snapshots_from_the_wire_are_refused_and_the_last_good_one_stays() {
     client.stop();
     assert_eq!((st.version, st.applied), (1, 1), "{st:?}");
     assert_eq!(
-        st.rejected, 4,
-        "missing user, tampered, oversized, malformed: {st:?}"
+        st.rejected, 5,
+        "missing user, tampered, tampered policy, oversized, malformed: {st:?}"
     );
     assert!(st.failures >= 1, "the 500: {st:?}");
     assert!(
@@ -587,4 +622,97 @@ fn a_snapshot_the_callback_refuses_is_not_reported_and_is_asked_for_again() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert!(polls.load(Ordering::SeqCst) >= 2);
     assert_eq!(SnapshotClient::load_persisted(&state).unwrap(), Some(good));
+}
+
+/// A document of 10,000 rules (10 policies of 700 per-class rules, 200 table deny globs and
+/// 100 masking rules, as in the control plane's `policy_scale` test).
+fn large_document() -> String {
+    use std::fmt::Write as _;
+    let mut y = String::from(
+        "connections:\n  - {name: app, host: 127.0.0.1, port: 5432, database: app, users: [{name: reader, password: pw}]}\nroles:\n",
+    );
+    for p in 0..10 {
+        let _ = writeln!(
+            y,
+            "  - {{name: r{p}, groups: [g{p}], connections: {{app: reader}}, policy: p{p}}}"
+        );
+    }
+    y.push_str("policies:\n");
+    for p in 0..10 {
+        let _ = writeln!(
+            y,
+            "  - name: p{p}\n    classes: {{allow: [read, write], review: [ddl]}}\n    rules:"
+        );
+        for r in 0..700 {
+            let _ = writeln!(
+                y,
+                "      - {{classes: [write], tables: {{allow: [\"app.t{r}\", \"app.t{r}_*\", \"s{p}.*\"]}}}}"
+            );
+        }
+        y.push_str("    tables:\n      deny:\n");
+        for d in 0..200 {
+            let _ = writeln!(y, "        - \"secret{d}.*\"");
+        }
+        y.push_str("    masking:\n");
+        for m in 0..100 {
+            let _ = writeln!(
+                y,
+                "      - {{columns: [\"app.customers{m}.ssn\", \"*.*.email{m}\"], strategy: {{partial: {{keep_last: 4}}}}}}"
+            );
+        }
+    }
+    y
+}
+
+/// What loading a 10,000-rule snapshot costs the data plane (decode with the hash check,
+/// then `config_from_snapshot`, which checks the hash again), from its compiled policies and
+/// from source only (a snapshot from an older control plane). Medians of 3; release figures
+/// with `cargo test --release -p sluice-dataplane --test snapshot_client large -- --nocapture`.
+#[test]
+fn a_large_snapshot_loads_from_its_compiled_policies() {
+    use sluice_controlplane::compile::compile;
+    use sluice_controlplane::document::{self, Credentials, Format};
+    use sluice_dataplane::snapshot::decode;
+
+    let doc = document::parse(large_document().as_bytes(), Format::Yaml).unwrap();
+    let creds = doc.validate(&Credentials::new()).unwrap();
+    let content = compile(&doc, &creds, Default::default(), vec![]);
+    let compiled = Snapshot::new(2, 1, 0, content);
+    let mut source_only = compiled.clone();
+    source_only.content.compiled_policies.clear();
+    let source_only = Snapshot::new(2, 1, 0, source_only.content);
+
+    let mut lines = Vec::new();
+    let mut configs = Vec::new();
+    for (label, snap) in [("compiled", &compiled), ("source only", &source_only)] {
+        let bytes = serde_json::to_vec(snap).unwrap();
+        let (mut decoding, mut loading) = (vec![], vec![]);
+        for _ in 0..3 {
+            let t = Instant::now();
+            let snap = decode(&bytes, "test").unwrap();
+            decoding.push(t.elapsed());
+            let t = Instant::now();
+            let cfg = config_from_snapshot(&local_config(), &snap).unwrap();
+            loading.push(t.elapsed());
+            configs.push(cfg);
+        }
+        decoding.sort();
+        loading.sort();
+        lines.push(format!(
+            "{label}: {} KiB, decode + hash check {:.1} ms, config_from_snapshot {:.1} ms",
+            bytes.len() / 1024,
+            ms(decoding[1]),
+            ms(loading[1])
+        ));
+    }
+    println!("a 10,000-rule snapshot on the data plane (medians of 3):");
+    for l in lines {
+        println!("  {l}");
+    }
+    let (a, b) = (&configs[0], &configs[3]);
+    assert_eq!(a.roles.len(), 10);
+    for (ra, rb) in a.roles.iter().zip(&b.roles) {
+        assert!(ra.policy.is_valid());
+        assert_eq!(ra.policy, rb.policy, "role {}", ra.name);
+    }
 }
