@@ -155,6 +155,8 @@ pub struct ShipperConfig {
     pub backoff_min: Duration,
     /// Longest retry delay (default 10 s).
     pub backoff_max: Duration,
+    /// Which certificates an `https://` server must present (default: the webpki roots).
+    pub trust: crate::http::Trust,
 }
 
 impl std::fmt::Debug for ShipperConfig {
@@ -171,6 +173,7 @@ impl std::fmt::Debug for ShipperConfig {
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("max_delay", &self.max_delay)
             .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("trust", &self.trust)
             .finish_non_exhaustive()
     }
 }
@@ -193,6 +196,7 @@ impl ShipperConfig {
             request_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            trust: crate::http::Trust::default(),
         }
     }
 
@@ -424,12 +428,7 @@ impl AuditShipper {
         });
         let (tx, rx) = crossbeam_channel::bounded(cfg.channel_capacity);
         let run_id = format!("{:032x}", rand::random::<u128>());
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(cfg.request_timeout))
-            .timeout_global(Some(cfg.request_timeout))
-            .build()
-            .into();
+        let agent = crate::http::agent(&cfg.trust, cfg.request_timeout);
         let spawn_err = |source| ShipperError::Io {
             path: cfg.spool_dir.clone(),
             source,

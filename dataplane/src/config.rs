@@ -158,8 +158,9 @@ pub struct Limits {
 /// grant keys and revocations) from; see [`crate::snapshot`].
 #[derive(Clone)]
 pub struct ControlPlaneSettings {
-    /// Base URL of the control plane's API, e.g. `http://127.0.0.1:7070` (plain HTTP only
-    /// for now: keep it on loopback or a private network).
+    /// Base URL of the control plane's API: `https://cp.example:7070`, or `http://...` (then
+    /// snapshots, with backend passwords, cross the network in the clear: loopback only). How
+    /// an `https://` server is checked is [`Config::control_plane_trust`].
     pub url: String,
     /// An API token with role `node`. Never logged (a fingerprint is).
     pub node_token: String,
@@ -212,6 +213,10 @@ pub struct Config {
     /// connections, roles, policies and JWT issuers above are only what runs until the first
     /// snapshot arrives (or is loaded from `state_dir`), and may be empty.
     pub control_plane: Option<ControlPlaneSettings>,
+    /// Which certificates an `https://` control plane must present: the `control_plane.ca`
+    /// bundle, else the webpki roots. Handed to the snapshot, review and audit clients. (Here
+    /// rather than in [`ControlPlaneSettings`], whose literal callers would all have to change.)
+    pub control_plane_trust: crate::http::Trust,
 }
 
 impl Config {
@@ -286,6 +291,21 @@ impl Config {
             .iter()
             .find(|r| r.subjects.contains(subject) || groups.iter().any(|g| r.groups.contains(g)))
     }
+}
+
+/// True when `url`'s host is `localhost` or a loopback address (`127.0.0.0/8`, `[::1]`).
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Replaces `${NAME}` with the variable's value; `$$` stands for a literal `$`. Comment
@@ -418,6 +438,9 @@ mod raw {
         #[serde(default)]
         pub node_id: Option<String>,
         pub state_dir: PathBuf,
+        /// PEM CA bundle an `https://` control plane's certificate must chain to.
+        #[serde(default)]
+        pub ca: Option<PathBuf>,
     }
 
     #[derive(Deserialize)]
@@ -595,16 +618,35 @@ mod raw {
                     .unwrap_or(10_000),
             };
 
+            let mut control_plane_trust = crate::http::Trust::webpki();
             let control_plane = match self.control_plane {
                 None => None,
                 Some(cp) => {
                     let url = cp.url.trim_end_matches('/').to_owned();
-                    // The long-poll client is built without TLS for now.
-                    if !url.starts_with("http://") {
+                    let https = url.starts_with("https://");
+                    if !https && !url.starts_with("http://") {
                         return Err(ConfigError::new(
                             "control_plane.url",
-                            format!("`{url}` is not an http:// URL (https is not supported yet)"),
+                            format!("`{url}` is not an http:// or https:// URL"),
                         ));
+                    }
+                    if let Some(ca) = &cp.ca {
+                        if !https {
+                            return Err(ConfigError::new(
+                                "control_plane.ca",
+                                "a CA bundle is for an https:// url; this one is plain http",
+                            ));
+                        }
+                        control_plane_trust = crate::http::Trust::from_ca_file(&resolve(base, ca))
+                            .map_err(|e| ConfigError::new("control_plane.ca", e.to_string()))?;
+                    }
+                    if !https && !is_loopback_url(&url) {
+                        tracing::warn!(
+                            %url,
+                            "control_plane.url is plain http to a host that is not loopback: \
+                             snapshots carry backend passwords; use https:// (control plane \
+                             started with --tls-cert/--tls-key)"
+                        );
                     }
                     if cp.node_token.trim().is_empty() {
                         return Err(ConfigError::new(
@@ -808,6 +850,7 @@ mod raw {
                 roles,
                 policies: Arc::new(policies),
                 control_plane,
+                control_plane_trust,
             })
         }
     }
@@ -915,9 +958,32 @@ policies:
 
         let e = Config::from_yaml("listen: 127.0.0.1:6432\n", Path::new("."), &env).unwrap_err();
         assert_eq!(e.field, "connections");
-        let bad = yaml.replace("http://cp", "https://cp");
+        let bad = yaml.replace("http://cp", "ftp://cp");
         let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
         assert_eq!(e.field, "control_plane.url");
+        assert!(!c.control_plane_trust.has_ca());
+
+        // https, with the webpki roots or a CA bundle (relative to the file); a bundle with
+        // a plain-http url, or one that is not PEM, is refused at load.
+        let https = yaml.replace("http://cp", "https://cp");
+        let c = Config::from_yaml(&https, Path::new("."), &env).unwrap();
+        assert_eq!(c.control_plane.unwrap().url, "https://cp:7070");
+        assert!(!c.control_plane_trust.has_ca());
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["cp".into()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("bad.pem"), "not a certificate").unwrap();
+        let with_ca = format!("{https}  ca: ca.pem\n");
+        let c = Config::from_yaml(&with_ca, dir.path(), &env).unwrap();
+        assert!(c.control_plane_trust.has_ca());
+        let e =
+            Config::from_yaml(&with_ca.replace("ca.pem", "bad.pem"), dir.path(), &env).unwrap_err();
+        assert_eq!(e.field, "control_plane.ca");
+        let e = Config::from_yaml(&with_ca.replace("ca.pem", "missing.pem"), dir.path(), &env)
+            .unwrap_err();
+        assert_eq!(e.field, "control_plane.ca");
+        let e = Config::from_yaml(&format!("{yaml}  ca: ca.pem\n"), dir.path(), &env).unwrap_err();
+        assert_eq!(e.field, "control_plane.ca");
 
         // `sluice up` supplies the section, replacing the text's own.
         let given = ControlPlaneSettings {
@@ -941,6 +1007,26 @@ policies:
         )
         .unwrap();
         assert!(c.connections.is_empty());
+    }
+
+    #[test]
+    fn loopback_urls() {
+        for u in [
+            "http://127.0.0.1:7070",
+            "http://localhost",
+            "http://[::1]:7070/x",
+            "http://127.9.0.1",
+        ] {
+            assert!(is_loopback_url(u), "{u}");
+        }
+        for u in [
+            "http://cp:7070",
+            "http://10.0.0.1:7070",
+            "http://127.0.0.1.evil.example",
+            "http://[::2]:1",
+        ] {
+            assert!(!is_loopback_url(u), "{u}");
+        }
     }
 
     #[test]

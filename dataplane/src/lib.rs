@@ -12,6 +12,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod io;
 mod login;
 mod masking;

@@ -172,6 +172,8 @@ pub struct ReviewClientSettings {
     pub backoff_max: Duration,
     /// Most calls (threads) in flight at once; more answer [`ReviewError::Busy`] at once.
     pub max_in_flight: usize,
+    /// Which certificates an `https://` server must present (default: the webpki roots).
+    pub trust: crate::http::Trust,
 }
 
 impl Default for ReviewClientSettings {
@@ -182,6 +184,7 @@ impl Default for ReviewClientSettings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             max_in_flight: 256,
+            trust: crate::http::Trust::default(),
         }
     }
 }
@@ -230,12 +233,7 @@ impl ReviewClient {
         node_id: &str,
         settings: ReviewClientSettings,
     ) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(settings.request_timeout))
-            .timeout_global(Some(settings.request_timeout))
-            .build()
-            .into();
+        let agent = crate::http::agent(&settings.trust, settings.request_timeout);
         ReviewClient {
             inner: Arc::new(Inner {
                 agent,

@@ -516,6 +516,8 @@ pub struct ClientSettings {
     pub backoff_max: Duration,
     /// Largest snapshot accepted.
     pub max_snapshot_bytes: u64,
+    /// Which certificates an `https://` server must present (default: the webpki roots).
+    pub trust: crate::http::Trust,
 }
 
 impl std::fmt::Debug for ClientSettings {
@@ -526,6 +528,7 @@ impl std::fmt::Debug for ClientSettings {
             .field("node_id", &self.node_id)
             .field("state_file", &self.state_file)
             .field("poll_wait", &self.poll_wait)
+            .field("trust", &self.trust)
             .finish_non_exhaustive()
     }
 }
@@ -546,6 +549,7 @@ impl ClientSettings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
+            trust: crate::http::Trust::default(),
         }
     }
 }
@@ -630,12 +634,7 @@ impl SnapshotClient {
             .version
             .store(running.unwrap_or(0), Ordering::Relaxed);
         let worker = Worker {
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_connect(Some(settings.request_timeout))
-                .timeout_global(Some(settings.request_timeout))
-                .build()
-                .into(),
+            agent: crate::http::agent(&settings.trust, settings.request_timeout),
             settings,
             local,
             control: control.clone(),
