@@ -79,7 +79,9 @@ pub fn main() -> ExitCode {
             api_listen,
             pg_port,
         } => crate::demo::run(listen, api_listen, pg_port),
-        Command::Control(sluice_controlplane::cli::Command::Up(args)) => crate::up::run(args),
+        Command::Control(sluice_controlplane::cli::Command::Up { args, tls }) => {
+            crate::up::run(args, tls)
+        }
         Command::Control(cmd) => sluice_controlplane::cli::run(cmd),
     };
     match result {

@@ -1,14 +1,16 @@
 //! `sluice up`: the control plane (embedded SQLite store by default) and a data plane in one
-//! process. The data plane takes its snapshots from the in-process control plane over HTTP,
-//! exactly as a remote one would, with a node token created at first start and kept in the
-//! data directory.
+//! process. The data plane takes its snapshots from the in-process control plane over HTTP
+//! (HTTPS when the API has a certificate, trusting the certificates in that file), exactly as
+//! a remote one would, with a node token created at first start and kept in the data
+//! directory.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sluice_controlplane::cli::{Served, UpArgs};
+use sluice_controlplane::cli::{ApiTls, Served, UpArgs};
 use sluice_dataplane::config::ControlPlaneSettings;
+use sluice_dataplane::http::Trust;
 use sluice_dataplane::{Config, Dataplane};
 
 /// The data plane's settings when `sluice up` gets no `--config`.
@@ -33,18 +35,36 @@ impl Up {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Up> {
-        let served = Served::start(args)?;
+        Up::start_with_tls(args, &ApiTls::default(), dataplane_yaml, base_dir, env)
+    }
+
+    /// [`Up::start`] with the API over HTTPS when `tls` names a certificate: the data plane
+    /// then trusts the certificates in that file (a full chain names its CA; a self-signed
+    /// certificate is its own).
+    pub fn start_with_tls(
+        args: &UpArgs,
+        tls: &ApiTls,
+        dataplane_yaml: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Up> {
+        let trust = match &tls.tls_cert {
+            Some(cert) => Trust::from_ca_file(cert).context("the API certificate as CA")?,
+            None => Trust::webpki(),
+        };
+        let served = Served::start_with_tls(args, tls)?;
         let node_token = served
             .local_node_token()
             .context("creating the data plane's node token")?;
         let control_plane = ControlPlaneSettings {
-            url: format!("http://{}", served.addr),
+            url: served.url.clone(),
             node_token,
             node_id: None,
             state_dir: args.data_dir.join("dataplane"),
         };
-        let config =
+        let mut config =
             Config::from_yaml_with_control_plane(dataplane_yaml, base_dir, env, control_plane)?;
+        config.control_plane_trust = trust;
         let dataplane = Dataplane::start(config).context("starting the data plane")?;
         Ok(Up { served, dataplane })
     }
@@ -69,8 +89,8 @@ impl Up {
     }
 }
 
-/// `sluice up [--config FILE]` until Ctrl-C.
-pub fn run(args: UpArgs) -> anyhow::Result<()> {
+/// `sluice up [--config FILE] [--tls-cert FILE --tls-key FILE]` until Ctrl-C.
+pub fn run(args: UpArgs, tls: ApiTls) -> anyhow::Result<()> {
     let (text, base) = match &args.config {
         Some(path) => (
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
@@ -83,7 +103,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(());
     })
     .context("installing the Ctrl-C handler")?;
-    let up = Up::start(&args, &text, &base, &|k| std::env::var(k).ok())?;
+    let up = Up::start_with_tls(&args, &tls, &text, &base, &|k| std::env::var(k).ok())?;
     eprintln!(
         "sluice data plane on {} (snapshot v{}); `sluice apply -f configs/policy.yaml` configures both",
         up.dataplane.local_addr(),

@@ -18,7 +18,12 @@ use crate::store::{redact_url, Backend, Store};
 pub enum Command {
     /// Serve the control plane (API, snapshots, grants, audit) on the embedded store, or on
     /// PostgreSQL with --store.
-    Up(UpArgs),
+    Up {
+        #[command(flatten)]
+        args: UpArgs,
+        #[command(flatten)]
+        tls: ApiTls,
+    },
     /// Apply a whole document (YAML or JSON) as a new version.
     Apply {
         #[arg(short = 'f', long)]
@@ -191,6 +196,20 @@ pub struct UpArgs {
     pub config: Option<PathBuf>,
 }
 
+/// `sluice up` TLS options (apart from [`UpArgs`], whose callers build it field by field).
+/// Both or neither; without them the API is plain HTTP.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ApiTls {
+    /// PEM certificate chain: serve the API over HTTPS only (with --tls-key). It must name
+    /// the address clients use; `sluice up`'s own data plane uses 127.0.0.1 when the API
+    /// listens on loopback or on all interfaces.
+    #[arg(long, env = "SLUICE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
 /// How the client commands reach the control plane.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -199,12 +218,16 @@ pub struct ClientArgs {
     /// API token (else SLUICE_ADMIN_TOKEN, else ./sluice-data/admin.token).
     #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA bundle an `https://` server's certificate must chain to (default: the webpki
+    /// roots).
+    #[arg(long, env = "SLUICE_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 /// Runs a command.
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Up(args) => up(args),
+        Command::Up { args, tls } => up(args, tls),
         Command::Apply {
             file,
             dry_run,
@@ -452,6 +475,7 @@ impl Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
+            .tls_config(client_tls(args.ca.as_deref())?)
             .build()
             .into();
         Ok(Client {
@@ -498,6 +522,33 @@ impl Client {
     }
 }
 
+/// rustls (ring) trusting the CA bundle at `ca`, else the webpki roots.
+fn client_tls(ca: Option<&Path>) -> Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{PemItem, RootCerts, TlsConfig, TlsProvider};
+    let roots = match ca {
+        None => RootCerts::WebPki,
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                if let PemItem::Certificate(c) =
+                    item.with_context(|| format!("{}: not PEM", path.display()))?
+                {
+                    certs.push(c);
+                }
+            }
+            if certs.is_empty() {
+                bail!("{}: no certificate in it", path.display());
+            }
+            RootCerts::Specific(Arc::new(certs))
+        }
+    };
+    Ok(TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(roots)
+        .build())
+}
+
 /// Reads `name` from the data dir, or writes `make()` there (mode 0600) on first start.
 fn data_dir_secret(dir: &Path, name: &str, make: impl FnOnce() -> String) -> Result<String> {
     let path = dir.join(name);
@@ -518,8 +569,8 @@ fn data_dir_secret(dir: &Path, name: &str, make: impl FnOnce() -> String) -> Res
     Ok(v)
 }
 
-fn up(args: UpArgs) -> Result<()> {
-    let served = Served::start(&args)?;
+fn up(args: UpArgs, tls: ApiTls) -> Result<()> {
+    let served = Served::start_with_tls(&args, &tls)?;
     served.block_on(async {
         let _ = tokio::signal::ctrl_c().await;
     });
@@ -534,6 +585,12 @@ pub struct Served {
     pub cp: Arc<ControlPlane>,
     /// Where the API listens.
     pub addr: SocketAddr,
+    /// `https://ADDR` with TLS, else `http://ADDR`, where ADDR is 127.0.0.1 (or [::1]) for
+    /// an API listening on all interfaces: the URL a client in this process uses.
+    pub url: String,
+    /// The API's certificate (PEM file) when it serves HTTPS: what a client in this process
+    /// trusts as its CA.
+    pub tls_cert: Option<PathBuf>,
     /// The bootstrap admin token, if there is one (from `SLUICE_ADMIN_TOKEN` or the data dir).
     pub admin_token: Option<String>,
     data_dir: PathBuf,
@@ -544,27 +601,70 @@ pub struct Served {
 
 impl Served {
     /// Opens the store (generating the master key and admin token into the data dir on first
-    /// start with the embedded store), binds the API and serves it in the background.
+    /// start with the embedded store), binds the API and serves it (plain HTTP) in the
+    /// background.
     pub fn start(args: &UpArgs) -> Result<Served> {
+        Served::start_with_tls(args, &ApiTls::default())
+    }
+
+    /// [`Served::start`], serving the API over HTTPS only when `tls` names a certificate.
+    pub fn start_with_tls(args: &UpArgs, tls: &ApiTls) -> Result<Served> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("sluice-api")
             .enable_all()
             .build()?;
+        let tls_cert = tls.tls_cert.clone();
+        let tls = match (&tls.tls_cert, &tls.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::api::tls_server_config(cert, key).with_context(|| {
+                    format!("TLS for the API ({} and {})", cert.display(), key.display())
+                })?)
+            }
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together"),
+        };
         let (cp, listener, admin_token) = rt.block_on(start_control_plane(args))?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = rt.spawn(crate::api::serve(listener, cp.clone(), async {
+        let shutdown = async {
             let _ = rx.await;
-        }));
+        };
+        let server = match tls.clone() {
+            Some(tls) => rt.spawn(crate::api::serve_tls(listener, tls, cp.clone(), shutdown)),
+            None => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(
+                        %addr,
+                        "the API is plain HTTP on an address that is not loopback: tokens, and \
+                         snapshots with backend passwords, cross the network in the clear; \
+                         start with --tls-cert and --tls-key"
+                    );
+                }
+                rt.spawn(crate::api::serve(listener, cp.clone(), shutdown))
+            }
+        };
+        let local = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+            }
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+            }
+            _ => addr,
+        };
+        let url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
         eprintln!(
-            "sluice control plane on http://{addr} (snapshot v{}, issuer {})",
+            "sluice control plane on {}://{addr} (snapshot v{}, issuer {})",
+            if tls.is_some() { "https" } else { "http" },
             cp.current_snapshot().version,
             cp.issuer()
         );
         Ok(Served {
             cp,
             addr,
+            url,
+            tls_cert,
             admin_token,
             data_dir: args.data_dir.clone(),
             shutdown: Some(tx),
@@ -608,8 +708,9 @@ impl Served {
     /// token, as `sluice apply -f` does; returns the snapshot version it made current.
     pub fn apply_yaml(&self, yaml: &str) -> Result<u64> {
         let client = Client::new(ClientArgs {
-            server: format!("http://{}", self.addr),
+            server: self.url.clone(),
             token: self.admin_token.clone(),
+            ca: self.tls_cert.clone(),
         })?;
         let out = client.send(
             "POST",
