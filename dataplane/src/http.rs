@@ -56,10 +56,9 @@ impl Trust {
     pub fn from_ca_pem(pem: &[u8]) -> Result<Trust, TrustError> {
         let mut certs = Vec::new();
         for item in ureq::tls::parse_pem(pem) {
-            match item.map_err(|e| TrustError::Invalid(e.to_string()))? {
-                PemItem::Certificate(c) => certs.push(c),
-                // A key next to the certificates does no harm; it is not kept.
-                _ => {}
+            // A key next to the certificates does no harm; it is not kept.
+            if let PemItem::Certificate(c) = item.map_err(|e| TrustError::Invalid(e.to_string()))? {
+                certs.push(c);
             }
         }
         if certs.is_empty() {
