@@ -81,7 +81,6 @@ fn cli_get_roles(server: &str, ca: &Path, token: &str) -> std::process::Output {
 }
 
 #[test]
-#[ignore = "until runtime.rs hands Config::control_plane_trust to the snapshot, review and audit clients"]
 fn planes_talk_https_and_a_wrong_ca_is_refused_by_clients_and_data_planes() {
     let t0 = Instant::now();
     let conn = "tls_app";

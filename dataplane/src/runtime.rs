@@ -643,6 +643,7 @@ impl Dataplane {
     /// an error log, and the file's own settings run until the control plane answers.
     pub fn start(config: Config) -> anyhow::Result<Dataplane> {
         let cp = config.control_plane.clone();
+        let trust = config.control_plane_trust.clone();
         let mut persisted_refused = false;
         let initial = match &cp {
             None => None,
@@ -659,24 +660,32 @@ impl Dataplane {
         }
         if let Some(cp) = &cp {
             let node = node_id(cp)?;
-            let (shipper, sink) =
-                crate::audit::AuditShipper::start(crate::audit::ShipperConfig::new(
+            let (shipper, sink) = crate::audit::AuditShipper::start(crate::audit::ShipperConfig {
+                trust: trust.clone(),
+                ..crate::audit::ShipperConfig::new(
                     &cp.url,
                     &cp.node_token,
                     &node,
                     cp.state_dir.join("audit-spool"),
-                ))
-                .context("starting the audit shipper")?;
+                )
+            })
+            .context("starting the audit shipper")?;
             let _ = shared.audit_sink.set(sink);
             *shared
                 .audit_shipper
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(shipper);
-            let _ = shared.reviews.set(crate::review::ReviewClient::new(
-                &cp.url,
-                &cp.node_token,
-                &node,
-            ));
+            let _ = shared
+                .reviews
+                .set(crate::review::ReviewClient::with_settings(
+                    &cp.url,
+                    &cp.node_token,
+                    &node,
+                    crate::review::ReviewClientSettings {
+                        trust: trust.clone(),
+                        ..Default::default()
+                    },
+                ));
         }
         let config = shared.config.clone();
         let listeners = bind_listeners(config.listen, config.cores)?;
@@ -727,6 +736,7 @@ impl Dataplane {
                 cp.state_dir.join(SNAPSHOT_FILE),
             );
             settings.address = local_addr.to_string();
+            settings.trust = trust;
             settings.drivers = drivers;
             let weak = Arc::downgrade(&shared);
             let client =
