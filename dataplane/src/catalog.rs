@@ -33,6 +33,8 @@ pub const RELOAD_BACKOFF: Duration = Duration::from_secs(1);
 /// Most relation columns (and types) a catalog loads; beyond that the load fails and masked
 /// statements are denied rather than judged on a partial catalog.
 const MAX_CATALOG_ROWS: usize = 1_000_000;
+/// Longest statement text whose mask plan is cached (as the verdict cache does).
+const MAX_CACHED_TEXT: usize = 8 * 1024;
 /// Most mask plans cached per catalog (the cache is cleared when full).
 const MAX_PLANS: usize = 8 * 1024;
 
@@ -183,6 +185,10 @@ impl Loaded {
             &self.catalog,
             sql,
         ));
+        if key.len() > MAX_CACHED_TEXT {
+            // Long texts are planned each time: the cache's memory stays bounded.
+            return plan;
+        }
         let mut plans = self.plans.borrow_mut();
         if plans.values().map(HashMap::len).sum::<usize>() >= MAX_PLANS {
             plans.clear();

@@ -96,6 +96,8 @@ enum Job {
 /// A portal: its statement's lineage, and its row plan once described.
 #[derive(Clone, Default)]
 struct Portal {
+    /// The client's name of the statement it was bound to.
+    statement: Box<str>,
     lineage: Lineage,
     /// Its statement's text (see [`Job::Simple`]).
     sql: Option<Rc<str>>,
@@ -198,6 +200,16 @@ fn strategy(s: &MaskStrategy) -> Option<Strategy> {
     }))
 }
 
+/// The strategy of rule `r`; NULL when the rule has none here (an index planned under another
+/// policy): a column a plan says is masked is never sent as it is.
+fn strategy_of(strategies: &[Option<Strategy>], r: usize) -> Strategy {
+    strategies
+        .get(r)
+        .cloned()
+        .flatten()
+        .unwrap_or_else(Strategy::null)
+}
+
 fn detector(d: Detector) -> DetectorKind {
     match d {
         Detector::Email => DetectorKind::Email,
@@ -259,6 +271,20 @@ impl Masker {
         };
         self.policy = policy;
         self.row_plans.clear();
+        // Lineage planned under the old policy names its rules: SQL-level statements and
+        // cursors fail closed until prepared or declared again (protocol statements are
+        // planned again at their next Bind).
+        let stale = || {
+            Lineage::Unknown(
+                "sluice: the policy changed since this was prepared; prepare it again".into(),
+            )
+        };
+        for l in self.cursors.values_mut() {
+            *l = stale();
+        }
+        for l in self.prepared.values_mut() {
+            *l = Some(stale());
+        }
         self.strategies = strategies;
         self.detectors = detectors;
         self.by_column = by_column;
@@ -331,15 +357,27 @@ impl Masker {
             MaskPlan::Statements(v) => {
                 for p in v {
                     match p {
+                        // A name already in use fails on the server (duplicate cursor or
+                        // statement), leaving the old one: its rows are untraceable then.
                         ResultPlan::Declare { cursor, rows } => {
-                            self.cursors
-                                .insert(cursor.clone(), Lineage::Columns(Rc::new(rows.clone())));
+                            let lineage = if self.cursors.contains_key(cursor) {
+                                Lineage::Unknown(
+                                    format!("sluice: cursor \"{cursor}\" was declared twice; close it and declare it again").into(),
+                                )
+                            } else {
+                                Lineage::Columns(Rc::new(rows.clone()))
+                            };
+                            self.cursors.insert(cursor.clone(), lineage);
                         }
                         ResultPlan::Prepare { name, rows } => {
-                            self.prepared.insert(
-                                name.clone(),
-                                rows.clone().map(|r| Lineage::Columns(Rc::new(r))),
-                            );
+                            let lineage = if self.prepared.contains_key(name) {
+                                Some(Lineage::Unknown(
+                                    format!("sluice: \"{name}\" was prepared twice; deallocate it and prepare it again").into(),
+                                ))
+                            } else {
+                                rows.clone().map(|r| Lineage::Columns(Rc::new(r)))
+                            };
+                            self.prepared.insert(name.clone(), lineage);
                         }
                         _ => {}
                     }
@@ -400,6 +438,7 @@ impl Masker {
         self.portals.insert(
             portal.into(),
             Portal {
+                statement: statement.into(),
                 lineage,
                 sql,
                 rows: None,
@@ -423,6 +462,16 @@ impl Masker {
         })
     }
 
+    /// Fails the result of `job` closed (its rows are dropped, its end becomes an error).
+    pub fn fail_job(&mut self, job: u64, why: String) {
+        match self.jobs.get_mut(&job) {
+            Some(Job::Simple { state, .. }) | Some(Job::Execute { state, .. }) => {
+                state.failed.get_or_insert(why);
+            }
+            _ => {}
+        }
+    }
+
     /// Forgets a job whose request is answered.
     pub fn finish_job(&mut self, job: u64) {
         self.jobs.remove(&job);
@@ -442,9 +491,26 @@ impl Masker {
         self.cursors.clear();
     }
 
-    /// Closes the client's extended-protocol statement `name`.
-    pub fn closed_statement(&mut self, name: &str) {
+    /// The server may not have (or may have another) statement `name`: rows from it fail
+    /// closed until it is parsed again.
+    pub fn invalidate_statement(&mut self, name: &str) {
+        // A Bind of an unknown name plans its portal as Unknown; portals already bound to it
+        // (pipelined before the failure was known) are bound to whatever the server has.
         self.statements.remove(name);
+        for p in self.portals.values_mut() {
+            if &*p.statement == name {
+                p.lineage = Lineage::Unknown(
+                    format!("sluice: statement \"{name}\" did not take effect on the server")
+                        .into(),
+                );
+                p.rows = None;
+            }
+        }
+    }
+
+    /// Forgets a SQL-level prepared statement (DEALLOCATE).
+    pub fn forget_prepared(&mut self, name: &str) {
+        self.prepared.remove(name);
     }
 
     fn lineage_of(&self, plan: &MaskPlan, index: usize) -> Lineage {
@@ -581,7 +647,7 @@ impl Masker {
             .collect();
         let strategies = &self.strategies;
         RowPlan::from_row_description(frame, None, self.detectors, |i, _| {
-            rules[i].and_then(|r| strategies.get(r).cloned().flatten())
+            rules[i].map(|r| strategy_of(strategies, r))
         })
         .map(|plan| (plan, names))
         .map_err(|e| format!("sluice: cannot plan masking: {e}"))
@@ -617,7 +683,7 @@ impl Masker {
             masks.iter().map(|r| {
                 (
                     ColumnType::text(sluice_mask::oid::TEXT),
-                    r.and_then(|r| strategies.get(r).cloned().flatten()),
+                    r.map(|r| strategy_of(strategies, r)),
                 )
             }),
             self.detectors,

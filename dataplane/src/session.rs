@@ -48,6 +48,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const MAX_INSPECTED_MESSAGE: usize = 64 * 1024;
 /// Queued bytes for the client above which the server reader stops reading.
 const HIGH_WATER: usize = 256 * 1024;
+/// Largest result message (DataRow, CopyData, error) the masker buffers whole to rewrite.
+const MAX_MASKED_MESSAGE: usize = 16 << 20;
 /// Client messages larger than this are streamed to the server, not buffered (COPY data).
 const STREAM_COPY_DATA_ABOVE: usize = 64 * 1024;
 
@@ -140,9 +142,27 @@ struct State {
     plan_key: Option<String>,
     /// Extended-protocol statements by client name: the text, and the configuration
     /// generation it was judged in (a Bind in a later one judges it again).
-    statement_sql: HashMap<String, (Rc<str>, u64)>,
+    statement_sql: HashMap<String, Parsed>,
+    /// Tags of Parse requests in flight, by client statement name: a Parse the server fails
+    /// or skips makes the name unusable (see [`Tracker::take_failed_jobs`]).
+    parse_tags: HashMap<u64, String>,
+    /// The statement just judged was let through by a review approval.
+    review_passed: bool,
     /// Portal texts, for audit records (only when auditing).
     portal_sql: HashMap<String, Rc<str>>,
+}
+
+/// A statement this session parsed in the extended protocol.
+struct Parsed {
+    sql: Rc<str>,
+    /// The configuration generation it was judged in (a Bind in a later one judges again).
+    judged_in: u64,
+    /// The server connection (attach generation) it was parsed on: the unnamed statement
+    /// lives on that connection only.
+    server: u64,
+    /// Let through by a review approval: one Bind may use it, later ones are judged again.
+    reviewed: bool,
+    approved_binds: u8,
 }
 
 /// Request tags the session allocates itself start here, far above the masker's.
@@ -190,6 +210,8 @@ struct Session {
     out_ready: Notify,
     /// Wakes the server reader when the client queue drained below the high-water mark.
     out_space: Notify,
+    /// The same for the client reader (each Notify has one waiter).
+    out_space_client: Notify,
     peer: SocketAddr,
     subject: String,
     role: Arc<str>,
@@ -249,6 +271,8 @@ pub(crate) async fn relay(
             review_approvers: None,
             plan_key: None,
             statement_sql: HashMap::new(),
+            parse_tags: HashMap::new(),
+            review_passed: false,
             portal_sql: HashMap::new(),
             tracker: Tracker::new(),
             attached: None,
@@ -262,6 +286,7 @@ pub(crate) async fn relay(
         }),
         out_ready: Notify::default(),
         out_space: Notify::default(),
+        out_space_client: Notify::default(),
         peer,
         subject: identity.subject,
         role: role.clone(),
@@ -341,6 +366,7 @@ impl Session {
         st.closing = true;
         self.out_ready.notify();
         self.out_space.notify();
+        self.out_space_client.notify();
     }
 
     fn attach(self: &Rc<Self>, conn: ServerConn) {
@@ -467,6 +493,24 @@ impl Session {
             if copy_skip == 0 && buf[0] == frontend::TERMINATE {
                 return;
             }
+            // The policy and catalog first: these awaits must not come between attaching a
+            // server and processing (the server reader may return an idle server meanwhile).
+            self.refresh_policy().await;
+            // Answers the gateway gives itself (synthesized ParseComplete, CloseComplete) go
+            // to the client queue too: stop reading while the client does not read.
+            loop {
+                let full = {
+                    let st = self.st.borrow();
+                    !st.closing && st.out_bytes > HIGH_WATER
+                };
+                if !full {
+                    break;
+                }
+                self.out_space_client.notified().await;
+            }
+            if self.st.borrow().closing {
+                return;
+            }
             // A server for whatever these messages need.
             if self.st.borrow().attached.is_none() {
                 match self.pool.acquire().await {
@@ -487,7 +531,6 @@ impl Session {
                     }
                 }
             }
-            self.refresh_policy().await;
             self.unpark();
             let (chunks, terminated) = match self.process_client(&mut buf, &mut copy_skip) {
                 Ok(c) => c,
@@ -575,6 +618,12 @@ impl Session {
             let mut rewritten: Option<BytesMut> = None;
             let txn = self.mode == PoolMode::Transaction;
             let mut parse_denial = match msg {
+                FrontendMessage::Parse { name, .. } if name.starts_with("sluice") => {
+                    Some(self.denial(
+                        "builtin/reserved-name",
+                        "statement names starting with \"sluice\" are reserved for the gateway",
+                    ))
+                }
                 FrontendMessage::Parse { name, query, .. } => match self.judge(st, query) {
                     Some(denial) => Some(denial),
                     None => match self.mask_plan(st, query) {
@@ -602,11 +651,23 @@ impl Session {
             let generation = self.policy_generation.get();
             let mut bind_denial = None;
             if let FrontendMessage::Bind { statement, .. } = msg {
-                let stale = st
-                    .statement_sql
-                    .get(statement)
-                    .filter(|(_, g)| *g != generation)
-                    .map(|(text, _)| text.clone());
+                // Only statements this session parsed (and, unnamed, on this server) may be
+                // bound: a pooled server may hold other clients' statements, under names a
+                // client could guess.
+                let attached = st.generation;
+                let usable = st.statement_sql.get(statement).filter(|p| {
+                    !(statement.is_empty() && self.mode == PoolMode::Transaction)
+                        || p.server == attached
+                });
+                let stale = match usable {
+                    None => {
+                        bind_denial = Some(no_such_statement(statement));
+                        None
+                    }
+                    Some(p) if p.reviewed && p.approved_binds == 0 => Some(p.sql.clone()),
+                    Some(p) if p.judged_in != generation => Some(p.sql.clone()),
+                    Some(_) => None,
+                };
                 if let Some(text) = stale {
                     bind_denial = match self.judge(st, &text) {
                         Some(denial) => Some(denial),
@@ -627,24 +688,39 @@ impl Session {
                 // Held for review: the client reader asks, then this message comes again.
                 break;
             }
+            let reviewed = std::mem::take(&mut st.review_passed);
             match msg {
                 FrontendMessage::Parse { name, query, .. } => {
                     if parse_denial.is_none() {
-                        st.statement_sql
-                            .insert(name.to_owned(), (Rc::from(query), generation));
+                        let server = st.generation;
+                        st.statement_sql.insert(
+                            name.to_owned(),
+                            Parsed {
+                                sql: Rc::from(query),
+                                judged_in: generation,
+                                server,
+                                reviewed,
+                                approved_binds: u8::from(reviewed),
+                            },
+                        );
                     } else {
                         st.statement_sql.remove(name);
                     }
                 }
                 FrontendMessage::Bind {
                     portal, statement, ..
-                } => {
-                    if let Some(entry) = st.statement_sql.get_mut(statement) {
-                        if bind_denial.is_none() {
-                            entry.1 = generation;
+                } if bind_denial.is_none() => {
+                    if let Some(p) = st.statement_sql.get_mut(statement) {
+                        p.judged_in = generation;
+                        if p.reviewed {
+                            // This Bind uses the approval (or the one just given).
+                            p.approved_binds = p.approved_binds.saturating_sub(1);
+                            if reviewed {
+                                p.approved_binds = 0;
+                            }
                         }
                         if self.audit.is_some() {
-                            let text = entry.0.clone();
+                            let text = p.sql.clone();
                             st.portal_sql.insert(portal.to_owned(), text);
                         }
                     }
@@ -733,10 +809,11 @@ impl Session {
                             &mut synth,
                             &mut unprepared,
                         );
+                        self.tag_parse(st, name);
                         rewritten = Some(b);
                     }
                 }
-                FrontendMessage::Parse { .. } => {
+                FrontendMessage::Parse { name, .. } => {
                     st.tracker.push(
                         Request::Parse,
                         Delivery::Forward,
@@ -744,6 +821,7 @@ impl Session {
                         &mut synth,
                         &mut unprepared,
                     );
+                    self.tag_parse(st, name);
                 }
                 FrontendMessage::Bind {
                     portal,
@@ -830,10 +908,7 @@ impl Session {
                 {
                     // The server keeps the statement for other clients; the client's name goes.
                     st.statements.remove(name);
-                    st.statement_sql.remove(name);
-                    if let Some(mk) = st.masker.as_mut() {
-                        mk.closed_statement(name);
-                    }
+                    forget_statement(st, name);
                     st.tracker.push(
                         Request::Close,
                         Delivery::Synthesize,
@@ -845,7 +920,7 @@ impl Session {
                 }
                 FrontendMessage::Close { kind, name } => {
                     if kind == b'S' {
-                        st.statement_sql.remove(name);
+                        forget_statement(st, name);
                     }
                     st.tracker.push(
                         Request::Close,
@@ -1109,10 +1184,24 @@ impl Session {
                 });
             }
             let job = st.tracker.head_job();
-            let mask = st
+            let mut mask = st
                 .masker
                 .as_ref()
                 .is_some_and(|mk| mk.needs_whole(h.tag, job));
+            // A message the masker must hold whole is held up to a bound: a larger one is
+            // dropped as it streams, and its result fails closed.
+            let oversize = mask && total > MAX_MASKED_MESSAGE;
+            if oversize {
+                if let Some(mk) = st.masker.as_mut() {
+                    mk.fail_job(
+                        job,
+                        format!(
+                            "sluice: a {total}-byte result message is larger than the {MAX_MASKED_MESSAGE} bytes the masker holds; result refused"
+                        ),
+                    );
+                }
+                mask = false;
+            }
             if (inspect || mask) && available < total {
                 if buf.capacity() - pos < total {
                     buf.reserve(total - available);
@@ -1148,6 +1237,10 @@ impl Session {
                             a.state.prepared.clear();
                         }
                         st.sql_prepared.clear();
+                        let names: Vec<String> = st.statement_sql.keys().cloned().collect();
+                        for n in names {
+                            forget_statement(st, &n);
+                        }
                         if let Some(mk) = st.masker.as_mut() {
                             mk.forget_sql_state();
                         }
@@ -1168,7 +1261,7 @@ impl Session {
             }
             let whole = available >= total;
             let present = total.min(available);
-            let mut verdict = verdict;
+            let mut verdict = if oversize { Verdict::Drop } else { verdict };
             if mask && whole {
                 let mk = st.masker.as_mut().expect("checked by needs_whole");
                 match mk.on_message(job, &mut buf[pos..pos + total]) {
@@ -1200,8 +1293,19 @@ impl Session {
                     mk.idle(status);
                 }
             }
+            if st.ready == Some(b'I') && st.tracker.is_idle() {
+                // Portals do not outlive a transaction.
+                st.portal_sql.clear();
+            }
             if job != 0 && !st.audits.is_empty() {
                 self.audit_response(st, job, h.tag, &buf[pos..pos + present], whole);
+            }
+            // After the masker and the audit saw the message: requests that failed or were
+            // skipped.
+            self.settle_failed(st);
+            if job >= OWN_TAGS && !st.parse_tags.is_empty() && !st.tracker.has_job(job) {
+                // The Parse was answered (ParseComplete): its name is the server's now.
+                st.parse_tags.remove(&job);
             }
             let forward = verdict == Verdict::Forward;
             match verdict {
@@ -1371,6 +1475,15 @@ fn client_describes_portal(rest: &[u8], portal: &str, max: usize) -> bool {
     )
 }
 
+/// A statement name the server does not have (its Parse failed or was skipped, or SQL-level
+/// PREPARE/DEALLOCATE reused it): Binds to it are refused and its lineage is unknown.
+fn forget_statement(st: &mut State, name: &str) {
+    st.statement_sql.remove(name);
+    if let Some(mk) = st.masker.as_mut() {
+        mk.invalidate_statement(name);
+    }
+}
+
 /// Whether no literal value in the text can change its verdict: one plain SELECT or INSERT
 /// (constants there are values, never names, classes or flags). UPDATE and DELETE are left
 /// out on purpose: a constant WHERE (`1 = 1`) is something the policy looks at.
@@ -1400,6 +1513,21 @@ const DENIED_STAND_IN: &str = "sluice: statement denied by policy";
 /// The statement a denied Bind names instead of the client's: no server has one by this name
 /// (the gateway's own are `sluice_<core>_<id>`), so the server fails the Bind.
 const DENIED_STATEMENT: &str = "sluice: denied";
+
+/// The error PostgreSQL gives for a Bind to a statement that does not exist (26000).
+fn no_such_statement(name: &str) -> Bytes {
+    let message = if name.is_empty() {
+        "unnamed prepared statement does not exist".to_owned()
+    } else {
+        format!("prepared statement \"{name}\" does not exist")
+    };
+    let mut b = BytesMut::new();
+    encode::error_response(
+        &mut b,
+        &ErrorResponse::error(sqlstate::INVALID_SQL_STATEMENT_NAME, &message),
+    );
+    b.freeze()
+}
 
 fn stand_in_query() -> BytesMut {
     let mut b = BytesMut::with_capacity(64);
@@ -1483,6 +1611,16 @@ impl Session {
                 };
                 if stateful {
                     drop(cache);
+                    if let sluice_policy::Analysis::Statements(v) = &analysis {
+                        if v.iter().any(|f| {
+                            matches!(&f.kind, sluice_policy::Kind::Prepare { name } if name.starts_with("sluice"))
+                        }) {
+                            return Some(self.denial(
+                                "builtin/reserved-name",
+                                "statement names starting with \"sluice\" are reserved for the gateway",
+                            ));
+                        }
+                    }
                     let verdict = sluice_policy::judge_with(&policy, &analysis, |name| {
                         st.sql_prepared.get(name)
                     });
@@ -1513,15 +1651,38 @@ impl Session {
         let sluice_policy::Analysis::Statements(v) = analysis else {
             return;
         };
+        // SQL-level and protocol-level prepared statements share one namespace on the
+        // server: a SQL PREPARE or DEALLOCATE of a name also ends the protocol statement the
+        // session knew by that name.
         for f in v {
             match &f.kind {
                 sluice_policy::Kind::Prepare { name } => {
-                    st.sql_prepared.insert(name.clone(), f.clone());
+                    if st.sql_prepared.contains_key(name) {
+                        // The server refuses a duplicate and keeps the old one: EXECUTE of
+                        // this name is judged unknown (denied) until DEALLOCATE.
+                        st.sql_prepared.remove(name);
+                    } else {
+                        st.sql_prepared.insert(name.clone(), f.clone());
+                    }
+                    forget_statement(st, name);
                 }
                 sluice_policy::Kind::Deallocate { name: Some(name) } => {
                     st.sql_prepared.remove(name);
+                    forget_statement(st, name);
+                    if let Some(mk) = st.masker.as_mut() {
+                        mk.forget_prepared(name);
+                    }
                 }
-                sluice_policy::Kind::Deallocate { name: None } => st.sql_prepared.clear(),
+                sluice_policy::Kind::Deallocate { name: None } => {
+                    st.sql_prepared.clear();
+                    let names: Vec<String> = st.statement_sql.keys().cloned().collect();
+                    for n in names {
+                        forget_statement(st, &n);
+                    }
+                    if let Some(mk) = st.masker.as_mut() {
+                        mk.forget_sql_state();
+                    }
+                }
                 _ => {}
             }
         }
@@ -1546,6 +1707,7 @@ impl Session {
             sluice_policy::Verdict::Review { rule, message } => {
                 if st.review_pass.as_deref() == Some(sql) {
                     st.review_pass = None;
+                    st.review_passed = true;
                     return None;
                 }
                 if let Some((text, error)) = st.review_outcome.take() {
@@ -1705,6 +1867,38 @@ impl Session {
                 st.review_pass = Some(need.sql);
             }
             Err(e) => st.review_outcome = Some((need.sql, e)),
+        }
+    }
+
+    /// Tags the Parse just pushed, so that its failure (or its skip after an earlier error)
+    /// makes the name unusable; a Parse the server will skip is forgotten at once.
+    fn tag_parse(&self, st: &mut State, name: &str) {
+        st.next_tag += 1;
+        let tag = st.next_tag;
+        if st.tracker.tag_last(tag) {
+            st.parse_tags.insert(tag, name.to_owned());
+        } else {
+            forget_statement(st, name);
+        }
+    }
+
+    /// Settles what the session recorded for requests that failed or were skipped.
+    fn settle_failed(&self, st: &mut State) {
+        for tag in st.tracker.take_failed_jobs() {
+            if let Some(name) = st.parse_tags.remove(&tag) {
+                forget_statement(st, &name);
+            }
+            if let Some(mk) = st.masker.as_mut() {
+                mk.finish_job(tag);
+            }
+            if let Some(mut a) = st.audits.remove(&tag) {
+                a.record
+                    .error
+                    .get_or_insert_with(|| "not run: an earlier message failed".into());
+                if let Some(sink) = &self.audit {
+                    sink.record(a.record);
+                }
+            }
         }
     }
 
@@ -1922,6 +2116,7 @@ async fn client_writer(s: Rc<Session>, mut write: ClientWrite) {
                 }
                 drop(st);
                 s.out_space.notify();
+                s.out_space_client.notify();
                 if failed {
                     shutdown_fd(s.client_fd);
                     return;

@@ -114,6 +114,9 @@ pub struct Tracker {
     copy_in: bool,
     /// The last push queued an entry (for [`Tracker::tag_last`]).
     last_queued: bool,
+    /// Tags of requests that failed or that the server skipped (after an error, before Sync),
+    /// for the caller to forget what it recorded for them.
+    failed_jobs: Vec<u64>,
 }
 
 impl Tracker {
@@ -200,6 +203,12 @@ impl Tracker {
         self.queue.front().map_or(0, |e| e.job)
     }
 
+    /// Takes the tags of requests that failed or were skipped since the last call (a simple
+    /// Query that fails is not among them: its answer goes on to ReadyForQuery).
+    pub fn take_failed_jobs(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.failed_jobs)
+    }
+
     /// Whether a request tagged `job` still waits for (part of) its answer.
     pub fn has_job(&self, job: u64) -> bool {
         self.queue.iter().any(|e| e.job == job)
@@ -251,6 +260,9 @@ impl Tracker {
             if failed.request == Request::Parse && failed.delivery != Delivery::Synthesize {
                 unprepared.extend(failed.statement);
             }
+            if failed.job != 0 {
+                self.failed_jobs.push(failed.job);
+            }
             while let Some(e) = self.queue.front() {
                 if e.request == Request::Sync {
                     break;
@@ -258,6 +270,9 @@ impl Tracker {
                 let e = self.queue.pop_front().expect("front exists");
                 if e.request == Request::Parse && e.delivery != Delivery::Synthesize {
                     unprepared.extend(e.statement);
+                }
+                if e.job != 0 {
+                    self.failed_jobs.push(e.job);
                 }
             }
             if self.queue.is_empty() {
@@ -285,6 +300,8 @@ impl Tracker {
 
     /// Forgets everything: the server connection is gone.
     pub fn reset(&mut self) {
+        self.failed_jobs
+            .extend(self.queue.iter().map(|e| e.job).filter(|j| *j != 0));
         self.queue.clear();
         self.skipping = false;
         self.copy_in = false;
@@ -595,5 +612,17 @@ mod tests {
         push(&mut t, Sync, Forward, None);
         push(&mut t, Close, Synthesize, None);
         assert!(!t.tag_last(2));
+
+        // A failed request and those skipped after it are reported by tag.
+        let mut t = Tracker::new();
+        push(&mut t, Parse, Forward, None);
+        assert!(t.tag_last(5));
+        push(&mut t, Bind, Forward, None);
+        push(&mut t, Execute, Forward, None);
+        assert!(t.tag_last(6));
+        push(&mut t, Sync, Forward, None);
+        run(&mut t, b"E");
+        assert_eq!(t.take_failed_jobs(), vec![5, 6]);
+        assert!(t.take_failed_jobs().is_empty());
     }
 }
