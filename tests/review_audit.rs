@@ -247,7 +247,7 @@ fn reviewed_writes_wait_for_an_approver_and_every_statement_is_audited() {
             .await;
         (waiter, r)
     });
-    let _pending = pending_review(api, &alice, "agent-wait");
+    let cancelled_review = pending_review(api, &alice, "agent-wait");
     rt.block_on(cancel.cancel_query(tokio_postgres::NoTls))
         .expect("cancel request sent");
     let (waiter, r) = rt.block_on(update).unwrap();
@@ -259,6 +259,48 @@ fn reviewed_writes_wait_for_an_approver_and_every_statement_is_audited() {
         .unwrap()
         .get(0);
     assert_eq!(n, 5, "the session is still usable after a cancel");
+    // The cancelled statement's review is still pending; an approver clears it.
+    let (s, body) = http(
+        api,
+        "POST",
+        &format!("/v1/reviews/{cancelled_review}/deny"),
+        &alice,
+        None,
+    );
+    assert_eq!(s, 200, "the review outlives the cancel: {body}");
+
+    // ---- extended protocol: an approval covers one execution of the prepared statement ----
+    let prepared_sql = "UPDATE items SET v = $1 WHERE id = 5";
+    let prepare = rt.spawn(async move {
+        let st = waiter.prepare(prepared_sql).await;
+        (waiter, st)
+    });
+    let id = pending_review(api, &alice, "agent-wait");
+    let (s, body) = http(
+        api,
+        "POST",
+        &format!("/v1/reviews/{id}/approve"),
+        &alice,
+        None,
+    );
+    assert_eq!(s, 200, "{body}");
+    let (waiter, stmt) = rt.block_on(prepare).unwrap();
+    let stmt = stmt.expect("prepared once approved");
+    rt.block_on(waiter.execute(&stmt, &[&"once"]))
+        .expect("the approved statement runs once");
+    assert_eq!(backend_value(db, 5), "once");
+    // A second execution needs its own approval: here it is denied.
+    let again = rt.spawn(async move {
+        let r = waiter.execute(&stmt, &[&"twice"]).await;
+        (waiter, r)
+    });
+    let id = pending_review(api, &alice, "agent-wait");
+    let (s, body) = http(api, "POST", &format!("/v1/reviews/{id}/deny"), &alice, None);
+    assert_eq!(s, 200, "{body}");
+    let (_waiter, r) = rt.block_on(again).unwrap();
+    let e = r.expect_err("the second execution is not covered by the first approval");
+    assert_eq!(sqlstate(&e), "57014", "{e:?}");
+    assert_eq!(backend_value(db, 5), "once");
 
     // ---- resend mode: an error carrying the review id, then the same text runs ----
     let resender = rt.block_on(connect(&cs(RESENDER, "agent")));
@@ -317,11 +359,19 @@ fn reviewed_writes_wait_for_an_approver_and_every_statement_is_audited() {
             ("allow".to_owned(), "SELECT count(*) FROM items".to_owned()),
             (
                 "deny".to_owned(),
+                "UPDATE items SET v = $1 WHERE id = 5".to_owned()
+            ),
+            (
+                "deny".to_owned(),
                 "UPDATE items SET v = 'cancelled' WHERE id = 4".to_owned()
             ),
             (
                 "deny".to_owned(),
                 "UPDATE items SET v = 'denied' WHERE id = 2".to_owned()
+            ),
+            (
+                "review".to_owned(),
+                "UPDATE items SET v = $1 WHERE id = 5".to_owned()
             ),
             (
                 "review".to_owned(),

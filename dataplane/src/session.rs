@@ -1891,14 +1891,8 @@ impl Session {
             if let Some(mk) = st.masker.as_mut() {
                 mk.finish_job(tag);
             }
-            if let Some(mut a) = st.audits.remove(&tag) {
-                a.record
-                    .error
-                    .get_or_insert_with(|| "not run: an earlier message failed".into());
-                if let Some(sink) = &self.audit {
-                    sink.record(a.record);
-                }
-            }
+            // A request that never ran leaves no record (the failure before it has its own).
+            st.audits.remove(&tag);
         }
     }
 
