@@ -174,18 +174,26 @@ async fn observe(State(cp): State<Cp>, req: Request, next: Next) -> Response {
             ),
         };
         let mut resp = ApiError::new(status, code, message).into_response();
-        if has_body {
-            // A rejection came before the body was read, and hyper will not reuse a
-            // connection with an unread body: say so, or the client's next request on it
-            // (from its pool) finds the connection gone.
-            resp.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-        }
+        close_if_body_unread(&mut resp, has_body);
         return resp;
     }
+    let mut resp = resp;
+    if status.is_client_error() || status.is_server_error() {
+        close_if_body_unread(&mut resp, has_body);
+    }
     resp
+}
+
+/// An error answered to a request with a body may come before the body was read (a rejected
+/// token, an extractor's rejection), and hyper does not reuse a connection with an unread
+/// body: say so, or the client's next request on it (from its pool) finds the connection gone.
+fn close_if_body_unread(resp: &mut Response, has_body: bool) {
+    if has_body {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
