@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sluice_controlplane::crypto::MasterKey;
-use sluice_controlplane::service::{ControlPlane, Settings};
-use sluice_controlplane::store::Store;
+use sluice_controlplane::inprocess::InProcess;
+use sluice_controlplane::service::Settings;
 use sluice_dataplane::audit::{
     AuditBatch, AuditRecord, AuditShipper, ShipperConfig, ShipperError, StatsSnapshot,
     LOSS_MARKER_IDENTITY, LOSS_MARKER_RULE,
@@ -23,45 +23,26 @@ const ADMIN: &str = "test-admin-token-0123456789abcdef";
 /// The control plane on a runtime of its own, so a test can stop it like a crash.
 struct ControlPlaneProcess {
     base: String,
-    rt: Option<tokio::runtime::Runtime>,
-    cp: Arc<ControlPlane>,
+    inner: InProcess,
     agent: ureq::Agent,
 }
 
 impl ControlPlaneProcess {
     fn start(store_url: &str, key: &MasterKey, addr: &str) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
         let settings = Settings {
             admin_token: Some(ADMIN.into()),
             ..Settings::default()
         };
-        let (cp, listener) = rt.block_on(async {
-            let store = Store::open(store_url).await.unwrap();
-            let cp = ControlPlane::start(store, key.clone(), settings)
-                .await
-                .unwrap();
-            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-            (cp, listener)
-        });
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        rt.spawn(sluice_controlplane::api::serve(
-            listener,
-            cp.clone(),
-            std::future::pending::<()>(),
-        ));
+        let inner = InProcess::start(store_url, key.clone(), settings, addr.parse().unwrap())
+            .expect("starting the control plane");
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
         ControlPlaneProcess {
-            base,
-            rt: Some(rt),
-            cp,
+            base: inner.base_url().to_owned(),
+            inner,
             agent,
         }
     }
@@ -128,12 +109,8 @@ impl ControlPlaneProcess {
     }
 
     /// Like a crash: the runtime goes, with the listener and every connection.
-    fn kill(mut self) {
-        let cp = self.cp.clone();
-        if let Some(rt) = self.rt.take() {
-            rt.block_on(async move { cp.store().close().await });
-            rt.shutdown_timeout(Duration::from_secs(1));
-        }
+    fn kill(self) {
+        self.inner.stop();
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sluice_auth::token::TokenVerifier;
 use sluice_controlplane::crypto::MasterKey;
-use sluice_controlplane::service::{ControlPlane, Settings};
-use sluice_controlplane::store::Store;
+use sluice_controlplane::inprocess::InProcess;
+use sluice_controlplane::service::Settings;
 use sluice_dataplane::config::Config;
 use sluice_dataplane::snapshot::{
     config_from_snapshot, Applied, ClientSettings, SnapshotClient, SnapshotError,
@@ -27,45 +27,26 @@ const IDP_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
 /// The control plane on a runtime of its own, so the test can stop it like a crash.
 struct ControlPlaneProcess {
     base: String,
-    rt: Option<tokio::runtime::Runtime>,
-    cp: Arc<ControlPlane>,
+    inner: InProcess,
     agent: ureq::Agent,
 }
 
 impl ControlPlaneProcess {
     fn start(store_url: &str, key: &MasterKey, addr: &str) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
         let settings = Settings {
             admin_token: Some(ADMIN.into()),
             ..Settings::default()
         };
-        let (cp, listener) = rt.block_on(async {
-            let store = Store::open(store_url).await.unwrap();
-            let cp = ControlPlane::start(store, key.clone(), settings)
-                .await
-                .unwrap();
-            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-            (cp, listener)
-        });
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        rt.spawn(sluice_controlplane::api::serve(
-            listener,
-            cp.clone(),
-            std::future::pending::<()>(),
-        ));
+        let inner = InProcess::start(store_url, key.clone(), settings, addr.parse().unwrap())
+            .expect("starting the control plane");
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
         ControlPlaneProcess {
-            base,
-            rt: Some(rt),
-            cp,
+            base: inner.base_url().to_owned(),
+            inner,
             agent,
         }
     }
@@ -105,12 +86,8 @@ impl ControlPlaneProcess {
     }
 
     /// Like a crash: the runtime goes, with the listener and every connection.
-    fn kill(mut self) {
-        let cp = self.cp.clone();
-        if let Some(rt) = self.rt.take() {
-            rt.block_on(async move { cp.store().close().await });
-            rt.shutdown_timeout(Duration::from_secs(1));
-        }
+    fn kill(self) {
+        self.inner.stop();
     }
 }
 
