@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::planes::*;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::gateway::{connect, create_app_database, runtime, sqlstate, APP_PASSWORD, APP_USER};
 use common::{pgbench_cmd, shared_pg, with_shared_pg, PgTarget};
 use sluice::up::Up;
-use sluice_controlplane::cli::{Served, UpArgs};
+use sluice_controlplane::cli::Served;
 use sluice_dataplane::Dataplane;
 use tokio_postgres::Client;
 
@@ -60,33 +62,6 @@ fn document(conn: &str, db: &str, deny: &[&str]) -> String {
     let deny = deny.join(", ");
     format!(
         "connections:\n  - name: {conn}\n    port: {pg}\n    database: {db}\n    pool: {{ mode: transaction, size: 8, timeout: 5s }}\n    users: [ {{ name: app, user: app, password: {APP_PASSWORD} }} ]\nroles:\n  - name: agent\n    groups: [agents]\n    connections: {{ {conn}: app }}\n    policy: reader\npolicies:\n  - name: reader\n    classes: {{ allow: [read, transaction, session] }}\n    tables: {{ deny: [{deny}] }}\n"
-    )
-}
-
-fn up_args(dir: &Path, listen: SocketAddr) -> UpArgs {
-    UpArgs {
-        listen,
-        data_dir: dir.to_owned(),
-        store: None,
-        issuer: None,
-        config: None,
-    }
-}
-
-fn start_up(dir: &Path) -> Up {
-    Up::start(
-        &up_args(dir, "127.0.0.1:0".parse().unwrap()),
-        &dataplane_yaml(),
-        Path::new("."),
-        &|_| None,
-    )
-    .expect("sluice up")
-}
-
-fn conn_str(dp: &Dataplane, token: &str, conn: &str) -> String {
-    format!(
-        "host=127.0.0.1 port={} user=agent password='{token}' dbname={conn} sslmode=disable",
-        dp.local_addr().port()
     )
 }
 
@@ -258,7 +233,7 @@ fn audit_spools_while_the_control_plane_is_away_and_every_statement_is_counted_o
     let db = "live_audit_spool";
     seed(db);
     let dir = tempfile::tempdir().unwrap();
-    let Up { served, dataplane } = start_up(dir.path());
+    let Up { served, dataplane } = start_up(dir.path(), &dataplane_yaml());
     let conn = "live_audit_spool";
     let v = apply_and_wait(
         &served,
@@ -367,7 +342,7 @@ fn policy_changes_under_pgbench_load_drop_nothing() {
     let db = "live_audit_bench";
     seed(db);
     let dir = tempfile::tempdir().unwrap();
-    let up = start_up(dir.path());
+    let up = start_up(dir.path(), &dataplane_yaml());
     let dp = &up.dataplane;
     let conn = "live_audit_bench";
     let plain = document(conn, db, &["public.secrets"]);

@@ -8,8 +8,8 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
-use std::net::SocketAddr;
+use common::planes::*;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::gateway::{connect, create_app_database, runtime, sqlstate, try_connect, APP_PASSWORD};
 use common::{shared_pg, with_shared_pg};
 use sluice::up::Up;
-use sluice_controlplane::cli::{Served, UpArgs};
+use sluice_controlplane::cli::Served;
 use sluice_dataplane::config::ControlPlaneSettings;
 use sluice_dataplane::{Config, Dataplane};
 
@@ -67,33 +67,6 @@ fn document(conn: &str, db: &str, deny: &[&str]) -> String {
     )
 }
 
-fn up_args(dir: &Path, listen: SocketAddr) -> UpArgs {
-    UpArgs {
-        listen,
-        data_dir: dir.to_owned(),
-        store: None,
-        issuer: None,
-        config: None,
-    }
-}
-
-fn start_up(dir: &Path) -> Up {
-    Up::start(
-        &up_args(dir, "127.0.0.1:0".parse().unwrap()),
-        &dataplane_yaml(),
-        Path::new("."),
-        &|_| None,
-    )
-    .expect("sluice up")
-}
-
-fn conn_str(dp: &Dataplane, token: &str, conn: &str) -> String {
-    format!(
-        "host=127.0.0.1 port={} user=agent password='{token}' dbname={conn} sslmode=disable",
-        dp.local_addr().port()
-    )
-}
-
 /// Applies through the API and waits until the data plane runs the new version; returns the
 /// version and the time from sending the apply to the swap.
 fn apply_and_wait(up_served: &Served, dp: &Dataplane, yaml: &str) -> (u64, Duration) {
@@ -105,33 +78,6 @@ fn apply_and_wait(up_served: &Served, dp: &Dataplane, yaml: &str) -> (u64, Durat
         std::thread::sleep(Duration::from_micros(100));
     }
     (v, t0.elapsed())
-}
-
-/// One HTTP/1.1 request with `Connection: close`; the status and the JSON body.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<&str>,
-) -> (u16, serde_json::Value) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the API");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
-    let json = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| serde_json::from_str(b).unwrap_or(serde_json::Value::Null))
-        .unwrap_or_default();
-    (status, json)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -147,7 +93,7 @@ fn applied_policy_is_enforced_within_milliseconds_and_changes_under_load_drop_no
     let db = "live_apply";
     seed(db);
     let dir = tempfile::tempdir().unwrap();
-    let up = start_up(dir.path());
+    let up = start_up(dir.path(), &dataplane_yaml());
     let dp = &up.dataplane;
     let conn = "live_apply";
     let allow_items = document(conn, db, &["public.secrets"]);
@@ -282,7 +228,7 @@ fn data_plane_serves_on_without_the_control_plane_and_after_its_own_restart() {
     let db = "live_static";
     seed(db);
     let dir = tempfile::tempdir().unwrap();
-    let Up { served, dataplane } = start_up(dir.path());
+    let Up { served, dataplane } = start_up(dir.path(), &dataplane_yaml());
     let conn = "live_static";
     let (v, _) = apply_and_wait(
         &served,
@@ -377,7 +323,7 @@ fn grants_are_scoped_to_their_connection_and_revoking_one_closes_its_session() {
     let db = "live_grant";
     seed(db);
     let dir = tempfile::tempdir().unwrap();
-    let up = start_up(dir.path());
+    let up = start_up(dir.path(), &dataplane_yaml());
     let dp = &up.dataplane;
     let conn = "live_grant";
     apply_and_wait(&up.served, dp, &document(conn, db, &["public.secrets"]));
@@ -495,7 +441,7 @@ fn statements_prepared_before_a_policy_change_are_judged_by_the_new_one() {
     let db = "live_prepared";
     seed(db);
     let dir = tempfile::tempdir().unwrap();
-    let up = start_up(dir.path());
+    let up = start_up(dir.path(), &dataplane_yaml());
     let dp = &up.dataplane;
     let conn = "live_prepared";
     let allow = document(conn, db, &["public.secrets"]);

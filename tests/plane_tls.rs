@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::planes::conn_str;
+
 use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::Command;
@@ -38,13 +40,6 @@ fn document(conn: &str, db: &str, deny: &[&str]) -> String {
     )
 }
 
-fn conn_str(dp: &Dataplane, conn: &str) -> String {
-    format!(
-        "host=127.0.0.1 port={} user=agent password='{AGENT_TOKEN}' dbname={conn} sslmode=disable",
-        dp.local_addr().port()
-    )
-}
-
 fn wait_version(dp: &Dataplane, v: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while dp.shared().snapshot_version() < v {
@@ -61,7 +56,7 @@ fn count(
     table: &str,
 ) -> Result<i64, String> {
     rt.block_on(async {
-        let c = connect(&conn_str(dp, conn)).await;
+        let c = connect(&conn_str(dp, AGENT_TOKEN, conn)).await;
         c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .await
             .map(|r| r.get(0))

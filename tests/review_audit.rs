@@ -7,15 +7,13 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
+use common::planes::*;
+
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::gateway::{connect, create_app_database, runtime, sqlstate, APP_PASSWORD};
 use common::{psql_cmd, run_ok, shared_pg, superuser_on, with_shared_pg};
-use sluice::up::Up;
-use sluice_controlplane::cli::UpArgs;
 
 const WAITER: &str = "agent-token-review-wait-0123456789";
 const RESENDER: &str = "agent-token-review-resend-0123456789";
@@ -53,33 +51,6 @@ policies:
     review: {{ wait: false }}
 "#
     )
-}
-
-/// One HTTP/1.1 request with `Connection: close`; the status and the JSON body.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<&str>,
-) -> (u16, serde_json::Value) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the API");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
-    let json = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| serde_json::from_str(b).unwrap_or(serde_json::Value::Null))
-        .unwrap_or_default();
-    (status, json)
 }
 
 /// The pending reviews of `identity`, waiting up to 10 s for one to appear.
@@ -129,19 +100,7 @@ fn reviewed_writes_wait_for_an_approver_and_every_statement_is_audited() {
         .expect("seeding");
     });
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(
-        &UpArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_owned(),
-            store: None,
-            issuer: None,
-            config: None,
-        },
-        &dataplane_yaml(),
-        Path::new("."),
-        &|_| None,
-    )
-    .expect("sluice up");
+    let up = start_up(dir.path(), &dataplane_yaml());
     let conn = "review_audit";
     let v = up.served.apply_yaml(&document(conn, db)).expect("apply");
     assert!(up.wait_for_version(v, Duration::from_secs(10)));

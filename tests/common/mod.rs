@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 pub mod gateway;
+pub mod planes;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
