@@ -314,12 +314,13 @@ impl Masker {
         match tag {
             bmsg::ERROR_RESPONSE | bmsg::NOTICE_RESPONSE | bmsg::NOTIFICATION => true,
             bmsg::DATA_ROW | bmsg::COPY_DATA => match self.jobs.get(&job) {
-                Some(Job::Simple { state, .. }) | Some(Job::Execute { state, .. }) => {
+                // An Execute's row plan is taken from its portal at the first row.
+                Some(Job::Execute { .. }) => true,
+                Some(Job::Simple { state, .. }) => {
                     state.rows.is_some()
                         || state.copy.is_some()
                         || state.failed.is_some()
                         || self.max_rows.is_some()
-                        || matches!(self.jobs.get(&job), Some(Job::Execute { .. }))
                 }
                 Some(Job::Describe { .. }) => false,
                 // Rows of a request the masker never saw (one sent before the policy that

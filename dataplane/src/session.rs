@@ -152,6 +152,14 @@ struct State {
     portal_sql: HashMap<String, Rc<str>>,
 }
 
+impl State {
+    /// A request tag of the session's own (the masker hands out the others).
+    fn own_tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+}
+
 /// A statement this session parsed in the extended protocol.
 struct Parsed {
     sql: Rc<str>,
@@ -624,26 +632,11 @@ impl Session {
                         "statement names starting with \"sluice\" are reserved for the gateway",
                     ))
                 }
-                FrontendMessage::Parse { name, query, .. } => match self.judge(st, query) {
-                    Some(denial) => Some(denial),
-                    None => match self.mask_plan(st, query) {
-                        Ok(Some(plan)) => {
-                            if let Some(mk) = st.masker.as_mut() {
-                                mk.parsed(name, &plan);
-                            }
-                            None
-                        }
-                        Ok(None) => None,
-                        Err(denial) => Some(denial),
-                    },
-                },
+                FrontendMessage::Parse { name, query, .. } => self.judge_statement(st, name, query),
                 _ => None,
             };
             let mut query_judged = match msg {
-                FrontendMessage::Query { sql } => Some(match self.judge(st, sql) {
-                    Some(denial) => Err(denial),
-                    None => self.mask_plan(st, sql),
-                }),
+                FrontendMessage::Query { sql } => Some(self.judge_and_plan(st, sql)),
                 _ => None,
             };
             // A statement prepared under an older snapshot is judged again when bound, so
@@ -669,19 +662,7 @@ impl Session {
                     Some(_) => None,
                 };
                 if let Some(text) = stale {
-                    bind_denial = match self.judge(st, &text) {
-                        Some(denial) => Some(denial),
-                        None => match self.mask_plan(st, &text) {
-                            Ok(Some(plan)) => {
-                                if let Some(mk) = st.masker.as_mut() {
-                                    mk.parsed(statement, &plan);
-                                }
-                                None
-                            }
-                            Ok(None) => None,
-                            Err(denial) => Some(denial),
-                        },
-                    };
+                    bind_denial = self.judge_statement(st, statement, &text);
                 }
             }
             if st.review_needed.is_some() {
@@ -1873,8 +1854,7 @@ impl Session {
     /// Tags the Parse just pushed, so that its failure (or its skip after an earlier error)
     /// makes the name unusable; a Parse the server will skip is forgotten at once.
     fn tag_parse(&self, st: &mut State, name: &str) {
-        st.next_tag += 1;
-        let tag = st.next_tag;
+        let tag = st.own_tag();
         if st.tracker.tag_last(tag) {
             st.parse_tags.insert(tag, name.to_owned());
         } else {
@@ -1932,17 +1912,13 @@ impl Session {
 
     /// Starts the audit record of an allowed request just pushed to the tracker, tagging it
     /// (`tag` is the masker's job, or 0 to take one of the session's own).
-    fn audit_request(&self, st: &mut State, tag: u64, sql: &str) {
-        let tag = if tag != 0 || self.audit.is_some() {
-            if tag != 0 {
-                tag
-            } else {
-                st.next_tag += 1;
-                st.next_tag
+    fn audit_request(&self, st: &mut State, mut tag: u64, sql: &str) {
+        if tag == 0 {
+            if self.audit.is_none() {
+                return;
             }
-        } else {
-            return;
-        };
+            tag = st.own_tag();
+        }
         if !st.tracker.tag_last(tag) || self.audit.is_none() {
             return;
         }
@@ -2019,6 +1995,33 @@ impl Session {
         let mut b = BytesMut::new();
         encode::error_response(&mut b, &ErrorResponse::error(code, message));
         b.freeze()
+    }
+
+    /// The verdict and, if allowed, the masking plan of a text: `Err` with the client's
+    /// ErrorResponse when either denies it.
+    fn judge_and_plan(
+        &self,
+        st: &mut State,
+        sql: &str,
+    ) -> Result<Option<Rc<sluice_policy::lineage::MaskPlan>>, Bytes> {
+        match self.judge(st, sql) {
+            Some(denial) => Err(denial),
+            None => self.mask_plan(st, sql),
+        }
+    }
+
+    /// Judges the text of extended-protocol statement `name` (at Parse, or again at Bind) and
+    /// records its lineage for the portals bound to it; the denial, if any.
+    fn judge_statement(&self, st: &mut State, name: &str, sql: &str) -> Option<Bytes> {
+        match self.judge_and_plan(st, sql) {
+            Ok(plan) => {
+                if let (Some(plan), Some(mk)) = (plan, st.masker.as_mut()) {
+                    mk.parsed(name, &plan);
+                }
+                None
+            }
+            Err(denial) => Some(denial),
+        }
     }
 
     /// The masking plan of an allowed text: `Ok(None)` when the session masks nothing,
