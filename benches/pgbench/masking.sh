@@ -19,44 +19,26 @@ ROWS=${ROWS:-100000}
 POOL_SIZE=${POOL_SIZE:-20}
 THREADS=${THREADS:-2}
 
-bindir=$(pg_config --bindir 2>/dev/null || true)
-[ -x "$bindir/postgres" ] || bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-[ -x "$bindir/postgres" ] || { echo "no PostgreSQL server binaries: apt-get install -y postgresql" >&2; exit 1; }
-PGBENCH=$bindir/pgbench
-[ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench)
-
-echo "building sluice (release) ..." >&2
-cargo build --release --quiet
-SLUICE=$PWD/target/release/sluice
+. benches/pgbench/lib.sh
+find_postgres
+build_sluice
 
 work=$(mktemp -d /tmp/sluice-maskbench.XXXXXX)
 chmod 755 "$work"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    if [ -f "$work/data/postmaster.pid" ]; then as_pg "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true; fi
+    stop_postgres "$work"
     rm -rf "$work"
 }
 trap cleanup EXIT
-as_pg() {
-    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 PG_PORT=$(free_port)
-mkdir -p "$work/data" "$work/run"
-[ "$(id -u)" -eq 0 ] && chown -R postgres "$work/data" "$work/run"
-as_pg "$bindir/initdb" -D "$work/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >/dev/null
-cat >>"$work/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$work/run'
+start_postgres "$work" "$PG_PORT" <<EOF
 max_connections = 200
 shared_buffers = 128MB
-fsync = off
 synchronous_commit = off
 EOF
-as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/run/pg.log" -w start >/dev/null
 psql_pg() { "$bindir/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qAt "$@"; }
 psql_pg -c "create database bench" >/dev/null
 psql_pg -d bench >/dev/null <<EOF

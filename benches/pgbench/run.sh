@@ -20,16 +20,10 @@ SCALE=${SCALE:-10}
 POOL_SIZE=${POOL_SIZE:-20}
 THREADS=${THREADS:-2}
 
-bindir=$(pg_config --bindir 2>/dev/null || true)
-[ -x "$bindir/postgres" ] || bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-[ -x "$bindir/postgres" ] || { echo "no PostgreSQL server binaries: apt-get install -y postgresql" >&2; exit 1; }
+. benches/pgbench/lib.sh
+find_postgres
 command -v pgbouncer >/dev/null || { echo "no pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
-PGBENCH=$bindir/pgbench
-[ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench)
-
-echo "building sluice (release) ..." >&2
-cargo build --release --quiet
-SLUICE=$PWD/target/release/sluice
+build_sluice
 
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 chmod 755 "$work"
@@ -38,32 +32,18 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     # runuser's child is pgbouncer itself: stop it by its pidfile.
     if [ -f "$work/pgbouncer.pid" ]; then kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true; fi
-    if [ -f "$work/data/postmaster.pid" ]; then as_pg "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true; fi
+    stop_postgres "$work"
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-# The server refuses to run as root: run it as the postgres account when we are root.
-as_pg() {
-    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 PG_PORT=$(free_port)
-mkdir -p "$work/data" "$work/run"
-[ "$(id -u)" -eq 0 ] && chown -R postgres "$work/data" "$work/run"
-as_pg "$bindir/initdb" -D "$work/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >/dev/null
-cat >>"$work/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$work/run'
+start_postgres "$work" "$PG_PORT" <<EOF
 max_connections = 400
 shared_buffers = 256MB
-fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
-as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/run/pg.log" -w start >/dev/null
 "$bindir/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qAt -c "create database bench" >/dev/null
 "$PGBENCH" -h 127.0.0.1 -p "$PG_PORT" -U postgres -i -q -s "$SCALE" bench >/dev/null 2>&1
 
