@@ -8,12 +8,12 @@ use sqlparser::ast::{
     self, CopySource, CopyTarget, Expr, FromTable, ObjectName, ObjectNamePart, ObjectType, Query,
     Select, SetExpr, Statement, TableFactor, TableObject, Value, Visit, Visitor,
 };
-use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
-use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::{Token, Tokenizer};
+use sqlparser::parser::ParserError;
+use sqlparser::tokenizer::Token;
 
 use crate::model::StatementClass;
+use crate::sql::{self, fold_ident as fold, is_false};
 
 /// Largest statement text analysed; longer text is [`Analysis::Unparsed`] (fail closed).
 /// 1 MiB is far above any hand-written or ORM statement and bounds parse time and memory.
@@ -256,12 +256,7 @@ pub fn analyze_with(sql: &str, limits: &Limits) -> Analysis {
             do_block: false,
         };
     }
-    let dialect = PostgreSqlDialect {};
-    let parsed = Parser::new(&dialect)
-        .with_recursion_limit(limits.recursion_limit)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements());
-    match parsed {
+    match sql::parse(sql, limits.recursion_limit) {
         Ok(stmts) => Analysis::Statements(stmts.iter().map(statement_facts).collect()),
         Err(e) => Analysis::Unparsed {
             reason: match e {
@@ -279,23 +274,20 @@ pub fn analyze_with(sql: &str, limits: &Limits) -> Analysis {
 /// Whether `sql` is exactly one `DO [LANGUAGE l] 'body' [LANGUAGE l] [;]`, by tokens (so a
 /// comment or string cannot fake it, and `DO $$..$$; DROP TABLE t` is not one).
 fn is_single_do_block(sql: &str) -> bool {
-    let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+    let Some(tokens) = sql::significant_tokens(sql) else {
         return false;
     };
-    let mut it = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_)));
     let is_kw = |t: Option<&Token>, kw: Keyword| matches!(t, Some(Token::Word(w)) if w.keyword == kw && w.quote_style.is_none());
-    if !is_kw(it.next(), Keyword::DO) {
+    let Some((first, rest)) = tokens.split_first() else {
+        return false;
+    };
+    if !is_kw(Some(first), Keyword::DO) {
         return false;
     }
     let mut seen_body = false;
-    let mut rest: Vec<&Token> = it.collect();
-    if matches!(rest.last(), Some(Token::SemiColon)) {
-        rest.pop();
-    }
     let mut i = 0;
     while i < rest.len() {
-        match rest[i] {
+        match &rest[i] {
             Token::Word(w) if w.keyword == Keyword::LANGUAGE && w.quote_style.is_none() => {
                 if !matches!(rest.get(i + 1), Some(Token::Word(_))) {
                     return false;
@@ -853,36 +845,8 @@ fn set_facts(set: &ast::Set) -> StatementFacts {
     f
 }
 
-/// An option argument that is explicitly false (`false`, `off`, `0`, `'off'`, ...).
-fn is_false(arg: Option<&Expr>) -> bool {
-    let text = match arg {
-        None => return false,
-        Some(Expr::Value(v)) => match &v.value {
-            Value::Boolean(b) => return !b,
-            Value::Number(n, _) => n.clone(),
-            Value::SingleQuotedString(s) => s.clone(),
-            _ => return false,
-        },
-        Some(Expr::Identifier(i)) => i.value.clone(),
-        Some(_) => return false,
-    };
-    matches!(
-        text.to_ascii_lowercase().as_str(),
-        "false" | "off" | "0" | "no"
-    )
-}
-
 fn is_role_param(p: &str) -> bool {
     matches!(p, "role" | "session_authorization")
-}
-
-/// Folds one identifier per PostgreSQL: unquoted → ASCII lower case, quoted → as written.
-fn fold(ident: &ast::Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_ascii_lowercase()
-    }
 }
 
 /// The last part of a name, folded (`""` if it is not a plain identifier).
