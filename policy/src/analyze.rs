@@ -4,7 +4,7 @@
 use std::fmt;
 
 use sqlparser::ast::{
-    self, CopySource, CopyTarget, FromTable, ObjectName, ObjectType, SetExpr, Statement,
+    self, CopySource, CopyTarget, FromTable, ObjectName, ObjectType, Query, SetExpr, Statement,
     TableObject, Visit,
 };
 use sqlparser::keywords::Keyword;
@@ -323,7 +323,15 @@ fn statement_facts(stmt: &Statement) -> StatementFacts {
     let mut skip: Vec<*const ObjectName> = Vec::new();
     let mut f = match stmt {
         // ---- read ----
-        Statement::Query(_) => StatementFacts::new("SELECT", Some(C::Read)),
+        // `WITH s AS (...) UPDATE ...`: sqlparser nests the write in the WITH's query, but it
+        // is the statement itself (judged as that write), not a data-modifying CTE.
+        Statement::Query(q) => match main_write(q) {
+            Some(Statement::Insert(_)) => StatementFacts::new("INSERT", Some(C::Write)),
+            Some(Statement::Update(_)) => StatementFacts::new("UPDATE", Some(C::Write)),
+            Some(Statement::Delete(_)) => StatementFacts::new("DELETE", Some(C::Write)),
+            Some(Statement::Merge(_)) => StatementFacts::new("MERGE", Some(C::Write)),
+            _ => StatementFacts::new("SELECT", Some(C::Read)),
+        },
 
         // ---- write (targets are collected by the walker, also for nested DML) ----
         Statement::Insert(_) => StatementFacts::new("INSERT", Some(C::Write)),
@@ -762,10 +770,21 @@ fn statement_facts(stmt: &Statement) -> StatementFacts {
         | Statement::ExportData(_) => StatementFacts::new(unknown_tag(stmt), None),
     };
     let mut c = Collector::new(skip);
+    if let Statement::Query(q) = stmt {
+        c.main = main_write(q).map(|w| w as *const Statement);
+    }
     // The walk only collects; `Break` is never returned.
     let _ = stmt.visit(&mut c);
     c.finish(&mut f);
     f
+}
+
+/// The write a query's body is (`WITH ... INSERT/UPDATE/DELETE/MERGE`), if it is one.
+fn main_write(q: &Query) -> Option<&Statement> {
+    match &*q.body {
+        SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => Some(s),
+        _ => None,
+    }
 }
 
 fn unknown_tag(_stmt: &Statement) -> &'static str {

@@ -28,6 +28,8 @@ pub(super) struct Collector {
     pub(super) skip: Vec<*const ObjectName>,
     pub(super) ctes: Vec<CteFrame>,
     pub(super) depth: usize,
+    /// The write a top-level `WITH ... UPDATE` (etc.) is: nested in the tree, but not in a CTE.
+    pub(super) main: Option<*const Statement>,
 }
 
 impl Collector {
@@ -37,6 +39,7 @@ impl Collector {
             skip,
             ctes: Vec::new(),
             depth: 0,
+            main: None,
         }
     }
 
@@ -125,7 +128,7 @@ impl Visitor for Collector {
 
     fn pre_visit_statement(&mut self, stmt: &Statement) -> ControlFlow<()> {
         self.depth += 1;
-        let nested = self.depth > 1;
+        let nested = self.depth > 1 && !self.main.is_some_and(|m| std::ptr::eq(m, stmt));
         match stmt {
             Statement::Insert(ins) => {
                 match &ins.table {
