@@ -210,6 +210,9 @@ pub struct StatementFacts {
     pub explain_analyze_write: bool,
     /// CREATE FUNCTION/PROCEDURE/TRIGGER/EXTENSION/SERVER, ALTER FUNCTION: hidden code.
     pub code_definition: bool,
+    /// A MERGE (also after a WITH). Its actions are writes of its target; a constant join
+    /// condition on a clause that updates or deletes counts as a missing WHERE.
+    pub merge: bool,
     /// Something in the statement the analyser could not read (an unusual name form, a
     /// nested statement in an unexpected place): the statement is judged as unknown.
     pub opaque: Option<&'static str>,
@@ -233,6 +236,7 @@ impl StatementFacts {
             data_modifying_cte: false,
             explain_analyze_write: false,
             code_definition: false,
+            merge: false,
             opaque: None,
         }
     }
@@ -484,6 +488,7 @@ fn statement_facts(stmt: &Statement) -> StatementFacts {
                 }
                 f.unfiltered_writes.clear();
                 f.data_modifying_cte = false;
+                f.merge = false;
                 f.class = Some(C::Read);
             }
             f.kind = Kind::Explain { analyze };

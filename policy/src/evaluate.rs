@@ -332,13 +332,21 @@ impl Judge<'_> {
                 "EXPLAIN ANALYZE of a write executes it and is not allowed".into(),
             )?;
         }
+        if s.merge && !p.allow_merge {
+            self.violate(
+                RuleKind::Merge,
+                "allow_merge",
+                "MERGE is not allowed for this role".into(),
+            )?;
+        }
         if p.require_where {
             if let Some(t) = s.unfiltered_writes.first() {
-                self.violate(
-                    RuleKind::RequireWhere,
-                    "require_where",
-                    format!("{} without a WHERE clause on {t}", s.tag),
-                )?;
+                let what = if s.merge {
+                    format!("MERGE that updates or deletes rows of {t} on a constant join condition (it acts on every row)")
+                } else {
+                    format!("{} without a WHERE clause on {t}", s.tag)
+                };
+                self.violate(RuleKind::RequireWhere, "require_where", what)?;
             }
         }
         if let Some(copy) = &s.copy {

@@ -132,6 +132,10 @@ impl fmt::Display for RuleId {
     }
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 /// The kinds of rule whose violations a policy may send to review instead of denying
 /// (`review.on` in the document). Class-level review is `classes.review`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -161,12 +165,14 @@ pub enum RuleKind {
     DoBlocks,
     /// CREATE FUNCTION/PROCEDURE/TRIGGER/EXTENSION, ALTER FUNCTION.
     CodeDefinitions,
+    /// `MERGE` (when the policy sets `allow_merge: false`).
+    Merge,
     /// Text that does not parse, or statement kinds the analyser does not know.
     Unparsed,
 }
 
 impl RuleKind {
-    const ALL: [RuleKind; 13] = [
+    const ALL: [RuleKind; 14] = [
         Self::Tables,
         Self::Functions,
         Self::BuiltinFunctions,
@@ -179,6 +185,7 @@ impl RuleKind {
         Self::ExplainAnalyzeWrite,
         Self::DoBlocks,
         Self::CodeDefinitions,
+        Self::Merge,
         Self::Unparsed,
     ];
 
@@ -197,6 +204,7 @@ impl RuleKind {
             Self::ExplainAnalyzeWrite => "explain_analyze_write",
             Self::DoBlocks => "do_blocks",
             Self::CodeDefinitions => "code_definitions",
+            Self::Merge => "merge",
             Self::Unparsed => "unparsed",
         }
     }
@@ -406,6 +414,9 @@ pub struct Policy {
     pub(crate) allow_do_blocks: bool,
     pub(crate) allow_code_definitions: bool,
     pub(crate) allow_unparsed: bool,
+    /// Absent from snapshots while true (the default), so their hashes do not change.
+    #[serde(default = "document::yes", skip_serializing_if = "is_true")]
+    pub(crate) allow_merge: bool,
     pub(crate) max_rows: Option<u64>,
     pub(crate) review: ReviewSettings,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -434,6 +445,7 @@ impl Policy {
             allow_do_blocks: false,
             allow_code_definitions: false,
             allow_unparsed: false,
+            allow_merge: false,
             max_rows: None,
             review: ReviewSettings::default(),
             masking: Vec::new(),

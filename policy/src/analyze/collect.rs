@@ -3,7 +3,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    self, Expr, ObjectName, ObjectNamePart, Query, Select, Statement, TableFactor, Value, Visitor,
+    self, Expr, MergeAction, MergeClauseKind, ObjectName, ObjectNamePart, Query, Select, Statement,
+    TableFactor, Value, Visitor,
 };
 
 use super::names::*;
@@ -58,6 +59,7 @@ impl Collector {
             }
         }
         f.data_modifying_cte |= c.data_modifying_cte;
+        f.merge |= c.merge;
         f.opaque = f.opaque.or(c.opaque);
         if c.class == Some(StatementClass::Ddl) && f.class == Some(StatementClass::Read) {
             // SELECT ... INTO creates a table.
@@ -123,6 +125,51 @@ pub(super) fn trivially_true(e: &Expr) -> bool {
     }
 }
 
+/// `WHERE false`, `1 = 0`, `NULL`: a condition that holds for no row.
+fn trivially_false(e: &Expr) -> bool {
+    match e {
+        Expr::Value(v) => matches!(v.value, Value::Boolean(false) | Value::Null),
+        Expr::Nested(inner) => trivially_false(inner),
+        Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::Eq,
+            right,
+        } => {
+            matches!((&**left, &**right), (Expr::Value(a), Expr::Value(b)) if a.value != b.value)
+        }
+        Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::And,
+            right,
+        } => trivially_false(left) || trivially_false(right),
+        _ => false,
+    }
+}
+
+/// Whether a MERGE updates or deletes target rows without a filter, as `require_where` sees
+/// it: a `WHEN MATCHED` UPDATE/DELETE whose join condition (and own `AND`) is constant-true,
+/// or a `WHEN NOT MATCHED BY SOURCE` UPDATE/DELETE (it acts on the target rows the join does
+/// not match) whose join condition is a constant and which has no `AND` of its own.
+fn merge_unfiltered(m: &ast::Merge) -> bool {
+    let on_true = trivially_true(&m.on);
+    let on_constant = on_true || trivially_false(&m.on);
+    m.clauses.iter().any(|c| {
+        let changes = matches!(
+            c.action,
+            MergeAction::Update(_) | MergeAction::Delete { .. }
+        );
+        let own_filter = !c.predicate.as_ref().is_none_or(trivially_true);
+        changes
+            && !own_filter
+            && match c.clause_kind {
+                MergeClauseKind::Matched => on_true,
+                MergeClauseKind::NotMatchedBySource => on_constant,
+                // NOT MATCHED [BY TARGET] only inserts.
+                MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget => false,
+            }
+    })
+}
+
 impl Visitor for Collector {
     type Break = ();
 
@@ -166,6 +213,10 @@ impl Visitor for Collector {
             }
             Statement::Merge(m) => {
                 self.dml_target(&m.table);
+                if merge_unfiltered(m) {
+                    self.unfiltered(&m.table);
+                }
+                self.facts.merge = true;
                 self.facts.data_modifying_cte |= nested;
             }
             _ if nested => self.facts.opaque = Some("a nested statement"),

@@ -54,6 +54,8 @@ pub(super) struct RawPolicy {
     pub(super) allow_code_definitions: bool,
     #[serde(default)]
     pub(super) allow_unparsed: bool,
+    #[serde(default = "yes")]
+    pub(super) allow_merge: bool,
     #[serde(default)]
     pub(super) max_rows: Option<u64>,
     #[serde(default)]
@@ -241,6 +243,7 @@ pub(super) fn build_policy(
     p.allow_do_blocks = raw.allow_do_blocks;
     p.allow_code_definitions = raw.allow_code_definitions;
     p.allow_unparsed = raw.allow_unparsed;
+    p.allow_merge = raw.allow_merge;
     p.max_rows = raw.max_rows;
 
     p.review = build_review(&raw.review, path)?;
