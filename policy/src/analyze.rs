@@ -210,6 +210,11 @@ pub struct StatementFacts {
     pub explain_analyze_write: bool,
     /// CREATE FUNCTION/PROCEDURE/TRIGGER/EXTENSION/SERVER, ALTER FUNCTION: hidden code.
     pub code_definition: bool,
+    /// Every `set_config()` call in the statement names a constant setting, so it is judged
+    /// as `SET` is: it needs the `session` class, and `role`, `session_authorization` and
+    /// `search_path` set [`Self::role_change`] / [`Self::search_path_change`]. Otherwise
+    /// set_config stays a built-in denied function.
+    pub sets_config: bool,
     /// A MERGE (also after a WITH). Its actions are writes of its target; a constant join
     /// condition on a clause that updates or deletes counts as a missing WHERE.
     pub merge: bool,
@@ -237,6 +242,7 @@ impl StatementFacts {
             explain_analyze_write: false,
             code_definition: false,
             merge: false,
+            sets_config: false,
             opaque: None,
         }
     }
@@ -877,7 +883,7 @@ fn set_facts(set: &ast::Set) -> StatementFacts {
     f
 }
 
-fn is_role_param(p: &str) -> bool {
+pub(super) fn is_role_param(p: &str) -> bool {
     matches!(p, "role" | "session_authorization")
 }
 

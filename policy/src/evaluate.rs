@@ -144,6 +144,14 @@ pub const BUILTIN_DENIED_FUNCTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The built-in list's entry for a function name (matched case-insensitively, in any schema).
+pub(crate) fn builtin_denial(name: &str) -> Option<&'static (&'static str, &'static str)> {
+    let base = name.to_lowercase();
+    BUILTIN_DENIED_FUNCTIONS
+        .iter()
+        .find(|(pattern, _)| wildcard(pattern, &base))
+}
+
 /// Judges a whole text against a policy; `EXECUTE` of a prepared statement is denied,
 /// because only the caller knows what the name refers to (use [`judge_with`]).
 pub fn judge(policy: &Policy, analysis: &Analysis) -> Verdict {
@@ -312,6 +320,10 @@ impl Judge<'_> {
                         s.tag,
                     )?;
                 }
+                if s.sets_config && class != StatementClass::Session {
+                    // set_config() changes the session as SET does.
+                    self.class(StatementClass::Session, "set_config()")?;
+                }
                 if s.writes() && class != StatementClass::Write && s.copy.is_none() {
                     self.class(StatementClass::Write, s.tag)?;
                 }
@@ -410,19 +422,20 @@ impl Judge<'_> {
     }
 
     fn functions(&mut self, s: &StatementFacts) -> Result<(), Verdict> {
+        let policy = self.policy;
         for f in &s.functions {
             let base = f.name.to_lowercase();
-            if let Some((pattern, why)) = BUILTIN_DENIED_FUNCTIONS
-                .iter()
-                .find(|(pattern, _)| wildcard(pattern, &base))
-            {
+            // A policy may lift a built-in denial by naming the function; set_config with
+            // constant setting names is judged as SET is (see `StatementFacts::sets_config`).
+            let lifted = policy.builtin_allow.iter().any(|a| **a == *base)
+                || (base == "set_config" && s.sets_config);
+            if let Some((pattern, why)) = builtin_denial(&base).filter(|_| !lifted) {
                 self.violate_id(
                     RuleKind::BuiltinFunctions,
                     RuleId::new(format!("builtin/functions/{pattern}")),
                     format!("function {f} {why}"),
                 )?;
             }
-            let policy = self.policy;
             for deny in &policy.function_deny {
                 let hit = candidates(f, policy, true)
                     .iter()

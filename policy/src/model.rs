@@ -403,6 +403,9 @@ pub struct Policy {
     pub(crate) allow: Vec<AllowList>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) function_deny: Vec<FunctionDeny>,
+    /// Functions of the built-in denied list this policy allows by name (folded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) builtin_allow: Vec<Box<str>>,
     pub(crate) search_path: Vec<Box<str>>,
     pub(crate) require_where: bool,
     pub(crate) allow_copy_program: bool,
@@ -434,6 +437,7 @@ impl Policy {
             deny: Vec::new(),
             allow: Vec::new(),
             function_deny: Vec::new(),
+            builtin_allow: Vec::new(),
             search_path: vec!["public".into()],
             require_where: true,
             allow_copy_program: false,
@@ -450,6 +454,18 @@ impl Policy {
             review: ReviewSettings::default(),
             masking: Vec::new(),
         }
+    }
+
+    /// What an operator should know about this valid policy: each built-in function denial
+    /// it lifts (`functions.allow_builtin_denied`), with the reason the function is listed.
+    pub fn warnings(&self) -> Vec<String> {
+        self.builtin_allow
+            .iter()
+            .map(|f| {
+                let why = crate::evaluate::builtin_denial(f).map_or("", |(_, why)| why);
+                format!("functions.allow_builtin_denied: {f}() is allowed although it {why}")
+            })
+            .collect()
     }
 
     /// The policy's name (empty for [`Policy::deny_all`]).
@@ -661,6 +677,14 @@ fn check_compiled(p: &Policy, path: &str) -> Result<(), PolicyError> {
             glob(g, parts(a.target), &|| {
                 format!("{path}.allow[{i}].globs[{j}]")
             })?;
+        }
+    }
+    for (i, f) in p.builtin_allow.iter().enumerate() {
+        if f.contains(['*', '?']) || crate::evaluate::builtin_denial(f).is_none() {
+            return Err(PolicyError::invalid(
+                format!("{path}.builtin_allow[{i}]"),
+                format!("{f:?} is not a function of the built-in denied list"),
+            ));
         }
     }
     for (i, f) in p.function_deny.iter().enumerate() {

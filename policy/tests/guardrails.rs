@@ -21,6 +21,12 @@ policies:
   - name: no_merge
     classes: {allow: [read, write]}
     allow_merge: false
+  - name: operator
+    classes: {allow: [read, write, ddl, dcl, admin, copy, transaction, session]}
+    functions:
+      allow_builtin_denied: [pg_terminate_backend, PG_CANCEL_BACKEND]
+  - name: no_session
+    classes: {allow: [read]}
   - name: reviewed_merge
     classes: {allow: [read, write]}
     review: {on: [require_where]}
@@ -201,4 +207,116 @@ fn merge_is_a_statement_kind_a_policy_can_deny() {
         "MERGE INTO orders t USING incoming s ON t.id = s.id WHEN MATCHED THEN DELETE",
     );
     assert!(matches!(v, Verdict::Review { .. }), "{v:?}");
+}
+
+#[test]
+fn builtin_denials_can_be_lifted_by_name() {
+    let op = policy("operator");
+    allowed(
+        &op,
+        &[
+            "SELECT pg_terminate_backend(12345)",
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'batch'",
+            "SELECT pg_cancel_backend(12345)",
+        ],
+    );
+    // Only what it names: everything else on the list stays denied.
+    denied_by(
+        &op,
+        "builtin/functions/pg_read_file",
+        &["SELECT pg_read_file('/etc/passwd')"],
+    );
+    denied_by(
+        &op,
+        "builtin/functions/pg_reload_conf",
+        &["SELECT pg_reload_conf()"],
+    );
+    // Another policy is not affected.
+    denied_by(
+        &policy("agent"),
+        "builtin/functions/pg_terminate_backend",
+        &["SELECT pg_terminate_backend(12345)"],
+    );
+    assert_eq!(
+        op.warnings(),
+        [
+            "functions.allow_builtin_denied: pg_terminate_backend() is allowed although it terminates another session",
+            "functions.allow_builtin_denied: pg_cancel_backend() is allowed although it cancels another session's query",
+        ]
+    );
+    assert!(policy("agent").warnings().is_empty());
+}
+
+#[test]
+fn allow_builtin_denied_takes_exact_listed_names() {
+    for (entry, message) in [
+        ("\"*\"", "policies[0].functions.allow_builtin_denied[0]: entries are function names, not globs"),
+        ("pg_*", "policies[0].functions.allow_builtin_denied[0]: entries are function names, not globs"),
+        ("now", "policies[0].functions.allow_builtin_denied[0]: \"now\" is not on the built-in list of denied functions"),
+        ("public.set_config", "policies[0].functions.allow_builtin_denied[0]: invalid glob \"public.set_config\": too many name parts (at most 1)"),
+    ] {
+        let doc = format!("policies:\n  - name: p\n    functions: {{allow_builtin_denied: [{entry}]}}\n");
+        let err = PolicySet::from_yaml(&doc, 1).expect_err(entry).to_string();
+        assert_eq!(err, message, "{entry}");
+    }
+}
+
+#[test]
+fn set_config_is_judged_like_set() {
+    let agent = policy("agent");
+    allowed(
+        &agent,
+        &[
+            "SELECT set_config('application_name', 'agent-7', false)",
+            "SELECT set_config('statement_timeout', '5s', true)",
+            "SELECT pg_catalog.set_config('TimeZone', 'UTC', false), set_config('work_mem', '64MB', true)",
+            "SET application_name = 'agent-7'",
+        ],
+    );
+    denied_by(
+        &agent,
+        "agent/allow_set_role",
+        &[
+            "SELECT set_config('role', 'postgres', false)",
+            "SELECT set_config('ROLE', 'postgres', false)",
+            "SELECT set_config('session_authorization', 'postgres', false)",
+            "SELECT set_config('application_name', 'x', false), set_config('role', 'postgres', false)",
+            "SET role = 'postgres'",
+        ],
+    );
+    denied_by(
+        &agent,
+        "agent/allow_set_search_path",
+        &["SELECT set_config('search_path', 'vault', false)"],
+    );
+    // A name the gateway cannot read stays a built-in denial.
+    denied_by(
+        &agent,
+        "builtin/functions/set_config",
+        &[
+            "SELECT set_config(current_setting('my.name'), 'x', false)",
+            "SELECT set_config('application_name', 'x', false), set_config(name, 'x', false) FROM pg_settings",
+            "SELECT set_config(setting_name => 'role', new_value => 'postgres', is_local => false)",
+            "SELECT set_config('ro' || 'le', 'postgres', false)",
+            "SELECT * FROM set_config('application_name', 'x', false)",
+        ],
+    );
+    // Like SET, it needs the session class.
+    denied_by(
+        &policy("no_session"),
+        "no_session/classes",
+        &[
+            "SELECT set_config('application_name', 'agent-7', false)",
+            "SET application_name = 'x'",
+        ],
+    );
+    // A role policy may still lift it outright, with every setting.
+    let doc = "policies:\n  - name: s\n    classes: {allow: [read, session]}\n    allow_set_role: true\n    functions: {allow_builtin_denied: [set_config]}\n";
+    allowed(
+        &policy_in(doc, "s"),
+        &[
+            "SELECT set_config(current_setting('my.name'), 'x', false)",
+            "SELECT set_config('role', 'postgres', false)",
+        ],
+    );
 }

@@ -3,8 +3,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    self, Expr, MergeAction, MergeClauseKind, ObjectName, ObjectNamePart, Query, Select, Statement,
-    TableFactor, Value, Visitor,
+    self, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, MergeAction, MergeClauseKind,
+    ObjectName, ObjectNamePart, Query, Select, Statement, TableFactor, Value, Visitor,
 };
 
 use super::names::*;
@@ -31,6 +31,9 @@ pub(super) struct Collector {
     pub(super) depth: usize,
     /// The write a top-level `WITH ... UPDATE` (etc.) is: nested in the tree, but not in a CTE.
     pub(super) main: Option<*const Statement>,
+    /// set_config calls seen, and how many of them name a constant setting.
+    pub(super) set_config_calls: usize,
+    pub(super) constant_set_configs: usize,
 }
 
 impl Collector {
@@ -41,10 +44,16 @@ impl Collector {
             ctes: Vec::new(),
             depth: 0,
             main: None,
+            set_config_calls: 0,
+            constant_set_configs: 0,
         }
     }
 
     pub(super) fn finish(self, f: &mut StatementFacts) {
+        // A set_config the walk did not see as a call (CALL set_config(...)) stays denied.
+        f.sets_config = self.set_config_calls > 0
+            && self.set_config_calls == self.constant_set_configs
+            && !f.functions.iter().any(|n| &*n.name == "set_config");
         let c = self.facts;
         for (dst, src) in [
             (&mut f.reads, c.reads),
@@ -60,6 +69,8 @@ impl Collector {
         }
         f.data_modifying_cte |= c.data_modifying_cte;
         f.merge |= c.merge;
+        f.role_change |= c.role_change;
+        f.search_path_change |= c.search_path_change;
         f.opaque = f.opaque.or(c.opaque);
         if c.class == Some(StatementClass::Ddl) && f.class == Some(StatementClass::Read) {
             // SELECT ... INTO creates a table.
@@ -97,6 +108,24 @@ impl Collector {
         }
     }
 
+    pub(super) fn function(&mut self, name: &ObjectName) {
+        push_name(&mut self.facts, name, Slot::Function);
+        if last_part(name) == "set_config" {
+            self.set_config_calls += 1;
+        }
+    }
+
+    /// `set_config('name', ...)` with a constant name is judged as `SET name` is.
+    pub(super) fn set_config(&mut self, func: &ast::Function) {
+        let Some(setting) = constant_first_arg(func) else {
+            return;
+        };
+        self.constant_set_configs += 1;
+        let setting = setting.to_ascii_lowercase();
+        self.facts.role_change |= is_role_param(&setting);
+        self.facts.search_path_change |= setting == "search_path";
+    }
+
     pub(super) fn unfiltered(&mut self, table: &TableFactor) {
         if let TableFactor::Table { name, .. } = table {
             push_name(&mut self.facts, name, Slot::Unfiltered);
@@ -122,6 +151,20 @@ pub(super) fn trivially_true(e: &Expr) -> bool {
             right,
         } => trivially_true(left) || trivially_true(right),
         _ => false,
+    }
+}
+
+/// The first argument of a call if it is a plain string literal.
+fn constant_first_arg(func: &ast::Function) -> Option<&str> {
+    let FunctionArguments::List(list) = &func.args else {
+        return None;
+    };
+    match list.args.first()? {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -338,9 +381,9 @@ impl Visitor for Collector {
                 ..
             } => {
                 self.skip.push(name);
-                push_name(&mut self.facts, name, Slot::Function);
+                self.function(name);
             }
-            TableFactor::Function { name, .. } => push_name(&mut self.facts, name, Slot::Function),
+            TableFactor::Function { name, .. } => self.function(name),
             _ => {}
         }
         ControlFlow::Continue(())
@@ -348,7 +391,10 @@ impl Visitor for Collector {
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         if let Expr::Function(func) = expr {
-            push_name(&mut self.facts, &func.name, Slot::Function);
+            self.function(&func.name);
+            if last_part(&func.name) == "set_config" {
+                self.set_config(func);
+            }
         }
         ControlFlow::Continue(())
     }

@@ -100,6 +100,8 @@ pub(super) struct RawRule {
 pub(super) struct RawFunctions {
     #[serde(default)]
     pub(super) deny: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_builtin_denied: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +219,13 @@ pub(super) fn build_policy(
         });
     }
 
+    for (i, f) in raw.functions.allow_builtin_denied.iter().enumerate() {
+        p.builtin_allow.push(builtin_allow_entry(
+            f,
+            &format!("{path}.functions.allow_builtin_denied[{i}]"),
+        )?);
+    }
+
     if let Some(sp) = raw.search_path {
         let mut out = Vec::with_capacity(sp.len());
         for (i, s) in sp.iter().enumerate() {
@@ -279,6 +288,26 @@ fn build_classes(p: &mut Policy, raw: &RawClasses, path: &str) -> Result<(), Pol
     }
 
     Ok(())
+}
+
+/// One `functions.allow_builtin_denied` entry: the exact (folded) name of a function the
+/// built-in list denies. No globs, so one entry never lifts more than it names.
+fn builtin_allow_entry(text: &str, path: &str) -> Result<Box<str>, PolicyError> {
+    if text.contains(['*', '?']) {
+        return Err(PolicyError::invalid(
+            path,
+            "entries are function names, not globs",
+        ));
+    }
+    let g = glob(text, 1, path)?;
+    let name = folded_single(&g);
+    if crate::evaluate::builtin_denial(&name).is_none() {
+        return Err(PolicyError::invalid(
+            path,
+            format!("{name:?} is not on the built-in list of denied functions"),
+        ));
+    }
+    Ok(name)
 }
 
 /// `review:` settings.
