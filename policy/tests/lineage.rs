@@ -187,6 +187,14 @@ fn catalog() -> TestCatalog {
         &[("id", "int4"), ("note", "text")],
         Some("SELECT id, note FROM app.orders"),
     );
+    c.add_view(
+        1200,
+        "app",
+        "v_stats",
+        RelKind::View,
+        &[("attname", "name"), ("vals", "anyarray")],
+        Some("SELECT attname, most_common_vals AS vals FROM pg_catalog.pg_stats"),
+    );
     c.add(
         1100,
         "public",
@@ -948,4 +956,51 @@ fn side_channel_functions_with_computed_arguments_are_denied() {
     // Constant arguments carry nothing masked.
     clear("SELECT pg_notify('ch', 'done')");
     clear("SELECT set_config('application_name', 'agent', false)");
+}
+
+#[test]
+fn statistics_and_raw_pages_are_denied_to_masking_roles() {
+    for sql in [
+        "SELECT most_common_vals FROM pg_stats WHERE tablename = 'customers'",
+        "SELECT histogram_bounds FROM pg_catalog.pg_stats WHERE attname = 'ssn'",
+        "SELECT 1 WHERE EXISTS (SELECT 1 FROM pg_stats WHERE most_common_vals::text LIKE '%123%')",
+        "SELECT * FROM pg_stats_ext",
+        "SELECT * FROM pg_stats_ext_exprs",
+        "SELECT stavalues1 FROM pg_statistic",
+        "SELECT * FROM PG_CATALOG.PG_STATISTIC_EXT_DATA",
+        "SELECT * FROM heap_page_items(get_raw_page('app.customers', 0))",
+        "SELECT get_raw_page('app.customers', 0)",
+        "SELECT * FROM heap_page_item_attrs(get_raw_page('customers', 0), 'app.customers'::regclass)",
+        "SELECT tuple_data_split('app.customers'::regclass, t_data, t_infomask, t_infomask2, t_bits) FROM x",
+        "SELECT * FROM bt_page_items('customers_ssn_idx', 1)",
+        "SELECT * FROM public.brin_page_items(get_raw_page('i', 2), 'i')",
+        "SELECT * FROM gin_leafpage_items(get_raw_page('i', 2))",
+        "SELECT * FROM gist_page_items(get_raw_page('i', 0), 'i')",
+        "SELECT * FROM hash_page_items(get_raw_page('i', 1))",
+        "SELECT m.* FROM pg_statistic_ext_data d, pg_mcv_list_items(d.stxdmcv) m",
+        "WITH s AS (SELECT * FROM pg_stats) SELECT 1",
+    ] {
+        let (rule, message) = denied(sql);
+        assert_eq!(rule, "masking/stored_values", "{sql}");
+        assert!(message.contains("not available to this role"), "{sql}: {message}");
+    }
+    // A view over the statistics is no way around it.
+    let (rule, message) = denied("SELECT vals FROM app.v_stats");
+    assert_eq!(rule, "masking/lineage");
+    assert!(message.contains("pg_stats"), "{message}");
+    // Ordinary catalog reads stay clear.
+    clear("SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'app' AND a.attnum > 0");
+    clear("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'customers'");
+    clear("SELECT * FROM pg_stat_user_tables");
+    // Roles without column masking are not affected.
+    for name in ["plain", "detectors_only"] {
+        assert_eq!(
+            mask_plan(
+                &policy(name),
+                &catalog(),
+                "SELECT most_common_vals FROM pg_stats"
+            ),
+            MaskPlan::Clear
+        );
+    }
 }

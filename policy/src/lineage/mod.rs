@@ -179,6 +179,7 @@ pub enum MaskPlan {
 // Implementation.
 // ---------------------------------------------------------------------------------------
 
+mod exposure;
 mod expr;
 mod query;
 mod scope;
@@ -195,6 +196,7 @@ use sqlparser::ast::{
 use sqlparser::parser::ParserError;
 use sqlparser::tokenizer::Token;
 
+pub use self::exposure::{STORED_VALUES_RULE, STORED_VALUE_FUNCTIONS, STORED_VALUE_RELATIONS};
 use self::scope::Ctx;
 use crate::analyze::{MAX_SQL_BYTES, RECURSION_LIMIT};
 use crate::glob::Case;
@@ -254,6 +256,14 @@ pub fn mask_plan(policy: &Policy, catalog: &dyn Catalog, sql: &str) -> MaskPlan 
             ));
         }
     };
+    if let Some((name, why)) = stmts.iter().find_map(exposure::stored_value_read) {
+        return MaskPlan::Deny {
+            rule: RuleId::new(STORED_VALUES_RULE),
+            message: format!(
+                "{name} {why}, which would show masked columns unmasked; it is not available to this role"
+            ),
+        };
+    }
     if let Some(f) = stmts.iter().find_map(side_channel_call) {
         return lineage_deny(format!(
             "{f}() with a computed argument can carry a masked value out of the result (a notification, a setting, a large object, another server); only constant arguments are allowed for this role"

@@ -163,6 +163,12 @@ impl<'c> Ctx<'c> {
         let parsed = (sql.len() <= MAX_SQL_BYTES)
             .then(|| sql::parse(sql, RECURSION_LIMIT).ok())
             .flatten();
+        if let Some((name, why)) = parsed
+            .as_deref()
+            .and_then(|s| s.iter().find_map(super::exposure::stored_value_read))
+        {
+            return unknown(self, format!("view \"{label}\" reads {name}, which {why}"));
+        }
         let query = match parsed.as_deref() {
             Some([Statement::Query(q)]) => q,
             _ => {
