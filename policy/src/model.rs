@@ -378,6 +378,10 @@ pub struct MaskRule {
     pub detectors: Vec<Detector>,
     /// The strategy.
     pub strategy: MaskStrategy,
+    /// `predicates: deny`: statements that compare, sort, group or join on a column this rule
+    /// masks are refused (inference through the rows chosen). Default: allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deny_predicates: bool,
 }
 
 /// One role's policy, validated and immutable. [`Policy::deny_all`] is the policy of a role

@@ -147,6 +147,17 @@ impl Visitor for ExprWalk<'_, '_, '_> {
             Expr::Wildcard(_) => self.taint.union(&every_item(self.scope)),
             Expr::QualifiedWildcard(n, _) => self.taint.union(&whole_row(self.scope, n)),
             Expr::Function(f) => {
+                // FILTER and the window choose and order rows (also for count).
+                if let Some(filter) = &f.filter {
+                    if let Err(d) = self.cx.check_predicate(filter, self.scope, "FILTER") {
+                        return ControlFlow::Break(d);
+                    }
+                }
+                if let Some(ast::WindowType::WindowSpec(spec)) = &f.over {
+                    if let Err(d) = self.cx.check_window(spec, self.scope) {
+                        return ControlFlow::Break(d);
+                    }
+                }
                 if is_count(f) {
                     self.skipping = Some(ptr);
                     return ControlFlow::Continue(());

@@ -36,10 +36,11 @@
 //!
 //! # Known limits
 //!
-//! - Inference is out of scope: a masked column used only in WHERE, JOIN ... ON, GROUP BY,
-//!   HAVING, ORDER BY, DISTINCT ON, LIMIT, a window's PARTITION BY/ORDER BY or an aggregate's
-//!   FILTER leaves the output clean, although the rows chosen can reveal something about it.
-//!   Relations read only there are not looked up either.
+//! - Inference is out of scope unless a rule says `predicates: deny` (see `predicates.rs`): a
+//!   masked column used only in WHERE, JOIN ... ON, GROUP BY, HAVING, ORDER BY, DISTINCT ON,
+//!   LIMIT, a window's PARTITION BY/ORDER BY or an aggregate's FILTER leaves the output clean,
+//!   although the rows chosen can reveal something about it. Relations read only there are
+//!   not looked up either (they are when some rule denies predicates).
 //! - Function bodies are not traced: a function that reads a masked table itself
 //!   (`SELECT get_ssn(1)`, `FROM my_report()`) returns clean values as far as this module
 //!   knows; the function rules and the content detectors are the defence there. `count` is
@@ -181,6 +182,7 @@ pub enum MaskPlan {
 
 mod exposure;
 mod expr;
+mod predicates;
 mod query;
 mod scope;
 mod statement;

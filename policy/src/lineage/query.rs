@@ -8,6 +8,7 @@ use sqlparser::ast::{
     TableWithJoins,
 };
 
+use super::predicates;
 use super::scope::*;
 use super::taint::*;
 use super::*;
@@ -44,7 +45,24 @@ impl<'c> Ctx<'c> {
                 }
             }
         }
-        self.set_expr(&q.body, outer)
+        match (&*q.body, &q.order_by) {
+            (SetExpr::Select(s), Some(order)) if self.checks_predicates() => {
+                self.select(s, outer, Some(order))
+            }
+            (_, Some(order)) if self.checks_predicates() => {
+                let shape = self.set_expr(&q.body, outer)?;
+                let scope = predicates::with_output(
+                    &Scope {
+                        items: Vec::new(),
+                        parent: outer,
+                    },
+                    &shape,
+                );
+                self.check_order_by(order, &scope, &shape)?;
+                Ok(shape)
+            }
+            _ => self.set_expr(&q.body, outer),
+        }
     }
 
     /// A recursive CTE: start from its non-recursive branch, then re-trace the whole body
@@ -82,7 +100,7 @@ impl<'c> Ctx<'c> {
 
     pub(super) fn set_expr(&mut self, body: &SetExpr, outer: Option<&Scope<'_>>) -> R<Shape> {
         match body {
-            SetExpr::Select(s) => self.select(s, outer),
+            SetExpr::Select(s) => self.select(s, outer, None),
             SetExpr::Query(q) => self.query(q, outer),
             SetExpr::SetOperation { left, right, .. } => {
                 let l = self.set_expr(left, outer)?;
@@ -141,14 +159,22 @@ impl<'c> Ctx<'c> {
         }
     }
 
-    pub(super) fn select(&mut self, s: &Select, outer: Option<&Scope<'_>>) -> R<Shape> {
+    /// One SELECT level; `order` is its query's ORDER BY when predicates are checked.
+    pub(super) fn select(
+        &mut self,
+        s: &Select,
+        outer: Option<&Scope<'_>>,
+        order: Option<&ast::OrderBy>,
+    ) -> R<Shape> {
         let mut items = Vec::new();
         let star = self.add_from(&s.from, &mut items, outer)?;
         let scope = Scope {
             items,
             parent: outer,
         };
-        self.projection_with_star(&s.projection, &scope, star)
+        let shape = self.projection_with_star(&s.projection, &scope, star)?;
+        self.check_select_predicates(s, &scope, &shape, order)?;
+        Ok(shape)
     }
 
     /// A select list over `scope` (RETURNING lists too: `*` is every item's columns).

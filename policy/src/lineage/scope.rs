@@ -49,6 +49,8 @@ pub(super) struct Ctx<'c> {
     /// The current statement reads a relation with a covered column (or one it cannot see
     /// into): unknown lineage in its output is then a denial.
     pub(super) sensitive: bool,
+    /// Rules with `predicates: deny`.
+    pub(super) predicate_rules: RuleSet,
 }
 
 impl<'c> Ctx<'c> {
@@ -61,6 +63,15 @@ impl<'c> Ctx<'c> {
             views: Vec::new(),
             view_cache: HashMap::new(),
             sensitive: false,
+            predicate_rules: policy
+                .masking()
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.deny_predicates)
+                .fold(RuleSet::default(), |mut s, (i, _)| {
+                    s.add(i);
+                    s
+                }),
         }
     }
 

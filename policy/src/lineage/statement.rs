@@ -482,6 +482,9 @@ impl<'c> Ctx<'c> {
             items,
             parent: outer,
         };
+        if let Some(w) = &up.selection {
+            self.check_predicate(w, &scope, "WHERE")?;
+        }
         self.assignments(&up.assignments, &scope, rel, "UPDATE")?;
         let returning = up.returning.as_deref().or(match &up.output {
             Some(
@@ -507,9 +510,9 @@ impl<'c> Ctx<'c> {
             ) => Some(select_items),
             None => None,
         });
-        let Some(returning) = returning else {
+        if returning.is_none() && !self.checks_predicates() {
             return Ok(None);
-        };
+        }
         let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &del.from;
         let mut items = Vec::new();
         self.add_from(from, &mut items, outer)?;
@@ -520,7 +523,12 @@ impl<'c> Ctx<'c> {
             items,
             parent: outer,
         };
-        Ok(Some(self.projection(returning, &scope)?))
+        if let Some(w) = &del.selection {
+            self.check_predicate(w, &scope, "WHERE")?;
+        }
+        returning
+            .map(|items| self.projection(items, &scope))
+            .transpose()
     }
 
     pub(super) fn merge(&mut self, m: &ast::Merge, outer: Option<&Scope<'_>>) -> R<Option<Shape>> {
@@ -531,7 +539,11 @@ impl<'c> Ctx<'c> {
             items,
             parent: outer,
         };
+        self.check_predicate(&m.on, &scope, "MERGE ... ON")?;
         for clause in &m.clauses {
+            if let Some(p) = &clause.predicate {
+                self.check_predicate(p, &scope, "MERGE ... WHEN ... AND")?;
+            }
             match &clause.action {
                 ast::MergeAction::Update(u) => match &u.kind {
                     ast::MergeUpdateKind::Set(a) => {

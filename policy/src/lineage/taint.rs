@@ -50,6 +50,15 @@ impl RuleSet {
         }
     }
 
+    /// The first rule in both sets (indices from 64 up fail closed: any two such meet).
+    pub(super) fn first_common(&self, other: &RuleSet) -> Option<RuleIndex> {
+        let low = self.low & other.low;
+        if low != 0 {
+            return Some(low.trailing_zeros() as usize);
+        }
+        self.high.filter(|_| other.high.is_some())
+    }
+
     /// The first rule other than `allowed` (a value may be written where `allowed` masks it).
     pub(super) fn first_except(&self, allowed: Option<RuleIndex>) -> Option<RuleIndex> {
         let mut rest = *self;

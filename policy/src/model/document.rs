@@ -127,6 +127,8 @@ pub(super) struct RawMask {
     #[serde(default)]
     pub(super) detectors: Vec<String>,
     pub(super) strategy: serde_yaml_ng::Value,
+    #[serde(default)]
+    pub(super) predicates: Option<String>,
 }
 
 pub(super) fn glob(text: &str, max: usize, path: &str) -> Result<Glob, PolicyError> {
@@ -431,12 +433,31 @@ pub(super) fn build_mask(
         })?);
     }
     let strategy = parse_strategy(&m.strategy, &format!("{path}.strategy"))?;
+    let deny_predicates = match m.predicates.as_deref() {
+        None | Some("allow") => false,
+        Some("deny") => {
+            if columns.is_empty() && types.is_empty() {
+                return Err(PolicyError::invalid(
+                    format!("{path}.predicates"),
+                    "predicates: deny needs columns or types (detectors see only results)",
+                ));
+            }
+            true
+        }
+        Some(other) => {
+            return Err(PolicyError::invalid(
+                format!("{path}.predicates"),
+                format!("expected allow or deny, not {other:?}"),
+            ))
+        }
+    };
     Ok(MaskRule {
         id: RuleId::new(format!("{name}/masking[{i}]")),
         columns,
         types,
         detectors,
         strategy,
+        deny_predicates,
     })
 }
 
