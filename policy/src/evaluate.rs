@@ -330,6 +330,34 @@ impl Judge<'_> {
             }
         }
 
+        self.flags(s)?;
+        self.functions(s)?;
+        for r in &s.reads {
+            self.relation(r, StatementClass::Read, "reading")?;
+        }
+        let target_class = if s.copy.is_some() {
+            StatementClass::Write
+        } else {
+            s.target_class
+        };
+        for t in &s.targets {
+            let verb = match target_class {
+                StatementClass::Write => "writing",
+                StatementClass::Ddl => "changing the definition of",
+                _ => "acting on",
+            };
+            self.relation(t, target_class, verb)?;
+        }
+        for schema in &s.schemas {
+            self.schema(schema, target_class)?;
+        }
+        Ok(())
+    }
+
+    /// The policy's yes/no rules on what a statement does (CTE writes, EXPLAIN ANALYZE,
+    /// MERGE, missing WHERE, COPY endpoints, role and search_path changes, code).
+    fn flags(&mut self, s: &StatementFacts) -> Result<(), Verdict> {
+        let p = self.policy;
         if s.data_modifying_cte && !p.allow_data_modifying_cte {
             self.violate(
                 RuleKind::DataModifyingCte,
@@ -397,26 +425,6 @@ impl Judge<'_> {
                 "allow_code_definitions",
                 format!("{} defines code that runs later and is not allowed", s.tag),
             )?;
-        }
-        self.functions(s)?;
-        for r in &s.reads {
-            self.relation(r, StatementClass::Read, "reading")?;
-        }
-        let target_class = if s.copy.is_some() {
-            StatementClass::Write
-        } else {
-            s.target_class
-        };
-        for t in &s.targets {
-            let verb = match target_class {
-                StatementClass::Write => "writing",
-                StatementClass::Ddl => "changing the definition of",
-                _ => "acting on",
-            };
-            self.relation(t, target_class, verb)?;
-        }
-        for schema in &s.schemas {
-            self.schema(schema, target_class)?;
         }
         Ok(())
     }
