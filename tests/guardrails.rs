@@ -8,7 +8,7 @@ mod common;
 
 use common::gateway::{
     connect, create_app_database, runtime, sqlstate, start_gateway, within, GatewayOptions,
-    AUDITOR_TOKEN,
+    AGENT_TOKEN, AUDITOR_TOKEN, CONN, MASKED_TOKEN,
 };
 use common::{psql_cmd, run_err, run_ok, shared_pg, superuser_on, with_shared_pg, PgTarget};
 
@@ -162,4 +162,92 @@ fn a_denial_is_an_ordinary_error_for_the_session() {
         assert_eq!(rows.len(), 5);
     });
     assert_eq!(backend_scalar(db, "SELECT count(*) FROM orders"), "5");
+}
+
+/// Role `analyst`: policy `unrestricted` (every class, no require_where, but no
+/// data-modifying CTEs and the built-in function denials).
+fn analyst(gw: &common::gateway::Gateway) -> PgTarget {
+    PgTarget::new(gw.port(), "agent", AGENT_TOKEN, CONN)
+}
+
+/// Role `masked`: the shared policy that allows writes and keeps `require_where` (its
+/// masking rules cover `customers` only, which these statements do not touch).
+fn writer(gw: &common::gateway::Gateway) -> PgTarget {
+    PgTarget::new(gw.port(), "agent", MASKED_TOKEN, CONN)
+}
+
+#[test]
+fn writes_behind_a_reading_with_run_and_writing_ctes_do_not() {
+    let db = "guardrails_with_write";
+    let gw = setup(db);
+    let who = analyst(&gw);
+    run_ok(&mut psql_cmd(
+        &who,
+        "WITH s AS (SELECT id FROM orders WHERE id <= 2) UPDATE orders SET amount = 0 FROM s WHERE orders.id = s.id",
+    ));
+    assert_eq!(
+        backend_scalar(
+            db,
+            "SELECT string_agg(amount::text, ',' ORDER BY id) FROM orders"
+        ),
+        "0,0,30,40,50"
+    );
+    let err = run_err(&mut psql_cmd(
+        &who,
+        "WITH d AS (DELETE FROM orders WHERE id = 5 RETURNING id) UPDATE orders SET amount = 1 FROM d WHERE orders.id = d.id",
+    ));
+    assert!(err.contains("allow_data_modifying_cte"), "{err}");
+    assert_eq!(backend_scalar(db, "SELECT count(*) FROM orders"), "5");
+}
+
+#[test]
+fn merge_on_a_constant_join_needs_a_where() {
+    let db = "guardrails_merge";
+    let gw = setup(db);
+    let who = writer(&gw);
+    for sql in [
+        "MERGE INTO orders t USING (SELECT 1 AS id) s ON true WHEN MATCHED THEN DELETE",
+        "MERGE INTO orders t USING (SELECT 1 AS id) s ON 1 = 1 WHEN MATCHED THEN UPDATE SET amount = 0",
+    ] {
+        let err = run_err(&mut psql_cmd(&who, sql));
+        assert!(err.contains("require_where"), "{sql}: {err}");
+    }
+    assert_eq!(
+        backend_scalar(db, "SELECT count(*), sum(amount) FROM orders"),
+        "5|150"
+    );
+    run_ok(&mut psql_cmd(
+        &who,
+        "MERGE INTO orders t USING (SELECT 1 AS id) s ON t.id = s.id WHEN MATCHED THEN DELETE",
+    ));
+    assert_eq!(backend_scalar(db, "SELECT count(*) FROM orders"), "4");
+}
+
+#[test]
+fn set_config_of_a_plain_setting_runs_and_of_the_role_does_not() {
+    let db = "guardrails_set_config";
+    let gw = setup(db);
+    let who = analyst(&gw);
+    let out = run_ok(&mut psql_cmd(
+        &who,
+        "SELECT set_config('application_name', 'agent-7', false)",
+    ));
+    assert_eq!(out.trim(), "agent-7");
+    for (sql, rule) in [
+        (
+            "SELECT set_config('role', 'postgres', false)",
+            "allow_set_role",
+        ),
+        (
+            "SELECT set_config(current_setting('application_name'), 'x', false)",
+            "builtin/functions/set_config",
+        ),
+        (
+            "SELECT pg_terminate_backend(pg_backend_pid())",
+            "builtin/functions/pg_terminate_backend",
+        ),
+    ] {
+        let err = run_err(&mut psql_cmd(&who, sql));
+        assert!(err.contains(rule), "{sql}: {err}");
+    }
 }

@@ -10,7 +10,8 @@
 //!
 //! The role `masked` (token [`MASKED_TOKEN`], policy `masked` in tests/common/gateway.rs)
 //! masks `public.customers`: `ssn` partial (last 4), `email` redact, `card` keyed hash, `pin`
-//! tokenise, `salary` keyed hash, every `inet` by type (null), and runs every content
+//! tokenise, `salary` keyed hash (and `predicates: deny`: no WHERE/ORDER BY/GROUP BY/JOIN on
+//! it), every `inet` by type (null), and runs every content
 //! detector; `max_rows` is 1000. `pin` values are invisible to detectors, so only the column
 //! lineage can protect them: most probes read `pin`.
 //!
@@ -752,6 +753,69 @@ fn views_are_masked_through_their_definition() {
         fx.both(&c, "SELECT pin_upper FROM customer_contacts", Want::Rows(3))
             .await;
     });
+    fx.finish();
+}
+
+#[test]
+fn planner_statistics_are_refused_and_catalog_reads_pass() {
+    let fx = fixture("mask_stats", "transaction");
+    // pg_stats then holds customers' values (histogram bounds of every column).
+    fx.backend("ANALYZE customers");
+    runtime().block_on(async {
+        let c = connect(&fx.conn_str()).await;
+        for sql in [
+            "SELECT attname, most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'",
+            "SELECT histogram_bounds::text FROM pg_catalog.pg_stats WHERE attname = 'pin'",
+            "SELECT count(*) FROM pg_stats WHERE histogram_bounds::text LIKE '%kiwi%'",
+            "SELECT * FROM pg_stats_ext",
+        ] {
+            fx.both(&c, sql, Want::Refused).await;
+        }
+        // `\d customers`-style catalog reads and information_schema still work.
+        fx.both(
+            &c,
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 'customers' AND n.nspname = 'public' AND a.attnum > 0 AND NOT a.attisdropped",
+            Want::Rows(9),
+        )
+        .await;
+        fx.both(
+            &c,
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'customers'",
+            Want::Rows(9),
+        )
+        .await;
+    });
+    fx.finish();
+}
+
+#[test]
+fn predicates_on_a_column_whose_rule_denies_them_are_refused() {
+    let fx = fixture("mask_predicates", "transaction");
+    runtime().block_on(async {
+        let c = connect(&fx.conn_str()).await;
+        for sql in [
+            "SELECT id FROM customers WHERE salary > 900000",
+            "SELECT id FROM customers WHERE salary BETWEEN 980000 AND 990000",
+            "SELECT id FROM customers ORDER BY salary",
+            "SELECT count(*) FROM customers GROUP BY salary",
+            "SELECT o.id FROM orders o JOIN customers c ON c.salary = o.amount",
+            "SELECT id, rank() OVER (ORDER BY salary) FROM customers",
+            "SELECT 1 WHERE EXISTS (SELECT 1 FROM customers WHERE salary > 900000)",
+            "DELETE FROM customers WHERE salary > 2000000",
+        ] {
+            fx.both(&c, sql, Want::Refused).await;
+        }
+        // Other columns still choose rows, and salary itself is returned masked.
+        fx.both(
+            &c,
+            "SELECT salary FROM customers WHERE id = 1",
+            Want::Rows(1),
+        )
+        .await;
+        fx.both(&c, "SELECT id FROM customers ORDER BY name", Want::Rows(3))
+            .await;
+    });
+    assert_eq!(fx.backend("SELECT count(*) FROM customers"), "3");
     fx.finish();
 }
 

@@ -145,7 +145,14 @@ pub struct PolicySpec {
 fn check_policy(i: usize, pol: &PolicySpec) -> Result<(), FieldError> {
     let src = serde_json::json!({ "policies": [pol] }).to_string();
     match sluice_policy::PolicySet::from_yaml(&src, 0) {
-        Ok(_) => Ok(()),
+        Ok(set) => {
+            // Valid, but worth an operator's attention (there is no warnings field to answer
+            // with, so the log carries them).
+            for warning in set.iter().flat_map(|p| p.warnings()) {
+                tracing::warn!(policy = %pol.name, path = %format!("policies[{i}]"), "{warning}");
+            }
+            Ok(())
+        }
         Err(sluice_policy::PolicyError::Invalid { path, message }) => {
             // The policy was alone at index 0; put it back at its index.
             let rest = path.strip_prefix("policies[0]").unwrap_or("");

@@ -1479,6 +1479,8 @@ fn literal_independent(analysis: &sluice_policy::Analysis) -> bool {
                     && !f.role_change
                     && !f.search_path_change
                     && !f.data_modifying_cte
+                    // set_config('role' | 'application_name', ...): the literal is a name.
+                    && !f.sets_config
             }
         }
         _ => false,
@@ -2148,5 +2150,6 @@ mod tests {
         assert!(!yes("SELECT 1; SELECT 2"));
         assert!(!yes("EXPLAIN ANALYZE SELECT 1"));
         assert!(!yes("COPY t TO STDOUT"));
+        assert!(!yes("SELECT set_config('application_name', 'x', false)"));
     }
 }

@@ -2,18 +2,23 @@
 //! by an exhaustive match, and collect the facts the verdict needs.
 
 use std::fmt;
-use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    self, CopySource, CopyTarget, Expr, FromTable, ObjectName, ObjectNamePart, ObjectType, Query,
-    Select, SetExpr, Statement, TableFactor, TableObject, Value, Visit, Visitor,
+    self, CopySource, CopyTarget, FromTable, ObjectName, ObjectType, Query, SetExpr, Statement,
+    TableObject, Visit,
 };
-use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
-use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::{Token, Tokenizer};
+use sqlparser::parser::ParserError;
+use sqlparser::tokenizer::Token;
 
 use crate::model::StatementClass;
+use crate::sql::{self, fold_ident as fold, is_false};
+
+mod collect;
+mod names;
+
+use self::collect::Collector;
+use self::names::*;
 
 /// Largest statement text analysed; longer text is [`Analysis::Unparsed`] (fail closed).
 /// 1 MiB is far above any hand-written or ORM statement and bounds parse time and memory.
@@ -205,6 +210,14 @@ pub struct StatementFacts {
     pub explain_analyze_write: bool,
     /// CREATE FUNCTION/PROCEDURE/TRIGGER/EXTENSION/SERVER, ALTER FUNCTION: hidden code.
     pub code_definition: bool,
+    /// Every `set_config()` call in the statement names a constant setting, so it is judged
+    /// as `SET` is: it needs the `session` class, and `role`, `session_authorization` and
+    /// `search_path` set [`Self::role_change`] / [`Self::search_path_change`]. Otherwise
+    /// set_config stays a built-in denied function.
+    pub sets_config: bool,
+    /// A MERGE (also after a WITH). Its actions are writes of its target; a constant join
+    /// condition on a clause that updates or deletes counts as a missing WHERE.
+    pub merge: bool,
     /// Something in the statement the analyser could not read (an unusual name form, a
     /// nested statement in an unexpected place): the statement is judged as unknown.
     pub opaque: Option<&'static str>,
@@ -228,6 +241,8 @@ impl StatementFacts {
             data_modifying_cte: false,
             explain_analyze_write: false,
             code_definition: false,
+            merge: false,
+            sets_config: false,
             opaque: None,
         }
     }
@@ -256,12 +271,7 @@ pub fn analyze_with(sql: &str, limits: &Limits) -> Analysis {
             do_block: false,
         };
     }
-    let dialect = PostgreSqlDialect {};
-    let parsed = Parser::new(&dialect)
-        .with_recursion_limit(limits.recursion_limit)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements());
-    match parsed {
+    match sql::parse(sql, limits.recursion_limit) {
         Ok(stmts) => Analysis::Statements(stmts.iter().map(statement_facts).collect()),
         Err(e) => Analysis::Unparsed {
             reason: match e {
@@ -279,23 +289,20 @@ pub fn analyze_with(sql: &str, limits: &Limits) -> Analysis {
 /// Whether `sql` is exactly one `DO [LANGUAGE l] 'body' [LANGUAGE l] [;]`, by tokens (so a
 /// comment or string cannot fake it, and `DO $$..$$; DROP TABLE t` is not one).
 fn is_single_do_block(sql: &str) -> bool {
-    let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+    let Some(tokens) = sql::significant_tokens(sql) else {
         return false;
     };
-    let mut it = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_)));
     let is_kw = |t: Option<&Token>, kw: Keyword| matches!(t, Some(Token::Word(w)) if w.keyword == kw && w.quote_style.is_none());
-    if !is_kw(it.next(), Keyword::DO) {
+    let Some((first, rest)) = tokens.split_first() else {
+        return false;
+    };
+    if !is_kw(Some(first), Keyword::DO) {
         return false;
     }
     let mut seen_body = false;
-    let mut rest: Vec<&Token> = it.collect();
-    if matches!(rest.last(), Some(Token::SemiColon)) {
-        rest.pop();
-    }
     let mut i = 0;
     while i < rest.len() {
-        match rest[i] {
+        match &rest[i] {
             Token::Word(w) if w.keyword == Keyword::LANGUAGE && w.quote_style.is_none() => {
                 if !matches!(rest.get(i + 1), Some(Token::Word(_))) {
                     return false;
@@ -318,12 +325,23 @@ fn is_single_do_block(sql: &str) -> bool {
 
 /// Facts for one parsed statement: the exhaustive match decides the class and the explicit
 /// targets; the collector then walks the tree for relations, functions and nested writes.
+// One arm per sqlparser `Statement` variant and no wildcard, so a variant added by a new
+// sqlparser fails to compile until someone decides its class; that is why this function is
+// long and stays one match.
 fn statement_facts(stmt: &Statement) -> StatementFacts {
     use StatementClass as C;
     let mut skip: Vec<*const ObjectName> = Vec::new();
     let mut f = match stmt {
         // ---- read ----
-        Statement::Query(_) => StatementFacts::new("SELECT", Some(C::Read)),
+        // `WITH s AS (...) UPDATE ...`: sqlparser nests the write in the WITH's query, but it
+        // is the statement itself (judged as that write), not a data-modifying CTE.
+        Statement::Query(q) => match main_write(q) {
+            Some(Statement::Insert(_)) => StatementFacts::new("INSERT", Some(C::Write)),
+            Some(Statement::Update(_)) => StatementFacts::new("UPDATE", Some(C::Write)),
+            Some(Statement::Delete(_)) => StatementFacts::new("DELETE", Some(C::Write)),
+            Some(Statement::Merge(_)) => StatementFacts::new("MERGE", Some(C::Write)),
+            _ => StatementFacts::new("SELECT", Some(C::Read)),
+        },
 
         // ---- write (targets are collected by the walker, also for nested DML) ----
         Statement::Insert(_) => StatementFacts::new("INSERT", Some(C::Write)),
@@ -476,6 +494,7 @@ fn statement_facts(stmt: &Statement) -> StatementFacts {
                 }
                 f.unfiltered_writes.clear();
                 f.data_modifying_cte = false;
+                f.merge = false;
                 f.class = Some(C::Read);
             }
             f.kind = Kind::Explain { analyze };
@@ -762,10 +781,21 @@ fn statement_facts(stmt: &Statement) -> StatementFacts {
         | Statement::ExportData(_) => StatementFacts::new(unknown_tag(stmt), None),
     };
     let mut c = Collector::new(skip);
+    if let Statement::Query(q) = stmt {
+        c.main = main_write(q).map(|w| w as *const Statement);
+    }
     // The walk only collects; `Break` is never returned.
     let _ = stmt.visit(&mut c);
     c.finish(&mut f);
     f
+}
+
+/// The write a query's body is (`WITH ... INSERT/UPDATE/DELETE/MERGE`), if it is one.
+fn main_write(q: &Query) -> Option<&Statement> {
+    match &*q.body {
+        SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => Some(s),
+        _ => None,
+    }
 }
 
 fn unknown_tag(_stmt: &Statement) -> &'static str {
@@ -853,494 +883,8 @@ fn set_facts(set: &ast::Set) -> StatementFacts {
     f
 }
 
-/// An option argument that is explicitly false (`false`, `off`, `0`, `'off'`, ...).
-fn is_false(arg: Option<&Expr>) -> bool {
-    let text = match arg {
-        None => return false,
-        Some(Expr::Value(v)) => match &v.value {
-            Value::Boolean(b) => return !b,
-            Value::Number(n, _) => n.clone(),
-            Value::SingleQuotedString(s) => s.clone(),
-            _ => return false,
-        },
-        Some(Expr::Identifier(i)) => i.value.clone(),
-        Some(_) => return false,
-    };
-    matches!(
-        text.to_ascii_lowercase().as_str(),
-        "false" | "off" | "0" | "no"
-    )
-}
-
-fn is_role_param(p: &str) -> bool {
+pub(super) fn is_role_param(p: &str) -> bool {
     matches!(p, "role" | "session_authorization")
-}
-
-/// Folds one identifier per PostgreSQL: unquoted → ASCII lower case, quoted → as written.
-fn fold(ident: &ast::Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_ascii_lowercase()
-    }
-}
-
-/// The last part of a name, folded (`""` if it is not a plain identifier).
-fn last_part(name: &ObjectName) -> String {
-    match name.0.last() {
-        Some(ObjectNamePart::Identifier(i)) => fold(i),
-        _ => String::new(),
-    }
-}
-
-/// `[[database.]schema.]name` → [`Name`]; other shapes are unreadable.
-fn to_name(obj: &ObjectName) -> Result<Name, &'static str> {
-    let mut parts = Vec::with_capacity(obj.0.len());
-    for p in &obj.0 {
-        match p {
-            ObjectNamePart::Identifier(i) => parts.push(fold(i)),
-            ObjectNamePart::Function(_) => return Err("a computed name part"),
-        }
-    }
-    match parts.len() {
-        1 => Ok(Name {
-            schema: None,
-            name: parts.pop().unwrap_or_default().into(),
-        }),
-        // database.schema.name: PostgreSQL only accepts the current database, so the
-        // database part does not change what is read.
-        2 | 3 => {
-            let name = parts.pop().unwrap_or_default();
-            let schema = parts.pop().unwrap_or_default();
-            Ok(Name {
-                schema: Some(schema.into()),
-                name: name.into(),
-            })
-        }
-        _ => Err("a name with more than three parts"),
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Slot {
-    Read,
-    Target,
-    Function,
-    Unfiltered,
-}
-
-/// PostgreSQL's reserved keywords (they can never be unquoted identifiers there).
-const PG_RESERVED: &[&str] = &[
-    "all",
-    "analyse",
-    "analyze",
-    "and",
-    "any",
-    "array",
-    "as",
-    "asc",
-    "asymmetric",
-    "both",
-    "case",
-    "cast",
-    "check",
-    "collate",
-    "column",
-    "constraint",
-    "create",
-    "current_catalog",
-    "current_date",
-    "current_role",
-    "current_time",
-    "current_timestamp",
-    "current_user",
-    "default",
-    "deferrable",
-    "desc",
-    "distinct",
-    "do",
-    "else",
-    "end",
-    "except",
-    "false",
-    "fetch",
-    "for",
-    "foreign",
-    "from",
-    "grant",
-    "group",
-    "having",
-    "in",
-    "initially",
-    "intersect",
-    "into",
-    "lateral",
-    "leading",
-    "limit",
-    "localtime",
-    "localtimestamp",
-    "not",
-    "null",
-    "offset",
-    "on",
-    "only",
-    "or",
-    "order",
-    "placing",
-    "primary",
-    "references",
-    "returning",
-    "select",
-    "session_user",
-    "some",
-    "symmetric",
-    "system_user",
-    "table",
-    "then",
-    "to",
-    "trailing",
-    "true",
-    "union",
-    "unique",
-    "user",
-    "using",
-    "variadic",
-    "when",
-    "where",
-    "window",
-    "with",
-];
-
-/// Whether sqlparser took a PostgreSQL reserved word for a name. PostgreSQL would read the
-/// text differently (`FROM ONLY secrets` is parsed as table `only` aliased `secrets`), so
-/// the statement is opaque rather than judged on the parser's reading.
-fn misread_keyword(obj: &ObjectName, relation: bool) -> bool {
-    obj.0.iter().any(|p| match p {
-        ObjectNamePart::Identifier(i) if i.quote_style.is_none() => {
-            let v = i.value.to_ascii_lowercase();
-            if relation {
-                PG_RESERVED.contains(&v.as_str())
-            } else {
-                // CURRENT_TIMESTAMP and friends are legitimately function-like.
-                v == "only"
-            }
-        }
-        _ => false,
-    })
-}
-
-fn push_name(f: &mut StatementFacts, obj: &ObjectName, slot: Slot) {
-    if misread_keyword(obj, !matches!(slot, Slot::Function)) {
-        f.opaque = f.opaque.or(Some(
-            "a reserved word where a name was expected (e.g. ONLY)",
-        ));
-        return;
-    }
-    match to_name(obj) {
-        Ok(n) => {
-            let v = match slot {
-                Slot::Read => &mut f.reads,
-                Slot::Target => &mut f.targets,
-                Slot::Function => &mut f.functions,
-                Slot::Unfiltered => &mut f.unfiltered_writes,
-            };
-            if !v.contains(&n) {
-                v.push(n);
-            }
-        }
-        Err(why) => f.opaque = f.opaque.or(Some(why)),
-    }
-}
-
-/// The CTE names one `WITH` introduces and how many are visible so far.
-struct CteFrame {
-    query: *const Query,
-    names: Vec<String>,
-    bodies: Vec<*const Query>,
-    recursive: bool,
-    /// CTEs defined so far (a non-recursive CTE sees only earlier siblings).
-    visible: usize,
-    /// The CTE whose body is being walked.
-    current: Option<usize>,
-}
-
-/// The generic walk: it only collects relations, functions and nested writes.
-struct Collector {
-    facts: StatementFacts,
-    /// Relation occurrences the top-level match already placed (DDL targets etc.).
-    skip: Vec<*const ObjectName>,
-    ctes: Vec<CteFrame>,
-    depth: usize,
-}
-
-impl Collector {
-    fn new(skip: Vec<*const ObjectName>) -> Self {
-        Self {
-            facts: StatementFacts::new("", None),
-            skip,
-            ctes: Vec::new(),
-            depth: 0,
-        }
-    }
-
-    fn finish(self, f: &mut StatementFacts) {
-        let c = self.facts;
-        for (dst, src) in [
-            (&mut f.reads, c.reads),
-            (&mut f.targets, c.targets),
-            (&mut f.functions, c.functions),
-            (&mut f.unfiltered_writes, c.unfiltered_writes),
-        ] {
-            for n in src {
-                if !dst.contains(&n) {
-                    dst.push(n);
-                }
-            }
-        }
-        f.data_modifying_cte |= c.data_modifying_cte;
-        f.opaque = f.opaque.or(c.opaque);
-        if c.class == Some(StatementClass::Ddl) && f.class == Some(StatementClass::Read) {
-            // SELECT ... INTO creates a table.
-            f.class = Some(StatementClass::Ddl);
-            f.target_class = StatementClass::Ddl;
-            f.tag = "SELECT INTO";
-        }
-        if f.opaque.is_some() {
-            f.class = None;
-        }
-    }
-
-    fn is_cte(&self, name: &ObjectName) -> bool {
-        let [ObjectNamePart::Identifier(ident)] = name.0.as_slice() else {
-            return false; // a qualified name never refers to a CTE
-        };
-        let n = fold(ident);
-        self.ctes.iter().rev().any(|frame| {
-            let mut visible = frame.visible;
-            if frame.recursive {
-                if let Some(i) = frame.current {
-                    visible = visible.max(i + 1);
-                }
-            }
-            frame.names[..visible.min(frame.names.len())].contains(&n)
-        })
-    }
-
-    fn dml_target(&mut self, table: &TableFactor) {
-        match table {
-            TableFactor::Table {
-                name, args: None, ..
-            } => push_name(&mut self.facts, name, Slot::Target),
-            _ => self.facts.opaque = Some("a write to something other than a table"),
-        }
-    }
-
-    fn unfiltered(&mut self, table: &TableFactor) {
-        if let TableFactor::Table { name, .. } = table {
-            push_name(&mut self.facts, name, Slot::Unfiltered);
-        }
-    }
-}
-
-/// `WHERE true`, `WHERE 1 = 1`, `WHERE 'a' = 'a'`: a filter in form only.
-fn trivially_true(e: &Expr) -> bool {
-    match e {
-        Expr::Value(v) => matches!(v.value, Value::Boolean(true)),
-        Expr::Nested(inner) => trivially_true(inner),
-        Expr::BinaryOp {
-            left,
-            op: ast::BinaryOperator::Eq,
-            right,
-        } => {
-            matches!((&**left, &**right), (Expr::Value(a), Expr::Value(b)) if a.value == b.value && !matches!(a.value, Value::Null))
-        }
-        Expr::BinaryOp {
-            left,
-            op: ast::BinaryOperator::Or,
-            right,
-        } => trivially_true(left) || trivially_true(right),
-        _ => false,
-    }
-}
-
-impl Visitor for Collector {
-    type Break = ();
-
-    fn pre_visit_statement(&mut self, stmt: &Statement) -> ControlFlow<()> {
-        self.depth += 1;
-        let nested = self.depth > 1;
-        match stmt {
-            Statement::Insert(ins) => {
-                match &ins.table {
-                    TableObject::TableName(name) => {
-                        self.skip.push(name);
-                        push_name(&mut self.facts, name, Slot::Target);
-                    }
-                    TableObject::TableFunction(_) | TableObject::TableQuery(_) => {
-                        self.facts.opaque = Some("INSERT INTO something other than a table")
-                    }
-                }
-                self.facts.data_modifying_cte |= nested;
-            }
-            Statement::Update(up) => {
-                self.dml_target(&up.table.relation);
-                if up.selection.as_ref().is_none_or(trivially_true) {
-                    self.unfiltered(&up.table.relation);
-                }
-                self.facts.data_modifying_cte |= nested;
-            }
-            Statement::Delete(del) => {
-                let from = match &del.from {
-                    FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
-                };
-                if !del.tables.is_empty() {
-                    self.facts.opaque = Some("multi-table DELETE");
-                }
-                for t in from {
-                    self.dml_target(&t.relation);
-                    if del.selection.as_ref().is_none_or(trivially_true) {
-                        self.unfiltered(&t.relation);
-                    }
-                }
-                self.facts.data_modifying_cte |= nested;
-            }
-            Statement::Merge(m) => {
-                self.dml_target(&m.table);
-                self.facts.data_modifying_cte |= nested;
-            }
-            _ if nested => self.facts.opaque = Some("a nested statement"),
-            _ => {}
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn post_visit_statement(&mut self, _stmt: &Statement) -> ControlFlow<()> {
-        self.depth -= 1;
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-        let ptr: *const Query = q;
-        if let Some(frame) = self.ctes.last_mut() {
-            if let Some(i) = frame.bodies.iter().position(|b| std::ptr::eq(*b, ptr)) {
-                frame.current = Some(i);
-            }
-        }
-        if let Some(with) = &q.with {
-            self.ctes.push(CteFrame {
-                query: ptr,
-                names: with
-                    .cte_tables
-                    .iter()
-                    .map(|c| fold(&c.alias.name))
-                    .collect(),
-                bodies: with
-                    .cte_tables
-                    .iter()
-                    .map(|c| &*c.query as *const Query)
-                    .collect(),
-                recursive: with.recursive,
-                visible: 0,
-                current: None,
-            });
-        }
-        // `TABLE name` holds plain strings, not a visited relation.
-        let mut stack = vec![&*q.body];
-        while let Some(body) = stack.pop() {
-            match body {
-                SetExpr::Table(t) => match &t.table_name {
-                    Some(name) => {
-                        let n = Name {
-                            schema: t
-                                .schema_name
-                                .as_ref()
-                                .map(|s| s.to_ascii_lowercase().into()),
-                            name: name.to_ascii_lowercase().into(),
-                        };
-                        let is_cte = n.schema.is_none()
-                            && self.is_cte(&ObjectName::from(vec![ast::Ident::new(&*n.name)]));
-                        if !is_cte && !self.facts.reads.contains(&n) {
-                            self.facts.reads.push(n);
-                        }
-                    }
-                    None => self.facts.opaque = Some("TABLE without a name"),
-                },
-                SetExpr::SetOperation { left, right, .. } => {
-                    stack.push(left);
-                    stack.push(right);
-                }
-                _ => {}
-            }
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn post_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-        let ptr: *const Query = q;
-        if self.ctes.last().is_some_and(|f| std::ptr::eq(f.query, ptr)) {
-            self.ctes.pop();
-        }
-        if let Some(frame) = self.ctes.last_mut() {
-            if let Some(i) = frame.bodies.iter().position(|b| std::ptr::eq(*b, ptr)) {
-                frame.current = None;
-                frame.visible = i + 1;
-            }
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<()> {
-        if let Some(into) = &select.into {
-            self.facts.class = Some(StatementClass::Ddl);
-            for t in &into.targets {
-                match t {
-                    Expr::Identifier(i) => push_name(
-                        &mut self.facts,
-                        &ObjectName::from(vec![i.clone()]),
-                        Slot::Target,
-                    ),
-                    Expr::CompoundIdentifier(is) => {
-                        push_name(&mut self.facts, &ObjectName::from(is.clone()), Slot::Target)
-                    }
-                    _ => self.facts.opaque = Some("SELECT INTO an unusual target"),
-                }
-            }
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
-        let ptr: *const ObjectName = relation;
-        if self.skip.iter().any(|s| std::ptr::eq(*s, ptr)) || self.is_cte(relation) {
-            return ControlFlow::Continue(());
-        }
-        push_name(&mut self.facts, relation, Slot::Read);
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
-        match tf {
-            // `FROM pg_ls_dir('.')` parses as a table with arguments: a function call.
-            TableFactor::Table {
-                name,
-                args: Some(_),
-                ..
-            } => {
-                self.skip.push(name);
-                push_name(&mut self.facts, name, Slot::Function);
-            }
-            TableFactor::Function { name, .. } => push_name(&mut self.facts, name, Slot::Function),
-            _ => {}
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-        if let Expr::Function(func) = expr {
-            push_name(&mut self.facts, &func.name, Slot::Function);
-        }
-        ControlFlow::Continue(())
-    }
 }
 
 #[cfg(test)]

@@ -144,6 +144,14 @@ pub const BUILTIN_DENIED_FUNCTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The built-in list's entry for a function name (matched case-insensitively, in any schema).
+pub(crate) fn builtin_denial(name: &str) -> Option<&'static (&'static str, &'static str)> {
+    let base = name.to_lowercase();
+    BUILTIN_DENIED_FUNCTIONS
+        .iter()
+        .find(|(pattern, _)| wildcard(pattern, &base))
+}
+
 /// Judges a whole text against a policy; `EXECUTE` of a prepared statement is denied,
 /// because only the caller knows what the name refers to (use [`judge_with`]).
 pub fn judge(policy: &Policy, analysis: &Analysis) -> Verdict {
@@ -312,12 +320,44 @@ impl Judge<'_> {
                         s.tag,
                     )?;
                 }
+                if s.sets_config && class != StatementClass::Session {
+                    // set_config() changes the session as SET does.
+                    self.class(StatementClass::Session, "set_config()")?;
+                }
                 if s.writes() && class != StatementClass::Write && s.copy.is_none() {
                     self.class(StatementClass::Write, s.tag)?;
                 }
             }
         }
 
+        self.flags(s)?;
+        self.functions(s)?;
+        for r in &s.reads {
+            self.relation(r, StatementClass::Read, "reading")?;
+        }
+        let target_class = if s.copy.is_some() {
+            StatementClass::Write
+        } else {
+            s.target_class
+        };
+        for t in &s.targets {
+            let verb = match target_class {
+                StatementClass::Write => "writing",
+                StatementClass::Ddl => "changing the definition of",
+                _ => "acting on",
+            };
+            self.relation(t, target_class, verb)?;
+        }
+        for schema in &s.schemas {
+            self.schema(schema, target_class)?;
+        }
+        Ok(())
+    }
+
+    /// The policy's yes/no rules on what a statement does (CTE writes, EXPLAIN ANALYZE,
+    /// MERGE, missing WHERE, COPY endpoints, role and search_path changes, code).
+    fn flags(&mut self, s: &StatementFacts) -> Result<(), Verdict> {
+        let p = self.policy;
         if s.data_modifying_cte && !p.allow_data_modifying_cte {
             self.violate(
                 RuleKind::DataModifyingCte,
@@ -332,13 +372,21 @@ impl Judge<'_> {
                 "EXPLAIN ANALYZE of a write executes it and is not allowed".into(),
             )?;
         }
+        if s.merge && !p.allow_merge {
+            self.violate(
+                RuleKind::Merge,
+                "allow_merge",
+                "MERGE is not allowed for this role".into(),
+            )?;
+        }
         if p.require_where {
             if let Some(t) = s.unfiltered_writes.first() {
-                self.violate(
-                    RuleKind::RequireWhere,
-                    "require_where",
-                    format!("{} without a WHERE clause on {t}", s.tag),
-                )?;
+                let what = if s.merge {
+                    format!("MERGE that updates or deletes rows of {t} on a constant join condition (it acts on every row)")
+                } else {
+                    format!("{} without a WHERE clause on {t}", s.tag)
+                };
+                self.violate(RuleKind::RequireWhere, "require_where", what)?;
             }
         }
         if let Some(copy) = &s.copy {
@@ -378,43 +426,24 @@ impl Judge<'_> {
                 format!("{} defines code that runs later and is not allowed", s.tag),
             )?;
         }
-        self.functions(s)?;
-        for r in &s.reads {
-            self.relation(r, StatementClass::Read, "reading")?;
-        }
-        let target_class = if s.copy.is_some() {
-            StatementClass::Write
-        } else {
-            s.target_class
-        };
-        for t in &s.targets {
-            let verb = match target_class {
-                StatementClass::Write => "writing",
-                StatementClass::Ddl => "changing the definition of",
-                _ => "acting on",
-            };
-            self.relation(t, target_class, verb)?;
-        }
-        for schema in &s.schemas {
-            self.schema(schema, target_class)?;
-        }
         Ok(())
     }
 
     fn functions(&mut self, s: &StatementFacts) -> Result<(), Verdict> {
+        let policy = self.policy;
         for f in &s.functions {
             let base = f.name.to_lowercase();
-            if let Some((pattern, why)) = BUILTIN_DENIED_FUNCTIONS
-                .iter()
-                .find(|(pattern, _)| wildcard(pattern, &base))
-            {
+            // A policy may lift a built-in denial by naming the function; set_config with
+            // constant setting names is judged as SET is (see `StatementFacts::sets_config`).
+            let lifted = policy.builtin_allow.iter().any(|a| **a == *base)
+                || (base == "set_config" && s.sets_config);
+            if let Some((pattern, why)) = builtin_denial(&base).filter(|_| !lifted) {
                 self.violate_id(
                     RuleKind::BuiltinFunctions,
                     RuleId::new(format!("builtin/functions/{pattern}")),
                     format!("function {f} {why}"),
                 )?;
             }
-            let policy = self.policy;
             for deny in &policy.function_deny {
                 let hit = candidates(f, policy, true)
                     .iter()

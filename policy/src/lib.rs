@@ -16,6 +16,7 @@ mod glob;
 pub mod lineage;
 mod model;
 pub mod snapshot;
+mod sql;
 
 pub use analyze::{
     analyze, analyze_with, Analysis, CopyEndpoint, CopyFacts, Kind, Limits, Name, StatementFacts,

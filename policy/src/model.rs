@@ -10,6 +10,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::glob::{Glob, GlobError, MAX_GLOB_PARTS};
 use crate::snapshot::CompiledPolicy;
 
+mod document;
+
+use self::document::{build_policy, cache_key, RawDocument};
+
 /// A statement class, the coarsest thing a policy allows, denies or sends to review.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StatementClass {
@@ -128,6 +132,10 @@ impl fmt::Display for RuleId {
     }
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 /// The kinds of rule whose violations a policy may send to review instead of denying
 /// (`review.on` in the document). Class-level review is `classes.review`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -157,12 +165,14 @@ pub enum RuleKind {
     DoBlocks,
     /// CREATE FUNCTION/PROCEDURE/TRIGGER/EXTENSION, ALTER FUNCTION.
     CodeDefinitions,
+    /// `MERGE` (when the policy sets `allow_merge: false`).
+    Merge,
     /// Text that does not parse, or statement kinds the analyser does not know.
     Unparsed,
 }
 
 impl RuleKind {
-    const ALL: [RuleKind; 13] = [
+    const ALL: [RuleKind; 14] = [
         Self::Tables,
         Self::Functions,
         Self::BuiltinFunctions,
@@ -175,6 +185,7 @@ impl RuleKind {
         Self::ExplainAnalyzeWrite,
         Self::DoBlocks,
         Self::CodeDefinitions,
+        Self::Merge,
         Self::Unparsed,
     ];
 
@@ -193,6 +204,7 @@ impl RuleKind {
             Self::ExplainAnalyzeWrite => "explain_analyze_write",
             Self::DoBlocks => "do_blocks",
             Self::CodeDefinitions => "code_definitions",
+            Self::Merge => "merge",
             Self::Unparsed => "unparsed",
         }
     }
@@ -366,6 +378,10 @@ pub struct MaskRule {
     pub detectors: Vec<Detector>,
     /// The strategy.
     pub strategy: MaskStrategy,
+    /// `predicates: deny`: statements that compare, sort, group or join on a column this rule
+    /// masks are refused (inference through the rows chosen). Default: allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deny_predicates: bool,
 }
 
 /// One role's policy, validated and immutable. [`Policy::deny_all`] is the policy of a role
@@ -391,6 +407,9 @@ pub struct Policy {
     pub(crate) allow: Vec<AllowList>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) function_deny: Vec<FunctionDeny>,
+    /// Functions of the built-in denied list this policy allows by name (folded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) builtin_allow: Vec<Box<str>>,
     pub(crate) search_path: Vec<Box<str>>,
     pub(crate) require_where: bool,
     pub(crate) allow_copy_program: bool,
@@ -402,6 +421,9 @@ pub struct Policy {
     pub(crate) allow_do_blocks: bool,
     pub(crate) allow_code_definitions: bool,
     pub(crate) allow_unparsed: bool,
+    /// Absent from snapshots while true (the default), so their hashes do not change.
+    #[serde(default = "document::yes", skip_serializing_if = "is_true")]
+    pub(crate) allow_merge: bool,
     pub(crate) max_rows: Option<u64>,
     pub(crate) review: ReviewSettings,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -419,6 +441,7 @@ impl Policy {
             deny: Vec::new(),
             allow: Vec::new(),
             function_deny: Vec::new(),
+            builtin_allow: Vec::new(),
             search_path: vec!["public".into()],
             require_where: true,
             allow_copy_program: false,
@@ -430,10 +453,23 @@ impl Policy {
             allow_do_blocks: false,
             allow_code_definitions: false,
             allow_unparsed: false,
+            allow_merge: false,
             max_rows: None,
             review: ReviewSettings::default(),
             masking: Vec::new(),
         }
+    }
+
+    /// What an operator should know about this valid policy: each built-in function denial
+    /// it lifts (`functions.allow_builtin_denied`), with the reason the function is listed.
+    pub fn warnings(&self) -> Vec<String> {
+        self.builtin_allow
+            .iter()
+            .map(|f| {
+                let why = crate::evaluate::builtin_denial(f).map_or("", |(_, why)| why);
+                format!("functions.allow_builtin_denied: {f}() is allowed although it {why}")
+            })
+            .collect()
     }
 
     /// The policy's name (empty for [`Policy::deny_all`]).
@@ -647,6 +683,14 @@ fn check_compiled(p: &Policy, path: &str) -> Result<(), PolicyError> {
             })?;
         }
     }
+    for (i, f) in p.builtin_allow.iter().enumerate() {
+        if f.contains(['*', '?']) || crate::evaluate::builtin_denial(f).is_none() {
+            return Err(PolicyError::invalid(
+                format!("{path}.builtin_allow[{i}]"),
+                format!("{f:?} is not a function of the built-in denied list"),
+            ));
+        }
+    }
     for (i, f) in p.function_deny.iter().enumerate() {
         id(&f.id, &|| format!("{path}.function_deny[{i}].id"))?;
         glob(&f.glob, 2, &|| format!("{path}.function_deny[{i}].glob"))?;
@@ -717,603 +761,5 @@ impl PolicyError {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDocument {
-    #[serde(default)]
-    policies: Vec<RawPolicy>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    name: String,
-    #[serde(default)]
-    classes: RawClasses,
-    #[serde(default)]
-    tables: RawNames,
-    #[serde(default)]
-    schemas: RawNames,
-    #[serde(default)]
-    rules: Vec<RawRule>,
-    #[serde(default)]
-    functions: RawFunctions,
-    #[serde(default)]
-    search_path: Option<Vec<String>>,
-    #[serde(default = "yes")]
-    require_where: bool,
-    #[serde(default)]
-    allow_copy_program: bool,
-    #[serde(default)]
-    allow_copy_file: bool,
-    #[serde(default)]
-    allow_set_role: bool,
-    #[serde(default)]
-    allow_set_search_path: bool,
-    #[serde(default)]
-    allow_data_modifying_cte: bool,
-    #[serde(default)]
-    allow_explain_analyze_write: bool,
-    #[serde(default)]
-    allow_do_blocks: bool,
-    #[serde(default)]
-    allow_code_definitions: bool,
-    #[serde(default)]
-    allow_unparsed: bool,
-    #[serde(default)]
-    max_rows: Option<u64>,
-    #[serde(default)]
-    review: RawReview,
-    #[serde(default)]
-    masking: Vec<RawMask>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClasses {
-    #[serde(default)]
-    allow: Vec<String>,
-    #[serde(default)]
-    deny: Vec<String>,
-    #[serde(default)]
-    review: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNames {
-    #[serde(default)]
-    allow: Option<Vec<String>>,
-    #[serde(default)]
-    deny: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    #[serde(default)]
-    classes: Vec<String>,
-    #[serde(default)]
-    tables: RawNames,
-    #[serde(default)]
-    schemas: RawNames,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFunctions {
-    #[serde(default)]
-    deny: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReview {
-    #[serde(default)]
-    on: Vec<String>,
-    #[serde(default)]
-    wait: Option<bool>,
-    #[serde(default)]
-    timeout: Option<String>,
-    #[serde(default)]
-    min_approvers: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMask {
-    #[serde(default)]
-    columns: Vec<String>,
-    #[serde(default)]
-    types: Vec<String>,
-    #[serde(default)]
-    detectors: Vec<String>,
-    strategy: serde_yaml_ng::Value,
-}
-
-fn glob(text: &str, max: usize, path: &str) -> Result<Glob, PolicyError> {
-    Glob::parse(text, max)
-        .map_err(|e: GlobError| PolicyError::invalid(path, format!("invalid glob {text:?}: {e}")))
-}
-
-fn class_set(names: &[String], path: &str) -> Result<ClassSet, PolicyError> {
-    if names.is_empty() {
-        return Ok(ClassSet::ALL);
-    }
-    let mut set = ClassSet::default();
-    for (i, n) in names.iter().enumerate() {
-        let c = StatementClass::parse(n)
-            .ok_or_else(|| PolicyError::invalid(format!("{path}[{i}]"), unknown_class(n)))?;
-        set.insert(c);
-    }
-    Ok(set)
-}
-
-fn unknown_class(n: &str) -> String {
-    format!(
-        "unknown statement class {n:?} (expected one of: read, write, ddl, dcl, admin, copy, transaction, session)"
-    )
-}
-
-fn build_policy(
-    raw: RawPolicy,
-    path: &str,
-    version: u64,
-    index: usize,
-) -> Result<Policy, PolicyError> {
-    let name = raw.name.trim();
-    if name.is_empty() {
-        return Err(PolicyError::invalid(format!("{path}.name"), "empty name"));
-    }
-    let mut p = Policy::deny_all();
-    p.name = name.into();
-    p.valid = true;
-    p.cache_key = cache_key(version, index);
-
-    // Classes: unlisted means deny; a class may appear in one list only.
-    let mut seen: [Option<&'static str>; 8] = [None; 8];
-    for (list, decision, label) in [
-        (&raw.classes.allow, ClassDecision::Allow, "allow"),
-        (&raw.classes.deny, ClassDecision::Deny, "deny"),
-        (&raw.classes.review, ClassDecision::Review, "review"),
-    ] {
-        for (i, n) in list.iter().enumerate() {
-            let at = format!("{path}.classes.{label}[{i}]");
-            let c = StatementClass::parse(n)
-                .ok_or_else(|| PolicyError::invalid(&at, unknown_class(n)))?;
-            if let Some(other) = seen[c as usize] {
-                return Err(PolicyError::invalid(
-                    at,
-                    format!("class {c} is also listed under classes.{other}"),
-                ));
-            }
-            seen[c as usize] = Some(label);
-            p.classes[c as usize] = decision;
-        }
-    }
-
-    add_names(
-        &mut p,
-        &raw.tables,
-        NameTarget::Table,
-        ClassSet::ALL,
-        name,
-        path,
-        "tables",
-    )?;
-    add_names(
-        &mut p,
-        &raw.schemas,
-        NameTarget::Schema,
-        ClassSet::ALL,
-        name,
-        path,
-        "schemas",
-    )?;
-    for (r, rule) in raw.rules.iter().enumerate() {
-        let local = format!("rules[{r}]");
-        let classes = class_set(&rule.classes, &format!("{path}.{local}.classes"))?;
-        add_names(
-            &mut p,
-            &rule.tables,
-            NameTarget::Table,
-            classes,
-            name,
-            path,
-            &format!("{local}.tables"),
-        )?;
-        add_names(
-            &mut p,
-            &rule.schemas,
-            NameTarget::Schema,
-            classes,
-            name,
-            path,
-            &format!("{local}.schemas"),
-        )?;
-    }
-
-    for (i, f) in raw.functions.deny.iter().enumerate() {
-        let local = format!("functions.deny[{i}]");
-        p.function_deny.push(FunctionDeny {
-            id: RuleId::new(format!("{name}/{local}")),
-            glob: glob(f, 2, &format!("{path}.{local}"))?,
-        });
-    }
-
-    if let Some(sp) = raw.search_path {
-        let mut out = Vec::with_capacity(sp.len());
-        for (i, s) in sp.iter().enumerate() {
-            let g = glob(s, 1, &format!("{path}.search_path[{i}]"))?;
-            if s.contains(['*', '?']) {
-                return Err(PolicyError::invalid(
-                    format!("{path}.search_path[{i}]"),
-                    "search_path entries are schema names, not globs",
-                ));
-            }
-            // A one-part glob without wildcards is exactly the folded schema name.
-            out.push(folded_single(&g));
-        }
-        p.search_path = out;
-    }
-
-    p.require_where = raw.require_where;
-    p.allow_copy_program = raw.allow_copy_program;
-    p.allow_copy_file = raw.allow_copy_file;
-    p.allow_set_role = raw.allow_set_role;
-    p.allow_set_search_path = raw.allow_set_search_path;
-    p.allow_data_modifying_cte = raw.allow_data_modifying_cte;
-    p.allow_explain_analyze_write = raw.allow_explain_analyze_write;
-    p.allow_do_blocks = raw.allow_do_blocks;
-    p.allow_code_definitions = raw.allow_code_definitions;
-    p.allow_unparsed = raw.allow_unparsed;
-    p.max_rows = raw.max_rows;
-
-    let mut review = ReviewSettings::default();
-    for (i, k) in raw.review.on.iter().enumerate() {
-        let kind = RuleKind::parse(k).ok_or_else(|| {
-            PolicyError::invalid(
-                format!("{path}.review.on[{i}]"),
-                format!("unknown rule kind {k:?}"),
-            )
-        })?;
-        review.on.push(kind);
-    }
-    if let Some(w) = raw.review.wait {
-        review.wait = w;
-    }
-    if let Some(t) = &raw.review.timeout {
-        review.timeout = parse_duration(t).ok_or_else(|| {
-            PolicyError::invalid(
-                format!("{path}.review.timeout"),
-                format!("invalid duration {t:?} (e.g. 90s, 5m, 1h30m)"),
-            )
-        })?;
-    }
-    if let Some(n) = raw.review.min_approvers {
-        if n == 0 {
-            return Err(PolicyError::invalid(
-                format!("{path}.review.min_approvers"),
-                "must be at least 1",
-            ));
-        }
-        review.min_approvers = n;
-    }
-    p.review = review;
-
-    for (i, m) in raw.masking.iter().enumerate() {
-        p.masking
-            .push(build_mask(m, name, &format!("{path}.masking[{i}]"), i)?);
-    }
-    Ok(p)
-}
-
-fn folded_single(g: &Glob) -> Box<str> {
-    // Re-parse through the glob's own folding: the part text is what `matches` compares.
-    let s = g.as_str().trim();
-    if let Some(inner) = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-        inner.replace("\"\"", "\"").into()
-    } else {
-        s.to_lowercase().into()
-    }
-}
-
-fn add_names(
-    p: &mut Policy,
-    raw: &RawNames,
-    target: NameTarget,
-    classes: ClassSet,
-    name: &str,
-    path: &str,
-    local: &str,
-) -> Result<(), PolicyError> {
-    let parts = match target {
-        NameTarget::Table => 2,
-        NameTarget::Schema => 1,
-    };
-    for (i, d) in raw.deny.iter().enumerate() {
-        let l = format!("{local}.deny[{i}]");
-        p.deny.push(DenyEntry {
-            id: RuleId::new(format!("{name}/{l}")),
-            classes,
-            target,
-            glob: glob(d, parts, &format!("{path}.{l}"))?,
-        });
-    }
-    if let Some(allow) = &raw.allow {
-        let mut globs = Vec::with_capacity(allow.len());
-        for (i, a) in allow.iter().enumerate() {
-            globs.push(glob(a, parts, &format!("{path}.{local}.allow[{i}]"))?);
-        }
-        p.allow.push(AllowList {
-            id: RuleId::new(format!("{name}/{local}.allow")),
-            classes,
-            target,
-            globs,
-        });
-    }
-    Ok(())
-}
-
-fn build_mask(m: &RawMask, name: &str, path: &str, i: usize) -> Result<MaskRule, PolicyError> {
-    if m.columns.is_empty() && m.types.is_empty() && m.detectors.is_empty() {
-        return Err(PolicyError::invalid(
-            path,
-            "a masking rule needs columns, types or detectors",
-        ));
-    }
-    let mut columns = Vec::new();
-    for (c, col) in m.columns.iter().enumerate() {
-        columns.push(glob(col, 3, &format!("{path}.columns[{c}]"))?);
-    }
-    let mut types = Vec::new();
-    for (t, ty) in m.types.iter().enumerate() {
-        let ty = ty.trim();
-        if ty.is_empty() {
-            return Err(PolicyError::invalid(
-                format!("{path}.types[{t}]"),
-                "empty type name",
-            ));
-        }
-        types.push(ty.to_lowercase().into());
-    }
-    let mut detectors = Vec::new();
-    for (d, det) in m.detectors.iter().enumerate() {
-        detectors.push(Detector::parse(det).ok_or_else(|| {
-            PolicyError::invalid(
-                format!("{path}.detectors[{d}]"),
-                format!(
-                    "unknown detector {det:?} (expected email, card, ssn, phone, iban, api_key)"
-                ),
-            )
-        })?);
-    }
-    let strategy = parse_strategy(&m.strategy, &format!("{path}.strategy"))?;
-    Ok(MaskRule {
-        id: RuleId::new(format!("{name}/masking[{i}]")),
-        columns,
-        types,
-        detectors,
-        strategy,
-    })
-}
-
-/// `redact`, `hash`, `tokenise`, `"null"`, or a one-key map: `{redact: {text: "x"}}`,
-/// `{partial: {keep_last: 4}}`, `{hash: {}}`, ...
-fn parse_strategy(v: &serde_yaml_ng::Value, path: &str) -> Result<MaskStrategy, PolicyError> {
-    use serde_yaml_ng::Value;
-    let bad = |msg: &str| PolicyError::invalid(path, msg.to_owned());
-    let (kind, args) = match v {
-        Value::String(s) => (s.as_str(), None),
-        Value::Null => ("null", None),
-        Value::Mapping(m) if m.len() == 1 => {
-            let (k, a) = m.iter().next().ok_or_else(|| bad("empty strategy"))?;
-            let k = k
-                .as_str()
-                .ok_or_else(|| bad("strategy name must be a string"))?;
-            (k, Some(a))
-        }
-        _ => return Err(bad("expected a strategy name or a map with one strategy")),
-    };
-    let args = match args {
-        None | Some(Value::Null) => serde_yaml_ng::Mapping::new(),
-        Some(Value::Mapping(m)) => m.clone(),
-        Some(_) => return Err(bad("strategy options must be a map")),
-    };
-    let mut seen = Vec::new();
-    let mut get = |key: &str| {
-        seen.push(key.to_owned());
-        args.get(key).cloned()
-    };
-    let strategy = match kind {
-        "redact" => {
-            let text = match get("text") {
-                None => "****".into(),
-                Some(Value::String(s)) => s.into(),
-                Some(_) => return Err(bad("redact.text must be a string")),
-            };
-            MaskStrategy::Redact { text }
-        }
-        "partial" => {
-            let num = |v: Value, what: &str| {
-                v.as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| bad(&format!("partial.{what} must be a non-negative integer")))
-            };
-            match (get("keep_last"), get("keep_first")) {
-                (Some(n), None) => MaskStrategy::Partial(Keep::Last(num(n, "keep_last")?)),
-                (None, Some(n)) => MaskStrategy::Partial(Keep::First(num(n, "keep_first")?)),
-                _ => return Err(bad("partial needs exactly one of keep_last, keep_first")),
-            }
-        }
-        "hash" => MaskStrategy::Hash,
-        "tokenise" | "tokenize" => MaskStrategy::Tokenise,
-        "null" => MaskStrategy::Null,
-        other => {
-            return Err(bad(&format!(
-                "unknown strategy {other:?} (expected redact, partial, hash, tokenise, null)"
-            )))
-        }
-    };
-    for k in args.keys() {
-        let k = k.as_str().unwrap_or("?");
-        if !seen.iter().any(|s| s == k) {
-            return Err(bad(&format!("unknown option {k:?} for strategy {kind}")));
-        }
-    }
-    Ok(strategy)
-}
-
-/// `90s`, `5m`, `1h30m`, `250ms`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let d = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60)?),
-            "h" => Duration::from_secs(n.checked_mul(3600)?),
-            _ => return None,
-        };
-        total = total.checked_add(d)?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
-}
-
-fn cache_key(version: u64, index: usize) -> u64 {
-    // Distinct for every (version, index) with fewer than 2^20 policies per document; the
-    // cache also compares the key exactly, so this only has to be injective in practice.
-    version.wrapping_shl(20) ^ (index as u64 & 0xF_FFFF) ^ (1 << 63)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("42"), Some(Duration::from_secs(42)));
-        assert_eq!(parse_duration("5 minutes"), None);
-        assert_eq!(parse_duration("m"), None);
-    }
-
-    #[test]
-    fn error_paths() {
-        let doc = r#"
-policies:
-  - name: a
-  - name: b
-  - name: c
-    rules:
-      - classes: [read]
-        tables:
-          deny: [ok, "bad\"quote"]
-"#;
-        let e = PolicySet::from_yaml(doc, 1).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "policies[2].rules[0].tables.deny[1]: invalid glob \"bad\\\"quote\": unexpected quote inside an unquoted name part"
-        );
-        let e = PolicySet::from_yaml("policies:\n  - name: a\n    clases: {}\n", 1).unwrap_err();
-        assert!(matches!(e, PolicyError::Syntax(m) if m.contains("clases")));
-        let e = PolicySet::from_yaml(
-            "policies:\n  - name: a\n    classes: {allow: [read], deny: [read]}\n",
-            1,
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "policies[0].classes.deny[0]: class read is also listed under classes.allow"
-        );
-        let e = PolicySet::from_yaml("policies:\n  - name: a\n  - name: a\n", 1).unwrap_err();
-        assert!(e.to_string().starts_with("policies[1].name: duplicate"));
-    }
-
-    #[test]
-    fn full_document() {
-        let doc = r#"
-policies:
-  - name: analyst
-    classes: {allow: [read, transaction, session], review: [write]}
-    tables: {allow: ["public.*"], deny: [public.secrets]}
-    rules:
-      - classes: [write]
-        tables: {allow: [public.orders]}
-    functions: {deny: ["pg_advisory_*"]}
-    max_rows: 1000
-    review: {on: [require_where], wait: false, timeout: 2m, min_approvers: 2}
-    masking:
-      - columns: ["public.customers.ssn"]
-        strategy: {partial: {keep_last: 4}}
-      - detectors: [email, card]
-        strategy: {redact: {text: "[x]"}}
-      - types: [inet]
-        strategy: "null"
-      - columns: ["*.*.email"]
-        strategy: tokenise
-"#;
-        let set = PolicySet::from_yaml(doc, 7).unwrap();
-        let p = set.get("analyst").unwrap();
-        assert_eq!(p.class_decision(StatementClass::Read), ClassDecision::Allow);
-        assert_eq!(
-            p.class_decision(StatementClass::Write),
-            ClassDecision::Review
-        );
-        assert_eq!(p.class_decision(StatementClass::Ddl), ClassDecision::Deny);
-        assert_eq!(p.max_rows(), Some(1000));
-        assert_eq!(p.review().timeout, Duration::from_secs(120));
-        assert_eq!(p.review().min_approvers, 2);
-        assert!(!p.review().wait);
-        assert_eq!(p.masking().len(), 4);
-        assert_eq!(
-            p.masking()[0].strategy,
-            MaskStrategy::Partial(Keep::Last(4))
-        );
-        assert_eq!(p.masking()[2].strategy, MaskStrategy::Null);
-        assert_eq!(p.allow.len(), 2);
-        assert_eq!(p.deny[0].id.as_str(), "analyst/tables.deny[0]");
-
-        let e = PolicySet::from_yaml(
-            "policies:\n  - name: a\n    masking:\n      - columns: [a.b.c]\n        strategy: {partial: {keep_last: 4, keep_first: 1}}\n",
-            1,
-        )
-        .unwrap_err();
-        assert!(e
-            .to_string()
-            .starts_with("policies[0].masking[0].strategy: partial needs"));
-    }
-
-    #[test]
-    fn empty_document_has_no_policies() {
-        assert!(PolicySet::from_yaml("", 1).unwrap().is_empty());
-        assert!(PolicySet::from_yaml("policies: []", 1).unwrap().is_empty());
-        assert!(!Policy::deny_all().is_valid());
-    }
-}
+mod tests;

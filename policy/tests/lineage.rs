@@ -187,6 +187,14 @@ fn catalog() -> TestCatalog {
         &[("id", "int4"), ("note", "text")],
         Some("SELECT id, note FROM app.orders"),
     );
+    c.add_view(
+        1200,
+        "app",
+        "v_stats",
+        RelKind::View,
+        &[("attname", "name"), ("vals", "anyarray")],
+        Some("SELECT attname, most_common_vals AS vals FROM pg_catalog.pg_stats"),
+    );
     c.add(
         1100,
         "public",
@@ -948,4 +956,134 @@ fn side_channel_functions_with_computed_arguments_are_denied() {
     // Constant arguments carry nothing masked.
     clear("SELECT pg_notify('ch', 'done')");
     clear("SELECT set_config('application_name', 'agent', false)");
+}
+
+#[test]
+fn statistics_and_raw_pages_are_denied_to_masking_roles() {
+    for sql in [
+        "SELECT most_common_vals FROM pg_stats WHERE tablename = 'customers'",
+        "SELECT histogram_bounds FROM pg_catalog.pg_stats WHERE attname = 'ssn'",
+        "SELECT 1 WHERE EXISTS (SELECT 1 FROM pg_stats WHERE most_common_vals::text LIKE '%123%')",
+        "SELECT * FROM pg_stats_ext",
+        "SELECT * FROM pg_stats_ext_exprs",
+        "SELECT stavalues1 FROM pg_statistic",
+        "SELECT * FROM PG_CATALOG.PG_STATISTIC_EXT_DATA",
+        "SELECT * FROM heap_page_items(get_raw_page('app.customers', 0))",
+        "SELECT get_raw_page('app.customers', 0)",
+        "SELECT * FROM heap_page_item_attrs(get_raw_page('customers', 0), 'app.customers'::regclass)",
+        "SELECT tuple_data_split('app.customers'::regclass, t_data, t_infomask, t_infomask2, t_bits) FROM x",
+        "SELECT * FROM bt_page_items('customers_ssn_idx', 1)",
+        "SELECT * FROM public.brin_page_items(get_raw_page('i', 2), 'i')",
+        "SELECT * FROM gin_leafpage_items(get_raw_page('i', 2))",
+        "SELECT * FROM gist_page_items(get_raw_page('i', 0), 'i')",
+        "SELECT * FROM hash_page_items(get_raw_page('i', 1))",
+        "SELECT m.* FROM pg_statistic_ext_data d, pg_mcv_list_items(d.stxdmcv) m",
+        "WITH s AS (SELECT * FROM pg_stats) SELECT 1",
+    ] {
+        let (rule, message) = denied(sql);
+        assert_eq!(rule, "masking/stored_values", "{sql}");
+        assert!(message.contains("not available to this role"), "{sql}: {message}");
+    }
+    // A view over the statistics is no way around it.
+    let (rule, message) = denied("SELECT vals FROM app.v_stats");
+    assert_eq!(rule, "masking/lineage");
+    assert!(message.contains("pg_stats"), "{message}");
+    // Ordinary catalog reads stay clear.
+    clear("SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'app' AND a.attnum > 0");
+    clear("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'customers'");
+    clear("SELECT * FROM pg_stat_user_tables");
+    // Roles without column masking are not affected.
+    for name in ["plain", "detectors_only"] {
+        assert_eq!(
+            mask_plan(
+                &policy(name),
+                &catalog(),
+                "SELECT most_common_vals FROM pg_stats"
+            ),
+            MaskPlan::Clear
+        );
+    }
+}
+
+const PREDICATES_DOC: &str = r#"
+policies:
+  - name: strict
+    classes: {allow: [read, write]}
+    masking:
+      - columns: [app.customers.ssn]
+        strategy: redact
+        predicates: deny
+      - columns: [app.customers.email]
+        strategy: tokenise
+"#;
+
+fn strict_plan(sql: &str) -> MaskPlan {
+    let set = PolicySet::from_yaml(PREDICATES_DOC, 1).expect("valid policy");
+    mask_plan(set.get("strict").expect("policy"), &catalog(), sql)
+}
+
+#[test]
+fn predicates_on_masked_columns_can_be_denied() {
+    for sql in [
+        "SELECT id FROM app.customers WHERE ssn = '512-48-3921'",
+        "SELECT id FROM app.customers WHERE ssn LIKE '5%'",
+        "SELECT id FROM app.customers c WHERE upper(c.ssn) > 'M'",
+        "SELECT id FROM app.customers ORDER BY ssn",
+        "SELECT id, ssn AS s FROM app.customers ORDER BY s",
+        "SELECT id, ssn FROM app.customers ORDER BY 2",
+        // A position counts as every output column (plans are shared across constants).
+        "SELECT id, ssn FROM app.customers ORDER BY 1",
+        "SELECT ssn, count(*) FROM app.customers GROUP BY 1",
+        "SELECT ssn AS s, count(*) FROM app.customers GROUP BY s",
+        "SELECT count(*) FROM app.customers GROUP BY ssn",
+        "SELECT count(*) FROM app.customers GROUP BY id HAVING max(ssn) > '5'",
+        "SELECT o.id FROM app.orders o JOIN app.customers c ON c.ssn = o.note",
+        "SELECT o.id FROM app.orders o JOIN (app.customers c JOIN app.customers d ON c.ssn = d.ssn) ON c.id = o.customer_id",
+        "SELECT id, rank() OVER (ORDER BY ssn) FROM app.customers",
+        "SELECT id, row_number() OVER (PARTITION BY ssn) FROM app.customers",
+        "SELECT id, rank() OVER w FROM app.customers WINDOW w AS (ORDER BY ssn)",
+        "SELECT count(*) FILTER (WHERE ssn LIKE '5%') FROM app.customers",
+        "SELECT DISTINCT ON (ssn) id FROM app.customers",
+        "SELECT 1 WHERE EXISTS (SELECT 1 FROM app.customers WHERE ssn = 'x')",
+        "SELECT id FROM app.orders WHERE customer_id IN (SELECT id FROM app.customers WHERE ssn = 'x')",
+        "SELECT id FROM app.v_customers WHERE s = 'X'",
+        "UPDATE app.orders SET note = 'x' WHERE customer_id IN (SELECT id FROM app.customers WHERE ssn = 'x')",
+        "DELETE FROM app.customers WHERE ssn = 'x'",
+        "SELECT ssn FROM app.customers UNION SELECT ssn FROM app.customers ORDER BY 1",
+    ] {
+        match strict_plan(sql) {
+            MaskPlan::Deny { rule, message } => {
+                assert_eq!(rule.as_str(), "strict/masking[0]", "{sql}: {message}");
+                assert!(message.contains("predicates: deny"), "{sql}: {message}");
+            }
+            other => panic!("expected Deny for {sql}, got {other:?}"),
+        }
+    }
+    // Output stays masked, and rows chosen by other columns are fine.
+    for sql in [
+        "SELECT ssn FROM app.customers WHERE id = 1",
+        "SELECT id FROM app.customers WHERE email = 'a@b'",
+        "SELECT id FROM app.customers ORDER BY email",
+        "SELECT id, name FROM app.customers ORDER BY 2",
+        "SELECT c.ssn FROM app.customers c JOIN app.orders o ON o.customer_id = c.id ORDER BY o.id",
+        "SELECT count(*) FROM app.customers GROUP BY name",
+        "SELECT id, rank() OVER (ORDER BY id) FROM app.customers",
+        "UPDATE app.customers SET name = 'x' WHERE id = 1",
+    ] {
+        assert!(
+            !matches!(strict_plan(sql), MaskPlan::Deny { .. }),
+            "{sql}: {:?}",
+            strict_plan(sql)
+        );
+    }
+    // Without `predicates: deny` (the default) inference is not refused.
+    assert!(!matches!(
+        plan("SELECT id FROM app.customers WHERE ssn = 'x' ORDER BY ssn"),
+        MaskPlan::Deny { .. }
+    ));
+    let bad = "policies:\n  - name: p\n    masking:\n      - {columns: [a.b.c], strategy: redact, predicates: maybe}\n";
+    assert_eq!(
+        PolicySet::from_yaml(bad, 1).err().map(|e| e.to_string()),
+        Some("policies[0].masking[0].predicates: expected allow or deny, not \"maybe\"".into())
+    );
 }

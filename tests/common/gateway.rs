@@ -216,7 +216,7 @@ policies:
       - {{ columns: [public.customers.email], strategy: redact }}
       - {{ columns: [public.customers.card], strategy: hash }}
       - {{ columns: [public.customers.pin], strategy: tokenise }}
-      - {{ columns: [public.customers.salary], strategy: hash }}
+      - {{ columns: [public.customers.salary], strategy: hash, predicates: deny }}
       - {{ types: [inet], strategy: "null" }}
       - {{ detectors: [email, card, ssn, phone, iban, api_key], strategy: redact }}
 "#,

@@ -299,3 +299,22 @@ fn deep_nesting() {
         .unwrap();
     assert!(ok >= RECURSION_LIMIT - 5, "deepest accepted nesting {ok}");
 }
+
+#[test]
+fn with_before_a_write_is_that_write() {
+    let f = one("WITH s AS (SELECT id FROM src) UPDATE t SET a = 1 FROM s WHERE t.id = s.id");
+    assert_eq!((f.tag, f.class), ("UPDATE", Some(C::Write)));
+    assert!(!f.data_modifying_cte);
+    assert_eq!(names(&f.targets), ["t"]);
+    assert_eq!(names(&f.reads), ["src", "t"]);
+    assert!(f.unfiltered_writes.is_empty());
+    let f = one("WITH s AS (SELECT 1) DELETE FROM t");
+    assert_eq!(
+        (f.tag, names(&f.unfiltered_writes)),
+        ("DELETE", vec!["t".to_owned()])
+    );
+    assert!(
+        one("WITH d AS (DELETE FROM x RETURNING id) UPDATE t SET a = 1 FROM d WHERE t.id = d.id")
+            .data_modifying_cte
+    );
+}
