@@ -1,3 +1,4 @@
+use super::numeric::next_digit;
 use super::*;
 
 fn only(kind: DetectorKind) -> Detectors {
