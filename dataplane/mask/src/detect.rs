@@ -7,7 +7,8 @@
 //! after; a word-at-a-time digit search) and a precise check behind it
 //! (Luhn and issuer prefixes for cards, the SSA's invalid ranges for SSNs, mod-97 and the
 //! country's length for IBANs, word boundaries everywhere), so ordinary numbers, dates, IPs and
-//! UUIDs are left alone.
+//! UUIDs are left alone. How many of those checks a finding must pass is the [`Sensitivity`]:
+//! strict (the default) masks look-alikes that fail them, balanced does not.
 
 use std::ops::Range;
 
@@ -97,15 +98,78 @@ pub enum Replace {
     Numeric,
 }
 
-/// A set of enabled detectors (per role). `Copy`, one byte.
+/// How far the detectors lean toward masking: which side of the precision/recall trade-off a
+/// value shaped like an identifier, but failing a check issued identifiers usually pass, falls
+/// on. Detectors are a backstop behind column rules, so the default is [`Sensitivity::Strict`]:
+/// a false positive costs a masked harmless value, a false negative leaks exactly the values
+/// that slipped past the column rules.
+///
+/// | detector | balanced requires | strict also takes |
+/// |---|---|---|
+/// | `ssn` | `AAA-GG-SSSS`, area not 000/666/900–999, group not 00, serial not 0000 | any such digits (ITINs, test and mistyped numbers), `AAA GG SSSS` |
+/// | `card` | a known issuer prefix and its lengths, Luhn | any 13–19 digits passing Luhn |
+/// | `phone` | NANP area and exchange codes starting 2–9 | NANP-shaped groups starting 0 or 1 (`123-456-7890`) |
+/// | `iban` | a country in the registry table, its length, mod-97 | any two-letter country, 15–34 characters, mod-97 |
+/// | `email` | two or more domain labels, alphabetic top-level label | one label (`root@localhost`), a top-level label with digits |
+/// | `api_key` | known token prefixes and shapes | Stripe test keys, the value of `password=`, `"token": "..."` and similar assignments |
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Sensitivity {
+    /// Err toward masking (the default).
+    #[default]
+    Strict,
+    /// Mask only what also passes the checks that separate issued identifiers from look-alikes.
+    Balanced,
+}
+
+impl Sensitivity {
+    /// Both settings.
+    pub const ALL: [Sensitivity; 2] = [Sensitivity::Strict, Sensitivity::Balanced];
+
+    /// Lowercase name for configuration: `strict` or `balanced`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sensitivity::Strict => "strict",
+            Sensitivity::Balanced => "balanced",
+        }
+    }
+
+    /// The setting named `name` (as [`Sensitivity::name`]).
+    pub fn from_name(name: &str) -> Option<Sensitivity> {
+        Sensitivity::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// A set of enabled detectors (per role) and their [`Sensitivity`]. `Copy`, one byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Detectors(u8);
+
+/// The kind bits of [`Detectors`].
+const KINDS: u8 = 0b11_1111;
+/// Set when the sensitivity is [`Sensitivity::Balanced`]; clear (the default) for strict.
+const BALANCED: u8 = 0b1000_0000;
 
 impl Detectors {
     /// No detectors.
     pub const NONE: Detectors = Detectors(0);
-    /// All detectors.
-    pub const ALL: Detectors = Detectors(0b11_1111);
+    /// All detectors, strict.
+    pub const ALL: Detectors = Detectors(KINDS);
+
+    /// This set with sensitivity `s`.
+    pub const fn with_sensitivity(self, s: Sensitivity) -> Detectors {
+        match s {
+            Sensitivity::Strict => Detectors(self.0 & !BALANCED),
+            Sensitivity::Balanced => Detectors(self.0 | BALANCED),
+        }
+    }
+
+    /// The sensitivity the detectors run at.
+    pub fn sensitivity(self) -> Sensitivity {
+        if self.0 & BALANCED != 0 {
+            Sensitivity::Balanced
+        } else {
+            Sensitivity::Strict
+        }
+    }
 
     /// This set with `kind` enabled.
     pub const fn with(self, kind: DetectorKind) -> Detectors {
@@ -124,7 +188,7 @@ impl Detectors {
 
     /// Whether no detector is enabled.
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.0 & KINDS == 0
     }
 
     /// Calls `found` for each span the enabled detectors find in `hay`: API keys, then emails,
@@ -171,13 +235,19 @@ impl Detectors {
     fn next_in_stage(self, stage: Stage, classes: u8, hay: &[u8], from: usize) -> Option<Span> {
         match stage {
             Stage::ApiKey => {
+                let strict = self.sensitivity() == Sensitivity::Strict;
+                let shapes = if strict {
+                    C_UNDERSCORE | C_DASH | C_UPPER | C_ASSIGN
+                } else {
+                    C_UNDERSCORE | C_DASH | C_UPPER
+                };
                 if !self.contains(DetectorKind::ApiKey)
                     || hay.len() < MIN_KEY_LEN
-                    || classes & (C_UNDERSCORE | C_DASH | C_UPPER) == 0
+                    || classes & shapes == 0
                 {
                     return None;
                 }
-                next_api_key(hay, from, classes).map(|range| Span {
+                next_api_key(hay, from, classes, strict).map(|range| Span {
                     kind: DetectorKind::ApiKey,
                     range,
                 })
@@ -186,7 +256,8 @@ impl Detectors {
                 if !self.contains(DetectorKind::Email) || classes & C_AT == 0 {
                     return None;
                 }
-                next_email(hay, from).map(|range| Span {
+                let strict = self.sensitivity() == Sensitivity::Strict;
+                next_email(hay, from, strict).map(|range| Span {
                     kind: DetectorKind::Email,
                     range,
                 })
@@ -220,8 +291,8 @@ const NUMERIC_KINDS: u8 = (1 << DetectorKind::Card as u8)
     | (1 << DetectorKind::Ssn as u8)
     | (1 << DetectorKind::Phone as u8)
     | (1 << DetectorKind::Iban as u8);
-/// Shortest API key shape (`xoxb-` + 10).
-const MIN_KEY_LEN: usize = 15;
+/// Shortest API key shape (`xoxb-` + 10); a strict assignment (`pwd=` + 6) is shorter.
+const MIN_KEY_LEN: usize = 10;
 /// Shortest numeric shape (E.164: `+` and 8 digits).
 const MIN_NUMBER_LEN: usize = 9;
 
@@ -230,6 +301,8 @@ const C_AT: u8 = 2;
 const C_UNDERSCORE: u8 = 4;
 const C_DASH: u8 = 8;
 const C_UPPER: u8 = 16;
+/// `=` or `:`, which a strict secret assignment needs.
+const C_ASSIGN: u8 = 32;
 
 /// Byte → the class bits it contributes.
 static CLASS: [u8; 256] = {
@@ -242,6 +315,7 @@ static CLASS: [u8; 256] = {
             b'_' => C_UNDERSCORE,
             b'-' => C_DASH,
             b'A'..=b'Z' => C_UPPER,
+            b'=' | b':' => C_ASSIGN,
             _ => 0,
         };
         b += 1;
@@ -251,7 +325,7 @@ static CLASS: [u8; 256] = {
 
 /// The classes of bytes present in `hay`, stopping early once all are seen.
 fn classes(hay: &[u8]) -> u8 {
-    const ALL: u8 = C_DIGIT | C_AT | C_UNDERSCORE | C_DASH | C_UPPER;
+    const ALL: u8 = C_DIGIT | C_AT | C_UNDERSCORE | C_DASH | C_UPPER | C_ASSIGN;
     let mut acc = 0;
     for chunk in hay.chunks(64) {
         acc |= chunk.iter().fold(0, |a, &b| a | CLASS[usize::from(b)]);

@@ -1,10 +1,11 @@
-//! The API key detector: AWS, GitHub, Stripe and Slack tokens, PEM private keys and JWTs.
+//! The API key detector: AWS, GitHub, GitLab, Google, OpenAI, Stripe and Slack tokens, PEM
+//! private keys, JWTs, and (strict) the value of a `password=` / `"token": ...` assignment.
 
 use std::ops::Range;
 
 use memchr::memmem;
 
-use super::{at, before, is_alnum, C_DASH, C_UNDERSCORE, C_UPPER};
+use super::{at, before, is_alnum, C_ASSIGN, C_DASH, C_UNDERSCORE, C_UPPER};
 
 fn is_b64url(b: u8) -> bool {
     is_alnum(b) || b == b'-' || b == b'_'
@@ -21,6 +22,10 @@ struct Finders {
     akia: memmem::Finder<'static>,
     asia: memmem::Finder<'static>,
     k_live: memmem::Finder<'static>,
+    k_test: memmem::Finder<'static>,
+    sk_dash: memmem::Finder<'static>,
+    aiza: memmem::Finder<'static>,
+    glpat: memmem::Finder<'static>,
     xox: memmem::Finder<'static>,
     begin: memmem::Finder<'static>,
     eyj: memmem::Finder<'static>,
@@ -32,28 +37,122 @@ fn finders() -> &'static Finders {
         akia: memmem::Finder::new(b"AKIA"),
         asia: memmem::Finder::new(b"ASIA"),
         k_live: memmem::Finder::new(b"k_live_"),
+        k_test: memmem::Finder::new(b"k_test_"),
+        sk_dash: memmem::Finder::new(b"sk-"),
+        aiza: memmem::Finder::new(b"AIza"),
+        glpat: memmem::Finder::new(b"glpat-"),
         xox: memmem::Finder::new(b"xox"),
         begin: memmem::Finder::new(b"-----BEGIN "),
         eyj: memmem::Finder::new(b"eyJ"),
     })
 }
 
-pub(super) fn next_api_key(hay: &[u8], from: usize, classes: u8) -> Option<Range<usize>> {
+/// The next key at or after `from`, of the shapes `classes` allows.
+pub(super) fn next_api_key(
+    hay: &[u8],
+    from: usize,
+    classes: u8,
+    strict: bool,
+) -> Option<Range<usize>> {
     let rest = hay.get(from..)?;
     let f = finders();
     let upper = classes & C_UPPER != 0;
     let underscore = classes & C_UNDERSCORE != 0;
     let dash = classes & C_DASH != 0;
+    let assign = strict && classes & C_ASSIGN != 0;
     // Each shape's earliest match; the earliest overall wins.
     let candidates = [
         upper.then(|| aws_key(f, hay, from, rest)).flatten(),
+        upper.then(|| google_key(f, hay, from, rest)).flatten(),
         underscore.then(|| github_token(hay, from, rest)).flatten(),
-        underscore.then(|| stripe_key(f, hay, from, rest)).flatten(),
+        underscore
+            .then(|| stripe_key(f, hay, from, rest, strict))
+            .flatten(),
+        dash.then(|| prefixed(&f.sk_dash, hay, from, rest, 3, 20))
+            .flatten(),
+        dash.then(|| prefixed(&f.glpat, hay, from, rest, 6, 20))
+            .flatten(),
         dash.then(|| slack_token(f, hay, from, rest)).flatten(),
         dash.then(|| pem_private_key(f, hay, from, rest)).flatten(),
         upper.then(|| jwt(f, hay, from, rest)).flatten(),
+        assign.then(|| secret_assignment(hay, from, rest)).flatten(),
     ];
     candidates.into_iter().flatten().min_by_key(|r| r.start)
+}
+
+/// A prefix found by `finder` (`prefix_len` bytes, not glued to a preceding letter or digit)
+/// and at least `min_body` of `[A-Za-z0-9_-]`: OpenAI's `sk-`, GitLab's `glpat-`.
+fn prefixed(
+    finder: &memmem::Finder<'_>,
+    hay: &[u8],
+    from: usize,
+    rest: &[u8],
+    prefix_len: usize,
+    min_body: usize,
+) -> Option<Range<usize>> {
+    finder.find_iter(rest).map(|k| k + from).find_map(|s| {
+        let body = run(hay, s + prefix_len, is_b64url);
+        (!is_alnum(before(hay, s)) && body >= min_body).then_some(s..s + prefix_len + body)
+    })
+}
+
+/// Google API keys: `AIza` + 35 of `[A-Za-z0-9_-]`.
+fn google_key(f: &Finders, hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
+    prefixed(&f.aiza, hay, from, rest, 4, 35)
+}
+
+/// Names whose assigned value is a secret (matched at the end of the lowercased name, so
+/// `DB_PASSWORD`, `client_secret` and `apiKey` count).
+const SECRET_NAMES: [&[u8]; 9] = [
+    b"password",
+    b"passwd",
+    b"pwd",
+    b"secret",
+    b"token",
+    b"apikey",
+    b"api_key",
+    b"access_key",
+    b"private_key",
+];
+
+/// Strict only: `name = value`, `name: value`, `"name": "value"`, `?name=value&` where the name
+/// ends in one of [`SECRET_NAMES`]: the value (6 or more bytes up to a space, quote, `,`, `;`,
+/// `&` or `}`).
+fn secret_assignment(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
+    for p in memchr::memchr2_iter(b'=', b':', rest).map(|k| k + from) {
+        let mut n = p;
+        while n > 0 && hay[n - 1] == b' ' {
+            n -= 1;
+        }
+        if n > 0 && matches!(hay[n - 1], b'"' | b'\'') {
+            n -= 1;
+        }
+        let mut s = n;
+        while s > 0 && (is_alnum(hay[s - 1]) || matches!(hay[s - 1], b'_' | b'-')) {
+            s -= 1;
+        }
+        let name = &hay[s..n];
+        let secret = SECRET_NAMES
+            .iter()
+            .any(|k| name.len() >= k.len() && name[name.len() - k.len()..].eq_ignore_ascii_case(k));
+        if !secret {
+            continue;
+        }
+        let mut v = p + 1;
+        while at(hay, v) == b' ' {
+            v += 1;
+        }
+        if matches!(at(hay, v), b'"' | b'\'') {
+            v += 1;
+        }
+        let len = run(hay, v, |b| {
+            !b.is_ascii_whitespace() && !matches!(b, b'"' | b'\'' | b',' | b';' | b'&' | b'}')
+        });
+        if len >= 6 {
+            return Some(v..v + len);
+        }
+    }
+    None
 }
 
 /// `AKIA`/`ASIA` + 16 of `[0-9A-Z]`.
@@ -90,18 +189,33 @@ fn github_token(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
     None
 }
 
-/// `sk_live_` / `rk_live_` + at least 10 alphanumerics.
-fn stripe_key(f: &Finders, hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize>> {
-    for k in f.k_live.find_iter(rest).map(|k| k + from) {
+/// `sk_live_` / `rk_live_` (strict: also `_test_`) + at least 10 alphanumerics.
+fn stripe_key(
+    f: &Finders,
+    hay: &[u8],
+    from: usize,
+    rest: &[u8],
+    strict: bool,
+) -> Option<Range<usize>> {
+    let test = strict
+        .then(|| f.k_test.find_iter(rest))
+        .into_iter()
+        .flatten();
+    let mut found: Option<Range<usize>> = None;
+    for k in f.k_live.find_iter(rest).chain(test).map(|k| k + from) {
         let Some(s) = k.checked_sub(1) else {
             continue;
         };
         let body = run(hay, k + 7, is_alnum);
-        if matches!(hay[s], b's' | b'r') && !is_alnum(before(hay, s)) && body >= 10 {
-            return Some(s..k + 7 + body);
+        if matches!(hay[s], b's' | b'r')
+            && !is_alnum(before(hay, s))
+            && body >= 10
+            && found.as_ref().is_none_or(|r| s < r.start)
+        {
+            found = Some(s..k + 7 + body);
         }
     }
-    None
+    found
 }
 
 /// `xox[abpr]-` + at least 10 of `[A-Za-z0-9-]`.

@@ -8,7 +8,10 @@ fn is_local_char(b: u8) -> bool {
     is_alnum(b) || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
 }
 
-pub(super) fn next_email(hay: &[u8], from: usize) -> Option<Range<usize>> {
+/// The next email at or after `from`. Balanced wants two or more domain labels and an
+/// alphabetic top-level label; strict also takes one label (`root@localhost`) and a top-level
+/// label with digits or dashes (`xn--p1ai`), as long as it holds a letter.
+pub(super) fn next_email(hay: &[u8], from: usize, strict: bool) -> Option<Range<usize>> {
     for at_sign in memchr::memchr_iter(b'@', hay.get(from..)?).map(|i| i + from) {
         // Local part: up to 64 characters back, not starting or ending with '.'.
         let mut start = at_sign;
@@ -41,10 +44,13 @@ pub(super) fn next_email(hay: &[u8], from: usize) -> Option<Range<usize>> {
                 break;
             }
         }
-        if labels >= 2
-            && last_label.len() >= 2
-            && hay[last_label.clone()].iter().all(u8::is_ascii_alphabetic)
-        {
+        let tld = &hay[last_label.clone()];
+        let tld_ok = if strict {
+            tld.iter().any(u8::is_ascii_alphabetic)
+        } else {
+            labels >= 2 && tld.iter().all(u8::is_ascii_alphabetic)
+        };
+        if tld.len() >= 2 && tld_ok {
             return Some(start..last_label.end);
         }
     }

@@ -86,8 +86,14 @@ const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
     (b"XK", 20),
 ];
 
+/// Lengths tried for a country code missing from [`IBAN_LENGTHS`] (strict only): every IBAN is
+/// 15 to 34 characters.
+const ANY_IBAN_LENGTH: std::ops::RangeInclusive<usize> = 15..=34;
+
 /// An IBAN whose check digits start at the digit `i` (the country code is the two bytes before).
-pub(super) fn iban_at(hay: &[u8], i: usize) -> Option<Range<usize>> {
+/// Strict also takes a mod-97-valid IBAN of a country code the registry table does not list
+/// (registries grow; a new country's IBAN identifies an account just as well), longest first.
+pub(super) fn iban_at(hay: &[u8], i: usize, strict: bool) -> Option<Range<usize>> {
     let start = i.checked_sub(2)?;
     let cc = [hay[start], hay[start + 1]];
     if !cc.iter().all(u8::is_ascii_uppercase)
@@ -96,12 +102,19 @@ pub(super) fn iban_at(hay: &[u8], i: usize) -> Option<Range<usize>> {
     {
         return None;
     }
-    let len = IBAN_LENGTHS.iter().find(|(c, _)| **c == cc)?.1;
+    let known = IBAN_LENGTHS.iter().find(|(c, _)| **c == cc).map(|e| e.1);
+    let lengths = match known {
+        Some(len) => len..=len,
+        None if strict => ANY_IBAN_LENGTH,
+        None => return None,
+    };
     let mut chars = [0u8; 34];
-    for spaced in [false, true] {
-        if let Some(end) = iban_chars(hay, start, len, spaced, &mut chars) {
-            if number_end_ok(hay, end) && iban_mod97(&chars[..len]) {
-                return Some(start..end);
+    for len in lengths.rev() {
+        for spaced in [false, true] {
+            if let Some(end) = iban_chars(hay, start, len, spaced, &mut chars) {
+                if number_end_ok(hay, end) && iban_mod97(&chars[..len]) {
+                    return Some(start..end);
+                }
             }
         }
     }

@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use super::iban::iban_at;
-use super::{at, before, is_alnum, DetectorKind, Detectors, Span};
+use super::{at, before, is_alnum, DetectorKind, Detectors, Sensitivity, Span};
 
 /// Index of the first ASCII digit at or after `from`, eight bytes at a time.
 pub(super) fn next_digit(hay: &[u8], from: usize) -> Option<usize> {
@@ -55,8 +55,8 @@ fn digit_run(hay: &[u8], i: usize) -> usize {
         .count()
 }
 
-/// A shape check at one position: the span it matches there, if any.
-type Shape = fn(&[u8], usize) -> Option<Range<usize>>;
+/// A shape check at one position (strict or not): the span it matches there, if any.
+type Shape = fn(&[u8], usize, bool) -> Option<Range<usize>>;
 
 /// The next IBAN, card, SSN or phone number (tried in that order at each number) at or after
 /// `from`.
@@ -67,11 +67,12 @@ pub(super) fn next_numeric(set: Detectors, hay: &[u8], from: usize) -> Option<Sp
         (DetectorKind::Ssn, ssn_at),
         (DetectorKind::Phone, phone_at),
     ];
+    let strict = set.sensitivity() == Sensitivity::Strict;
     let mut pos = from;
     while let Some(i) = next_digit(hay, pos) {
         for (kind, check) in checks {
             if set.contains(kind) {
-                if let Some(range) = check(hay, i) {
+                if let Some(range) = check(hay, i, strict) {
                     return Some(Span { kind, range });
                 }
             }
@@ -81,8 +82,9 @@ pub(super) fn next_numeric(set: Detectors, hay: &[u8], from: usize) -> Option<Sp
     None
 }
 
-/// A card number starting at the digit `i`.
-fn card_at(hay: &[u8], i: usize) -> Option<Range<usize>> {
+/// A card number starting at the digit `i`: 13–19 digits passing Luhn, and (unless `strict`)
+/// with a known issuer prefix and length.
+fn card_at(hay: &[u8], i: usize, strict: bool) -> Option<Range<usize>> {
     if !number_start_ok(hay, i) {
         return None;
     }
@@ -117,7 +119,11 @@ fn card_at(hay: &[u8], i: usize) -> Option<Range<usize>> {
         break;
     }
     let digits = &digits[..n];
-    (number_end_ok(hay, j) && card_prefix_ok(digits) && luhn(digits)).then_some(i..j)
+    (number_end_ok(hay, j)
+        && (13..=19).contains(&digits.len())
+        && (strict || card_prefix_ok(digits))
+        && luhn(digits))
+    .then_some(i..j)
 }
 
 /// Known issuer prefixes (IIN ranges) and their lengths: Visa, Mastercard, Amex, Discover, JCB,
@@ -174,27 +180,38 @@ fn digits_value(d: &[u8]) -> u32 {
     d.iter().fold(0, |a, &b| a * 10 + u32::from(b - b'0'))
 }
 
-/// `AAA-GG-SSSS` at `i`, excluding area 000, 666 and 900–999, group 00 and serial 0000.
-fn ssn_at(hay: &[u8], i: usize) -> Option<Range<usize>> {
+/// `AAA-GG-SSSS` at `i`. Strict: any digits, and spaces as separators too (ITINs use areas
+/// 900–999, and test or mistyped numbers the never-issued ones, but they identify a person just
+/// as well). Balanced: dashes only, excluding area 000, 666 and 900–999, group 00 and serial
+/// 0000.
+fn ssn_at(hay: &[u8], i: usize, strict: bool) -> Option<Range<usize>> {
     let s = hay.get(i..i + 11)?;
-    let shape = s.iter().enumerate().all(|(k, b)| {
-        if k == 3 || k == 6 {
-            *b == b'-'
-        } else {
-            b.is_ascii_digit()
-        }
-    });
+    let sep = s[3];
+    let sep_ok = sep == b'-' || (strict && sep == b' ');
+    let shape = sep_ok
+        && s.iter().enumerate().all(|(k, b)| {
+            if k == 3 || k == 6 {
+                *b == sep
+            } else {
+                b.is_ascii_digit()
+            }
+        });
     if !shape || !number_start_ok(hay, i) || !number_end_ok(hay, i + 11) {
         return None;
     }
     let area = digits_value(&s[0..3]);
     let group = digits_value(&s[4..6]);
     let serial = digits_value(&s[7..11]);
+    if strict {
+        return Some(i..i + 11);
+    }
     (area != 0 && area != 666 && area < 900 && group != 0 && serial != 0).then_some(i..i + 11)
 }
 
-/// A phone number whose first digit is at `i`.
-fn phone_at(hay: &[u8], i: usize) -> Option<Range<usize>> {
+/// A phone number whose first digit is at `i`. Strict also takes NANP-shaped numbers whose
+/// area or exchange code starts with 0 or 1 (placeholders such as `123-456-7890`, and other
+/// countries' numbers printed in the same groups).
+fn phone_at(hay: &[u8], i: usize, strict: bool) -> Option<Range<usize>> {
     let p = before(hay, i);
     if p == b'+' {
         return e164_at(hay, i);
@@ -202,7 +219,7 @@ fn phone_at(hay: &[u8], i: usize) -> Option<Range<usize>> {
     if p == b'(' {
         let open = i - 1;
         return number_start_ok(hay, open)
-            .then(|| nanp_parens(hay, open))
+            .then(|| nanp_parens(hay, open, strict))
             .flatten();
     }
     if !number_start_ok(hay, i) {
@@ -212,15 +229,15 @@ fn phone_at(hay: &[u8], i: usize) -> Option<Range<usize>> {
     if hay[i] == b'1' && matches!(at(hay, i + 1), b' ' | b'-' | b'.') {
         let k = i + 2;
         let found = if at(hay, k) == b'(' {
-            nanp_parens(hay, k)
+            nanp_parens(hay, k, strict)
         } else {
-            nanp_plain(hay, k)
+            nanp_plain(hay, k, strict)
         };
         if let Some(r) = found {
             return Some(i..r.end);
         }
     }
-    nanp_plain(hay, i)
+    nanp_plain(hay, i, strict)
 }
 
 /// `+` then 8–15 digits, first non-zero, groups separated by one or two of ` -.()`.
@@ -259,38 +276,38 @@ fn e164_at(hay: &[u8], i: usize) -> Option<Range<usize>> {
     ((8..=15).contains(&n) && number_end_ok(hay, end)).then_some(plus..end)
 }
 
-fn nanp_code_ok(hay: &[u8], i: usize) -> bool {
-    three_digits(hay, i).is_some() && (b'2'..=b'9').contains(&hay[i])
+fn nanp_code_ok(hay: &[u8], i: usize, strict: bool) -> bool {
+    three_digits(hay, i).is_some() && (strict || (b'2'..=b'9').contains(&hay[i]))
 }
 
 /// `(AAA) EEE-NNNN`, `(AAA)EEE-NNNN`, separators `-`, `.` or space before the last four.
-fn nanp_parens(hay: &[u8], open: usize) -> Option<Range<usize>> {
+fn nanp_parens(hay: &[u8], open: usize, strict: bool) -> Option<Range<usize>> {
     let a = open + 1;
-    if !nanp_code_ok(hay, a) || at(hay, a + 3) != b')' {
+    if !nanp_code_ok(hay, a, strict) || at(hay, a + 3) != b')' {
         return None;
     }
     let mut e = a + 4;
     if at(hay, e) == b' ' {
         e += 1;
     }
-    nanp_tail(hay, e, None).map(|end| open..end)
+    nanp_tail(hay, e, None, strict).map(|end| open..end)
 }
 
 /// `AAA-EEE-NNNN` with one consistent separator (`-`, `.` or space).
-fn nanp_plain(hay: &[u8], a: usize) -> Option<Range<usize>> {
-    if !nanp_code_ok(hay, a) {
+fn nanp_plain(hay: &[u8], a: usize, strict: bool) -> Option<Range<usize>> {
+    if !nanp_code_ok(hay, a, strict) {
         return None;
     }
     let sep = at(hay, a + 3);
     if !matches!(sep, b'-' | b'.' | b' ') {
         return None;
     }
-    nanp_tail(hay, a + 4, Some(sep)).map(|end| a..end)
+    nanp_tail(hay, a + 4, Some(sep), strict).map(|end| a..end)
 }
 
 /// `EEE?NNNN` at `e` (exchange not starting with 0 or 1); returns the end.
-fn nanp_tail(hay: &[u8], e: usize, sep: Option<u8>) -> Option<usize> {
-    if !nanp_code_ok(hay, e) {
+fn nanp_tail(hay: &[u8], e: usize, sep: Option<u8>, strict: bool) -> Option<usize> {
+    if !nanp_code_ok(hay, e, strict) {
         return None;
     }
     let s = at(hay, e + 3);
