@@ -94,8 +94,12 @@ fn card_at(hay: &[u8], i: usize, strict: bool) -> Option<Range<usize>> {
     let mut j = i;
     loop {
         let run = digit_run(hay, j);
-        // Grouped numbers are printed in groups of 3 to 6 (4-4-4-4, 4-6-5, 4-4-4-4-3).
-        if n + run > digits.len() || (sep.is_some() && !(3..=6).contains(&run)) {
+        // Grouped numbers are printed in groups of 3 to 6 (4-4-4-4, 4-6-5, 4-4-4-4-3); strict
+        // also takes a last group of 1 or 2 (an 18-digit number as 4-4-4-4-2).
+        let short_last = strict
+            && (1..=2).contains(&run)
+            && !(matches!(at(hay, j + run), b' ' | b'-') && at(hay, j + run + 1).is_ascii_digit());
+        if n + run > digits.len() || (sep.is_some() && !(3..=6).contains(&run) && !short_last) {
             // Ungrouped and longer than any card: an id, a hash, a long number.
             sep?;
             j -= 1; // end before the separator and this group
@@ -217,10 +221,14 @@ fn phone_at(hay: &[u8], i: usize, strict: bool) -> Option<Range<usize>> {
         return e164_at(hay, i);
     }
     if p == b'(' {
+        // `(415) 555-2671`, or a whole number in parentheses: `(415-555-2671)`.
         let open = i - 1;
-        return number_start_ok(hay, open)
+        if let Some(r) = number_start_ok(hay, open)
             .then(|| nanp_parens(hay, open, strict))
-            .flatten();
+            .flatten()
+        {
+            return Some(r);
+        }
     }
     if !number_start_ok(hay, i) {
         return None;

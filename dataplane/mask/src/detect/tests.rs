@@ -270,6 +270,10 @@ fn phones() {
     ] {
         assert_eq!(found(Phone, &format!("call {p} now")), [p], "{p}");
     }
+    // A whole number in parentheses is not an `(AAA)` area code but still a phone number.
+    for p in ["415-555-2671", "415.555.2671", "1-415-555-2671"] {
+        assert_eq!(found(Phone, &format!("call ({p}) now")), [p], "({p})");
+    }
     assert_none(
         Phone,
         &[
