@@ -127,8 +127,12 @@ fn secret_assignment(hay: &[u8], from: usize, rest: &[u8]) -> Option<Range<usize
         if n > 0 && matches!(hay[n - 1], b'"' | b'\'') {
             n -= 1;
         }
+        // Every name in the list ends in d, t, n or y: most `:` and `=` stop here.
+        if n == 0 || !matches!(hay[n - 1] | 0x20, b'd' | b't' | b'n' | b'y') {
+            continue;
+        }
         let mut s = n;
-        while s > 0 && (is_alnum(hay[s - 1]) || matches!(hay[s - 1], b'_' | b'-')) {
+        while s > 0 && n - s < 64 && (is_alnum(hay[s - 1]) || matches!(hay[s - 1], b'_' | b'-')) {
             s -= 1;
         }
         let name = &hay[s..n];
