@@ -320,6 +320,25 @@ impl Detector {
     }
 }
 
+/// How far a masking rule's detectors lean toward masking look-alikes (values shaped like an
+/// identifier that fail a validity check, such as ITIN-area SSNs). A role's detectors run
+/// balanced only if every detector rule says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorSensitivity {
+    /// Mask look-alikes too (the default).
+    #[default]
+    Strict,
+    /// Mask only what passes the validity checks.
+    Balanced,
+}
+
+impl DetectorSensitivity {
+    fn is_strict(&self) -> bool {
+        *self == Self::Strict
+    }
+}
+
 /// Which end of a value a partial mask keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -364,6 +383,9 @@ pub struct MaskRule {
     /// Content detectors.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub detectors: Vec<Detector>,
+    /// How the detectors treat look-alikes.
+    #[serde(default, skip_serializing_if = "DetectorSensitivity::is_strict")]
+    pub sensitivity: DetectorSensitivity,
     /// The strategy.
     pub strategy: MaskStrategy,
 }
@@ -832,6 +854,8 @@ struct RawMask {
     types: Vec<String>,
     #[serde(default)]
     detectors: Vec<String>,
+    #[serde(default)]
+    sensitivity: Option<String>,
     strategy: serde_yaml_ng::Value,
 }
 
@@ -1092,12 +1116,23 @@ fn build_mask(m: &RawMask, name: &str, path: &str, i: usize) -> Result<MaskRule,
             )
         })?);
     }
+    let sensitivity = match m.sensitivity.as_deref() {
+        None | Some("strict") => DetectorSensitivity::Strict,
+        Some("balanced") => DetectorSensitivity::Balanced,
+        Some(other) => {
+            return Err(PolicyError::invalid(
+                format!("{path}.sensitivity"),
+                format!("unknown sensitivity {other:?} (expected strict, balanced)"),
+            ))
+        }
+    };
     let strategy = parse_strategy(&m.strategy, &format!("{path}.strategy"))?;
     Ok(MaskRule {
         id: RuleId::new(format!("{name}/masking[{i}]")),
         columns,
         types,
         detectors,
+        sensitivity,
         strategy,
     })
 }
@@ -1315,5 +1350,27 @@ policies:
         assert!(PolicySet::from_yaml("", 1).unwrap().is_empty());
         assert!(PolicySet::from_yaml("policies: []", 1).unwrap().is_empty());
         assert!(!Policy::deny_all().is_valid());
+    }
+
+    #[test]
+    fn detector_sensitivity() {
+        let doc = r#"
+policies:
+  - name: a
+    classes: {allow: [read]}
+    masking:
+      - detectors: [ssn]
+        strategy: redact
+      - detectors: [card]
+        sensitivity: balanced
+        strategy: redact
+"#;
+        let set = PolicySet::from_yaml(doc, 1).unwrap();
+        let m = set.get("a").unwrap().masking();
+        assert_eq!(m[0].sensitivity, DetectorSensitivity::Strict);
+        assert_eq!(m[1].sensitivity, DetectorSensitivity::Balanced);
+        let bad = doc.replace("balanced", "lax");
+        let err = PolicySet::from_yaml(&bad, 1).unwrap_err().to_string();
+        assert!(err.contains("policies[0].masking[1].sensitivity"), "{err}");
     }
 }
