@@ -34,12 +34,12 @@ use bytes::{Bytes, BytesMut};
 use sluice_mask::{
     mask_copy_data, mask_row_in_place, mask_row_into, scrub_error_response, scrub_notification,
     ColumnType, CopyText, DetectorKind, Detectors, FieldDescription, HashKey, RowPlan,
-    ScrubOptions, Strategy,
+    ScrubOptions, Sensitivity, Strategy,
 };
 use sluice_pgwire::encode::{self, ErrorResponse};
 use sluice_pgwire::{backend as bmsg, sqlstate};
 use sluice_policy::lineage::{Catalog, MaskPlan, ResultMask, ResultPlan};
-use sluice_policy::{Detector, Keep, MaskStrategy, Policy};
+use sluice_policy::{Detector, DetectorSensitivity, Keep, MaskStrategy, Policy};
 
 use crate::catalog::Loaded;
 
@@ -240,6 +240,13 @@ impl Masker {
             let columns = !r.columns.is_empty() || !r.types.is_empty();
             by_column |= columns;
             strategies.push(if columns { strategy(&r.strategy) } else { None });
+        }
+        // Balanced only when every detector rule asks for it: the detectors err toward masking.
+        let mut with_detectors = rules.iter().filter(|r| !r.detectors.is_empty()).peekable();
+        if with_detectors.peek().is_some()
+            && with_detectors.all(|r| r.sensitivity == DetectorSensitivity::Balanced)
+        {
+            detectors = detectors.with_sensitivity(Sensitivity::Balanced);
         }
         Some(Masker {
             policy,

@@ -30,7 +30,7 @@ pub use lineage::{
     ResultPlan, RuleIndex,
 };
 pub use model::{
-    AllowList, ClassDecision, ClassSet, DenyEntry, Detector, FunctionDeny, Keep, MaskRule,
-    MaskStrategy, NameTarget, Policy, PolicyError, PolicySet, ReviewSettings, RuleId, RuleKind,
-    StatementClass,
+    AllowList, ClassDecision, ClassSet, DenyEntry, Detector, DetectorSensitivity, FunctionDeny,
+    Keep, MaskRule, MaskStrategy, NameTarget, Policy, PolicyError, PolicySet, ReviewSettings,
+    RuleId, RuleKind, StatementClass,
 };

@@ -332,6 +332,25 @@ impl Detector {
     }
 }
 
+/// How far a masking rule's detectors lean toward masking look-alikes (values shaped like an
+/// identifier that fail a validity check, such as ITIN-area SSNs). A role's detectors run
+/// balanced only if every detector rule says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorSensitivity {
+    /// Mask look-alikes too (the default).
+    #[default]
+    Strict,
+    /// Mask only what passes the validity checks.
+    Balanced,
+}
+
+impl DetectorSensitivity {
+    fn is_strict(&self) -> bool {
+        *self == Self::Strict
+    }
+}
+
 /// Which end of a value a partial mask keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -376,6 +395,9 @@ pub struct MaskRule {
     /// Content detectors.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub detectors: Vec<Detector>,
+    /// How the detectors treat look-alikes.
+    #[serde(default, skip_serializing_if = "DetectorSensitivity::is_strict")]
+    pub sensitivity: DetectorSensitivity,
     /// The strategy.
     pub strategy: MaskStrategy,
     /// `predicates: deny`: statements that compare, sort, group or join on a column this rule

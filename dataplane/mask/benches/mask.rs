@@ -278,23 +278,35 @@ fn detectors(c: &mut Criterion) {
             black_box(Detectors::ALL.scrub(&mut buf, Replace::Text))
         })
     });
-    g.bench_function("find/all", |b| {
-        b.iter(|| {
-            let mut n = 0usize;
-            Detectors::ALL.find(black_box(&corpus), |_| n += 1);
-            n
-        })
-    });
-    for kind in sluice_mask::DetectorKind::ALL {
-        g.bench_function(format!("find/{}", kind.name()), |b| {
+    for s in sluice_mask::Sensitivity::ALL {
+        let set = Detectors::ALL.with_sensitivity(s);
+        let name = match s {
+            sluice_mask::Sensitivity::Strict => "find/all".to_owned(),
+            _ => format!("find/all_{}", s.name()),
+        };
+        g.bench_function(name, |b| {
             b.iter(|| {
                 let mut n = 0usize;
-                Detectors::NONE
-                    .with(kind)
-                    .find(black_box(&corpus), |_| n += 1);
+                set.find(black_box(&corpus), |_| n += 1);
                 n
             })
         });
+    }
+    for kind in sluice_mask::DetectorKind::ALL {
+        for s in sluice_mask::Sensitivity::ALL {
+            let set = Detectors::NONE.with(kind).with_sensitivity(s);
+            let name = match s {
+                sluice_mask::Sensitivity::Strict => format!("find/{}", kind.name()),
+                _ => format!("find/{}_{}", kind.name(), s.name()),
+            };
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    let mut n = 0usize;
+                    set.find(black_box(&corpus), |_| n += 1);
+                    n
+                })
+            });
+        }
     }
     g.bench_function("memcpy_baseline", |b| {
         let mut buf = corpus.clone();

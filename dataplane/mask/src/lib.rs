@@ -64,7 +64,7 @@ pub mod row;
 pub mod strategy;
 pub mod types;
 
-pub use detect::{DetectorKind, Detectors, Replace, Span};
+pub use detect::{DetectorKind, Detectors, Replace, Sensitivity, Span};
 pub use row::{
     mask_copy_data, mask_row, mask_row_in_place, mask_row_into, row_description_fields,
     scrub_error_response, scrub_notification, CopyText, FieldDescription, Rewrite, RowPlan,

@@ -511,7 +511,7 @@ fn write_copy(
     for line in body.split_inclusive(|&b| b == b'\n') {
         let line = &line[..line.len() - 1];
         let mut fields = 0;
-        for (i, field) in line.split(|&b| b == opts.delimiter).enumerate() {
+        for (i, field) in copy_fields(line, opts.delimiter).enumerate() {
             fields += 1;
             if i > 0 {
                 out.put_u8(opts.delimiter);
@@ -549,6 +549,27 @@ fn write_copy(
         out.put_u8(b'\n');
     }
     patch_len(out, msg_start)
+}
+
+/// The fields of one COPY text line (without its newline): split at each delimiter that is not
+/// escaped. `COPY TO` writes a delimiter inside a value as backslash + delimiter (`\|`), so a
+/// plain split would cut such a value in two.
+fn copy_fields(line: &[u8], delimiter: u8) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(line);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        let mut i = 0;
+        while let Some(k) = memchr::memchr2(delimiter, b'\\', &s[i..]) {
+            let k = i + k;
+            if s[k] == delimiter {
+                rest = Some(&s[k + 1..]);
+                return Some(&s[..k]);
+            }
+            i = (k + 2).min(s.len()); // skip the escaped byte
+        }
+        rest = None;
+        Some(s)
+    })
 }
 
 /// A COPY text field's value: borrowed when it has no backslash, else decoded.

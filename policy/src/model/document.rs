@@ -126,6 +126,8 @@ pub(super) struct RawMask {
     pub(super) types: Vec<String>,
     #[serde(default)]
     pub(super) detectors: Vec<String>,
+    #[serde(default)]
+    pub(super) sensitivity: Option<String>,
     pub(super) strategy: serde_yaml_ng::Value,
     #[serde(default)]
     pub(super) predicates: Option<String>,
@@ -432,6 +434,16 @@ pub(super) fn build_mask(
             )
         })?);
     }
+    let sensitivity = match m.sensitivity.as_deref() {
+        None | Some("strict") => DetectorSensitivity::Strict,
+        Some("balanced") => DetectorSensitivity::Balanced,
+        Some(other) => {
+            return Err(PolicyError::invalid(
+                format!("{path}.sensitivity"),
+                format!("unknown sensitivity {other:?} (expected strict, balanced)"),
+            ))
+        }
+    };
     let strategy = parse_strategy(&m.strategy, &format!("{path}.strategy"))?;
     let deny_predicates = match m.predicates.as_deref() {
         None | Some("allow") => false,
@@ -456,6 +468,7 @@ pub(super) fn build_mask(
         columns,
         types,
         detectors,
+        sensitivity,
         strategy,
         deny_predicates,
     })

@@ -103,3 +103,25 @@ fn empty_document_has_no_policies() {
     assert!(PolicySet::from_yaml("policies: []", 1).unwrap().is_empty());
     assert!(!Policy::deny_all().is_valid());
 }
+
+#[test]
+fn detector_sensitivity() {
+    let doc = r#"
+policies:
+  - name: a
+    classes: {allow: [read]}
+    masking:
+      - detectors: [ssn]
+        strategy: redact
+      - detectors: [card]
+        sensitivity: balanced
+        strategy: redact
+"#;
+    let set = PolicySet::from_yaml(doc, 1).unwrap();
+    let m = set.get("a").unwrap().masking();
+    assert_eq!(m[0].sensitivity, DetectorSensitivity::Strict);
+    assert_eq!(m[1].sensitivity, DetectorSensitivity::Balanced);
+    let bad = doc.replace("balanced", "lax");
+    let err = PolicySet::from_yaml(&bad, 1).unwrap_err().to_string();
+    assert!(err.contains("policies[0].masking[1].sensitivity"), "{err}");
+}

@@ -1,16 +1,110 @@
+use super::numeric::next_digit;
 use super::*;
 
+/// `kind` alone, balanced: the tests below pin down the checks balanced applies.
 fn only(kind: DetectorKind) -> Detectors {
-    Detectors::NONE.with(kind)
+    Detectors::NONE
+        .with(kind)
+        .with_sensitivity(Sensitivity::Balanced)
 }
 
-/// The texts `kind` finds in `hay`.
+/// The texts `kind` finds in `hay`, balanced.
 fn found(kind: DetectorKind, hay: &str) -> Vec<String> {
-    only(kind)
-        .find_all(hay.as_bytes())
+    found_with(only(kind), hay)
+}
+
+fn found_with(set: Detectors, hay: &str) -> Vec<String> {
+    set.find_all(hay.as_bytes())
         .into_iter()
         .map(|s| hay[s.range].to_string())
         .collect()
+}
+
+#[test]
+fn sensitivity_flag() {
+    assert_eq!(Detectors::ALL.sensitivity(), Sensitivity::Strict);
+    assert_eq!(Detectors::default().sensitivity(), Sensitivity::Strict);
+    let b = Detectors::ALL.with_sensitivity(Sensitivity::Balanced);
+    assert_eq!(b.sensitivity(), Sensitivity::Balanced);
+    assert!(DetectorKind::ALL.iter().all(|&k| b.contains(k)));
+    assert!(Detectors::NONE
+        .with_sensitivity(Sensitivity::Balanced)
+        .is_empty());
+    assert_eq!(b.with_sensitivity(Sensitivity::Strict), Detectors::ALL);
+    for s in Sensitivity::ALL {
+        assert_eq!(Sensitivity::from_name(s.name()), Some(s));
+    }
+}
+
+/// What strict takes that balanced leaves: look-alikes that fail a validity check.
+#[test]
+fn strict_masks_look_alikes() {
+    use DetectorKind::*;
+    let cases: [(DetectorKind, &str, &str); 14] = [
+        (Ssn, "itin 912-70-1234 filed", "912-70-1234"),
+        (Ssn, "ssn 000-12-3456", "000-12-3456"),
+        (Ssn, "ssn 666-12-3456", "666-12-3456"),
+        (Ssn, "ssn 123-00-4567 and", "123-00-4567"),
+        (Ssn, "ssn 123 45 6789.", "123 45 6789"),
+        (Card, "card 1234567812345670", "1234567812345670"),
+        (Phone, "call 123-456-7890", "123-456-7890"),
+        (Phone, "call (015) 555-2671", "(015) 555-2671"),
+        (
+            Iban,
+            "iban NI45BAPR00000013000003558124",
+            "NI45BAPR00000013000003558124",
+        ),
+        (Email, "mail root@localhost now", "root@localhost"),
+        (Email, "mail a@b.xn--p1ai", "a@b.xn--p1ai"),
+        (
+            ApiKey,
+            "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+            "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+        ),
+        (ApiKey, "DB_PASSWORD=hunter2hunter2 next", "hunter2hunter2"),
+        (ApiKey, r#"{"apiKey": "abc123def456"}"#, "abc123def456"),
+    ];
+    for (kind, hay, want) in cases {
+        let strict = Detectors::NONE.with(kind);
+        assert_eq!(
+            found_with(strict, hay),
+            [want],
+            "{kind:?} strict in {hay:?}"
+        );
+        assert_eq!(
+            found(kind, hay),
+            Vec::<String>::new(),
+            "{kind:?} balanced in {hay:?}"
+        );
+    }
+}
+
+/// Token shapes with a specific prefix are found at either sensitivity.
+#[test]
+fn prefixed_tokens() {
+    let keys = [
+        "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv",
+        "AIzaSyD-1234567890abcdefghijklmnopqrstu",
+        "glpat-xYz123AbC456dEf789gH",
+    ];
+    for k in keys {
+        let hay = format!("key {k} end");
+        for s in Sensitivity::ALL {
+            let set = Detectors::NONE
+                .with(DetectorKind::ApiKey)
+                .with_sensitivity(s);
+            assert_eq!(found_with(set, &hay), [k], "{s:?}");
+        }
+    }
+    // Not a token: prose with the prefix inside a word, or a short body.
+    assert_none(
+        DetectorKind::ApiKey,
+        &["task-force-of-many-people-here", "sk-learn"],
+    );
+    assert_eq!(
+        found_with(Detectors::ALL, "the password is long enough; token: null"),
+        Vec::<String>::new()
+    );
 }
 
 fn assert_none(kind: DetectorKind, hays: &[&str]) {
@@ -175,6 +269,10 @@ fn phones() {
         "1-415-555-2671",
     ] {
         assert_eq!(found(Phone, &format!("call {p} now")), [p], "{p}");
+    }
+    // A whole number in parentheses is not an `(AAA)` area code but still a phone number.
+    for p in ["415-555-2671", "415.555.2671", "1-415-555-2671"] {
+        assert_eq!(found(Phone, &format!("call ({p}) now")), [p], "({p})");
     }
     assert_none(
         Phone,

@@ -385,6 +385,12 @@ fn copy_text_rows() {
     };
     mask_copy_data(&copy_data(b"secret|ok\n"), &p, &opts, &mut out).unwrap();
     assert_eq!(copy_body(&out), b"NULL|ok\n");
+    // A delimiter inside a value arrives escaped (`\|`) and stays inside its field.
+    out.clear();
+    mask_copy_data(&copy_data(b"a\\|b|c\\|d\n"), &p, &opts, &mut out).unwrap();
+    assert_eq!(copy_body(&out), b"NULL|c\\|d\n");
+    let fields: Vec<&[u8]> = copy_fields(b"x\\|y|\\\\|z|", b'|').collect();
+    assert_eq!(fields, [&b"x\\|y"[..], b"\\\\", b"z", b""]);
     // Octal and hex escapes are decoded before masking.
     assert_eq!(&unescape(b"a\\101\\x42\\\\").unwrap()[..], b"aAB\\");
 }

@@ -1,3 +1,5 @@
+use super::number::read_int;
+use super::uuid::{format_uuid, parse_uuid_text};
 use super::*;
 use crate::types::oid;
 
