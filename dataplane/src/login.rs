@@ -11,13 +11,13 @@ use monoio::net::TcpStream;
 use sluice_auth::token::{fingerprint, Identity};
 use sluice_pgwire::encode::{self, ErrorResponse};
 use sluice_pgwire::frontend;
+use sluice_pgwire::sqlstate;
 use sluice_pgwire::startup::{self, StartupPacket};
-use sluice_pgwire::{sqlstate, ProtocolError};
 
 use crate::backend::{valid_param_name, ServerConn};
 use crate::cancel::CancelSlot;
 use crate::config::PoolMode;
-use crate::error::BackendError;
+use crate::error::{BackendError, Fatal};
 use crate::io::{read_frame, write_all, ReadError};
 use crate::pool::Pool;
 use crate::runtime::CoreCtx;
@@ -26,37 +26,6 @@ use crate::stream::{ClientStream, MaybeTls};
 
 /// Largest password message (token) accepted.
 const MAX_PASSWORD_MESSAGE: usize = 32 * 1024;
-
-/// A FATAL error to send the client before closing.
-pub(crate) struct Fatal {
-    code: &'static str,
-    pub(crate) message: String,
-}
-
-impl Fatal {
-    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn encode(&self, buf: &mut BytesMut) {
-        encode::error_response(buf, &ErrorResponse::fatal(self.code, &self.message));
-    }
-}
-
-impl From<ProtocolError> for Fatal {
-    fn from(e: ProtocolError) -> Self {
-        Fatal::new(e.sqlstate(), e.to_string())
-    }
-}
-
-impl From<&BackendError> for Fatal {
-    fn from(e: &BackendError) -> Self {
-        Fatal::new(e.sqlstate(), e.client_message())
-    }
-}
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(ctx: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) {
