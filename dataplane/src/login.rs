@@ -1,5 +1,5 @@
 //! One client connection's start: startup packets, TLS, token authentication, role and
-//! connection checks, and the first server connection; then [`crate::session::relay`].
+//! connection checks, and the first server connection; then [`crate::session::run`].
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -8,20 +8,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
-use sluice_auth::token::{fingerprint, Identity};
+use sluice_auth::token::fingerprint;
 use sluice_pgwire::encode::{self, ErrorResponse};
 use sluice_pgwire::frontend;
 use sluice_pgwire::sqlstate;
 use sluice_pgwire::startup::{self, StartupPacket};
 
-use crate::backend::{valid_param_name, ServerConn};
-use crate::cancel::CancelSlot;
+use crate::backend::valid_param_name;
 use crate::config::PoolMode;
 use crate::error::{BackendError, Fatal};
 use crate::io::{read_frame, write_all, ReadError};
-use crate::pool::Pool;
 use crate::runtime::CoreCtx;
-use crate::session::relay;
+use crate::session::{self, LoggedIn};
 use crate::stream::{ClientStream, MaybeTls};
 
 /// Largest password message (token) accepted.
@@ -43,31 +41,9 @@ pub async fn serve(ctx: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) {
             tracing::info!(%peer, "client did not finish startup in time");
         }
         Ok(None) => {}
-        Ok(Some((stream, buf, login))) => relay(ctx.clone(), stream, buf, login, fd).await,
+        Ok(Some((stream, buf, login))) => session::run(ctx.clone(), stream, buf, login, fd).await,
     }
     m.clients_active.dec();
-}
-
-/// A logged-in client, ready for the relay.
-pub(crate) struct LoggedIn {
-    pub(crate) pool: Rc<Pool>,
-    pub(crate) policy: Arc<sluice_policy::Policy>,
-    /// The role's name: the session looks its policy up again when a new snapshot arrives.
-    pub(crate) role: Arc<str>,
-    /// The connection's name.
-    pub(crate) connection: Arc<str>,
-    pub(crate) wanted: Vec<(String, String)>,
-    pub(crate) identity: Identity,
-    /// The id (`jti`) of the just-in-time grant the client logged in with, if it did: what a
-    /// snapshot revokes (see [`CoreCtx::register_session`]).
-    pub(crate) grant_id: Option<Arc<str>>,
-    /// The token's id: its `jti`, else a fingerprint (never the token itself).
-    pub(crate) token_id: Arc<str>,
-    pub(crate) pid: i32,
-    pub(crate) slot: Arc<CancelSlot>,
-    /// Session mode: the server connection kept from login.
-    pub(crate) server: Option<ServerConn>,
-    pub(crate) peer: SocketAddr,
 }
 
 /// Startup and authentication. Returns `None` when the connection is done (a CancelRequest,

@@ -470,6 +470,16 @@ pub struct CoreCtx {
 }
 
 impl CoreCtx {
+    /// This core's audit sink, when the data plane ships audit records.
+    pub fn audit_sink(&self) -> Option<crate::audit::AuditSink> {
+        self.shared.audit_sink()
+    }
+
+    /// The control plane's review API, when the data plane has a control plane.
+    pub fn review_client(&self) -> Option<crate::review::ReviewClient> {
+        self.shared.review_client()
+    }
+
     /// The configuration version this core runs now, taking a newer one if it was swapped in.
     pub fn live(&self) -> Arc<Live> {
         let generation = self.shared.generation.load(Ordering::Acquire);
