@@ -16,9 +16,9 @@ use sluice_pgwire::startup::{self, StartupPacket};
 
 use crate::backend::valid_param_name;
 use crate::config::PoolMode;
+use crate::ctx::CoreCtx;
 use crate::error::{BackendError, Fatal};
 use crate::io::{read_frame, write_all, ReadError};
-use crate::runtime::CoreCtx;
 use crate::session::{self, LoggedIn};
 use crate::stream::{ClientStream, MaybeTls};
 

@@ -161,26 +161,47 @@ pub struct Masker {
     row_plans: HashMap<Vec<u8>, Vec<RowPlanEntry>>,
 }
 
-/// The key of keyed-hash and tokenise strategies: `SLUICE_MASKING_KEY` (at least 16 bytes of
-/// text), else a random key per process (hashes then differ across restarts and nodes).
-fn hash_key() -> Arc<HashKey> {
-    static KEY: OnceLock<Arc<HashKey>> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let key = match std::env::var("SLUICE_MASKING_KEY") {
-            Ok(k) if k.len() >= 16 => k.into_bytes(),
-            _ => {
-                tracing::warn!("SLUICE_MASKING_KEY is not set (16+ bytes): keyed-hash and tokenised values use a random per-process key");
-                let mut k = vec![0u8; 32];
-                rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut k);
-                k
-            }
-        };
-        Arc::new(HashKey::new(&key).expect("a 16+ byte key is valid"))
-    })
-    .clone()
+/// The key of keyed-hash and tokenise strategies, one per data plane (every core hashes
+/// alike): `SLUICE_MASKING_KEY` (at least 16 bytes of text), else a random key made on first
+/// use (hashes then differ across restarts and nodes).
+pub struct MaskingKey {
+    configured: Option<Vec<u8>>,
+    key: OnceLock<Arc<HashKey>>,
 }
 
-fn strategy(s: &MaskStrategy) -> Option<Strategy> {
+impl MaskingKey {
+    /// The key `SLUICE_MASKING_KEY` configures, if it is long enough.
+    pub fn from_env() -> Self {
+        Self::new(std::env::var("SLUICE_MASKING_KEY").ok())
+    }
+
+    /// `configured` if it has 16 bytes or more, else a random key on first use.
+    pub fn new(configured: Option<String>) -> Self {
+        Self {
+            configured: configured.filter(|k| k.len() >= 16).map(String::into_bytes),
+            key: OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> Arc<HashKey> {
+        self.key
+            .get_or_init(|| {
+                let key = match &self.configured {
+                    Some(k) => k.clone(),
+                    None => {
+                        tracing::warn!("SLUICE_MASKING_KEY is not set (16+ bytes): keyed-hash and tokenised values use a random per-process key");
+                        let mut k = vec![0u8; 32];
+                        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut k);
+                        k
+                    }
+                };
+                Arc::new(HashKey::new(&key).expect("a 16+ byte key is valid"))
+            })
+            .clone()
+    }
+}
+
+fn strategy(s: &MaskStrategy, key: &MaskingKey) -> Option<Strategy> {
     let r = match s {
         MaskStrategy::Redact { text } => Strategy::redact(text),
         MaskStrategy::Partial(Keep::Last(n)) => {
@@ -189,8 +210,8 @@ fn strategy(s: &MaskStrategy) -> Option<Strategy> {
         MaskStrategy::Partial(Keep::First(n)) => {
             Strategy::partial(u16::try_from(*n).unwrap_or(u16::MAX), 0, '*')
         }
-        MaskStrategy::Hash => Strategy::keyed_hash(hash_key(), 16),
-        MaskStrategy::Tokenise => Ok(Strategy::tokenize(hash_key())),
+        MaskStrategy::Hash => Strategy::keyed_hash(key.get(), 16),
+        MaskStrategy::Tokenise => Ok(Strategy::tokenize(key.get())),
         MaskStrategy::Null => Ok(Strategy::null()),
     };
     // A strategy the engine refuses masks to NULL: never forward the value.
@@ -224,7 +245,7 @@ fn detector(d: Detector) -> DetectorKind {
 impl Masker {
     /// The masking of `policy`; `None` when it masks nothing (the session then skips all of
     /// this and relays results untouched).
-    pub fn new(policy: Arc<Policy>) -> Option<Masker> {
+    pub fn new(policy: Arc<Policy>, key: &MaskingKey) -> Option<Masker> {
         let rules = policy.masking();
         let max_rows = policy.max_rows();
         if rules.is_empty() && max_rows.is_none() {
@@ -239,7 +260,11 @@ impl Masker {
             }
             let columns = !r.columns.is_empty() || !r.types.is_empty();
             by_column |= columns;
-            strategies.push(if columns { strategy(&r.strategy) } else { None });
+            strategies.push(if columns {
+                strategy(&r.strategy, key)
+            } else {
+                None
+            });
         }
         Some(Masker {
             policy,
@@ -264,8 +289,8 @@ impl Masker {
 
     /// A new policy (a new snapshot) for the statements to come; results in flight keep the
     /// plans they were given.
-    pub fn set_policy(&mut self, policy: Arc<Policy>) {
-        let (strategies, detectors, by_column, max_rows) = match Masker::new(policy.clone()) {
+    pub fn set_policy(&mut self, policy: Arc<Policy>, key: &MaskingKey) {
+        let (strategies, detectors, by_column, max_rows) = match Masker::new(policy.clone(), key) {
             Some(m) => (m.strategies, m.detectors, m.by_column, m.max_rows),
             None => (Vec::new(), Detectors::NONE, false, None),
         };

@@ -42,10 +42,10 @@ use sluice_pgwire::sqlstate;
 use crate::backend::ServerConn;
 use crate::cancel::CancelSlot;
 use crate::config::PoolMode;
+use crate::ctx::CoreCtx;
 use crate::error::Fatal;
 use crate::masking::Masker;
 use crate::pool::Pool;
-use crate::runtime::CoreCtx;
 use crate::stream::ClientStream;
 use crate::tracker::Tracker;
 
@@ -161,7 +161,7 @@ pub(crate) async fn run(
     let (read, write) = stream.into_split();
     let expires_at = identity.expires_at;
     let audit = ctx.audit_sink();
-    let mut masker = Masker::new(policy.clone());
+    let mut masker = Masker::new(policy.clone(), &ctx.shared.masking_key);
     if let Some(m) = masker.as_mut() {
         m.record_columns = audit.is_some();
     }
@@ -260,10 +260,11 @@ impl Session {
             let policy = self.ctx.policy_for(&self.role);
             let mut st = self.st.borrow_mut();
             st.judge.set_policy(policy.clone());
+            let key = &self.ctx.shared.masking_key;
             match st.masker.as_mut() {
-                Some(m) => m.set_policy(policy),
+                Some(m) => m.set_policy(policy, key),
                 None => {
-                    st.masker = Masker::new(policy);
+                    st.masker = Masker::new(policy, key);
                     if let Some(m) = st.masker.as_mut() {
                         m.record_columns = self.audit.is_some();
                     }
@@ -279,7 +280,11 @@ impl Session {
         if needs_catalog {
             // On failure the masker keeps what it had; without any catalog, masked
             // statements are denied.
-            let catalog = crate::catalog::current(&self.connection, self.pool.target()).await;
+            let catalog = self
+                .ctx
+                .catalogs
+                .current(&self.connection, self.pool.target())
+                .await;
             if let Ok(c) = catalog {
                 if let Some(m) = self.st.borrow_mut().masker.as_mut() {
                     m.set_catalog(c);

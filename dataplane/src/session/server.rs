@@ -219,7 +219,7 @@ impl Session {
                 if crate::catalog::is_ddl_tag(tag)
                     && st.masker.as_ref().is_some_and(Masker::needs_catalog) =>
             {
-                crate::catalog::mark_stale(&self.connection);
+                self.ctx.catalogs.mark_stale(&self.connection);
             }
             _ => {}
         }
