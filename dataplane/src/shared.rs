@@ -191,7 +191,7 @@ pub(crate) struct SnapshotCounters {
 pub struct Shared {
     /// The configuration the process started with. Its process-level settings (listen,
     /// cores, TLS, limits, metrics) hold for the whole run; connections, roles, policies and
-    /// issuers may be replaced by snapshots: read those from [`CoreCtx::live`](crate::ctx::CoreCtx::live) or
+    /// issuers may be replaced by snapshots: read those from `CoreCtx::live` or
     /// [`Shared::live`].
     pub config: Arc<Config>,
     /// Cancel keys of all clients.
@@ -292,7 +292,7 @@ impl Shared {
             .is_none_or(|s| s.flush(timeout))
     }
 
-    /// The version in force now (off the cores; a core uses [`CoreCtx::live`](crate::ctx::CoreCtx::live)).
+    /// The version in force now (off the cores; a core uses `CoreCtx::live`).
     pub fn live(&self) -> Arc<Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
