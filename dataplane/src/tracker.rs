@@ -625,4 +625,93 @@ mod tests {
         assert_eq!(t.take_failed_jobs(), vec![5, 6]);
         assert!(t.take_failed_jobs().is_empty());
     }
+
+    #[test]
+    fn a_lost_server_fails_every_tagged_request_and_starts_clean() {
+        let mut t = Tracker::new();
+        push(&mut t, Parse, Forward, None);
+        assert!(t.tag_last(3));
+        push(&mut t, Execute, Forward, None);
+        assert!(t.tag_last(4));
+        run(&mut t, b"E");
+        assert_eq!(t.take_failed_jobs(), vec![3, 4]);
+        // Skipping to a Sync not sent yet: what comes before it is discarded.
+        push(&mut t, Bind, Forward, None);
+        push(&mut t, Execute, Forward, None);
+        assert!(!t.tag_last(5));
+        assert!(t.is_idle());
+        push(&mut t, Sync, Forward, None);
+        assert_eq!(t.pending(), 1);
+        push(&mut t, Simple, Forward, None);
+        assert!(t.tag_last(6));
+        t.reset();
+        assert!(t.is_idle());
+        assert_eq!(t.take_failed_jobs(), vec![6]);
+        // Nothing of the old server's state is left: a new request is recorded and answered.
+        push(&mut t, Simple, Forward, None);
+        assert!(t.tag_last(7));
+        let (v, _, _) = run(&mut t, b"TDCZ");
+        assert_eq!(v, vec![Fwd, Fwd, Fwd, Fwd]);
+        assert!(t.is_idle());
+        assert!(t.take_failed_jobs().is_empty());
+    }
+
+    #[test]
+    fn a_failed_simple_query_is_answered_not_failed() {
+        let mut t = Tracker::new();
+        push(&mut t, Simple, Forward, None);
+        assert!(t.tag_last(1));
+        run(&mut t, b"E");
+        assert!(t.has_job(1), "its answer goes on to ReadyForQuery");
+        assert!(t.take_failed_jobs().is_empty());
+        run(&mut t, b"Z");
+        assert!(t.is_idle());
+        // No skipping after it: the next extended request is recorded.
+        push(&mut t, Parse, Forward, None);
+        assert!(t.tag_last(2));
+    }
+
+    #[test]
+    fn stand_ins_the_server_will_skip_are_not_recorded() {
+        let mut t = Tracker::new();
+        push(&mut t, Parse, Forward, None);
+        run(&mut t, b"E");
+        t.push_replacing(Bind, Bytes::from_static(b"ours"));
+        assert!(t.is_idle(), "discarded with the rest until Sync");
+        push(&mut t, Sync, Forward, None);
+        assert_eq!(t.pending(), 1);
+        let (v, _, _) = run(&mut t, b"Z");
+        assert_eq!(v, vec![Fwd]);
+        assert!(t.is_idle());
+        // Once the Sync is answered the stand-in's error is the gateway's.
+        t.push_replacing(Bind, Bytes::from_static(b"ours"));
+        push(&mut t, Sync, Forward, None);
+        let (v, _, _) = run(&mut t, b"EZ");
+        assert_eq!(v, vec![Verdict::Replace(Bytes::from_static(b"ours")), Fwd]);
+    }
+
+    #[test]
+    fn parses_the_server_skips_or_fails_are_unprepared() {
+        let mut t = Tracker::new();
+        push(&mut t, Parse, Forward, Some(10));
+        push(&mut t, Parse, Swallow, Some(11));
+        push(&mut t, Bind, Forward, None);
+        push(&mut t, Sync, Forward, None);
+        let (_, _, unprepared) = run(&mut t, b"E");
+        assert_eq!(unprepared, vec![10, 11]);
+        // While skipping, a Parse pushed before the Sync goes out is unprepared at once.
+        let mut t = Tracker::new();
+        push(&mut t, Parse, Forward, Some(1));
+        run(&mut t, b"E");
+        let mut out = BytesMut::new();
+        let mut unprepared = Vec::new();
+        t.push(Parse, Swallow, Some(12), &mut out, &mut unprepared);
+        assert_eq!(unprepared, vec![12]);
+        t.push(Parse, Synthesize, Some(13), &mut out, &mut unprepared);
+        assert_eq!(
+            unprepared,
+            vec![12],
+            "a synthesized Parse needs the server to have it"
+        );
+    }
 }
