@@ -111,6 +111,8 @@ impl State {
     }
 }
 
+/// One client's session: what its tasks share (through an `Rc`) and what stays fixed for
+/// its life.
 struct Session {
     ctx: Rc<CoreCtx>,
     pool: Rc<Pool>,
