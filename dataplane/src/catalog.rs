@@ -1,7 +1,7 @@
 //! The backend database's relations and columns, for masking: which table and column a
 //! RowDescription field comes from, and what a statement's names resolve to.
 //!
-//! One [`PgCatalog`] per connection per core, loaded on first need over a dedicated short-lived
+//! One [`PgCatalog`] per connection per core (in the core's [`Catalogs`]), loaded on first need over a dedicated short-lived
 //! server connection (never a pooled one, so a session-mode client holding the last pooled
 //! connection cannot deadlock its own load), and shared by every session of that connection on
 //! the core. Concurrent needs on one core share one load. A catalog is reloaded:
@@ -230,75 +230,43 @@ struct Entry {
     loading: Option<Shared<LocalBoxFuture<'static, LoadResult>>>,
 }
 
-thread_local! {
-    /// This core's catalogs, by connection name (cores are threads).
-    static CATALOGS: RefCell<HashMap<Box<str>, Entry>> = RefCell::new(HashMap::new());
+/// One core's catalogs, by connection name (cores share nothing: each loads its own).
+#[derive(Default)]
+pub struct Catalogs {
+    entries: RefCell<HashMap<Box<str>, Entry>>,
 }
 
-/// The catalog of `connection` on this core, loading it (once, however many ask at the same
-/// time) when missing, stale or older than [`MAX_AGE`].
-pub async fn current(connection: &str, target: &Target) -> LoadResult {
-    let pending = CATALOGS.with(|c| {
-        let mut map = c.borrow_mut();
-        // The hot path (a fresh catalog) allocates nothing.
-        if let Some(e) = map.get(connection) {
+impl Catalogs {
+    /// The catalog of `connection`, loading it (once, however many ask at the same time)
+    /// when missing, stale or older than [`MAX_AGE`].
+    pub async fn current(&self, connection: &str, target: &Target) -> LoadResult {
+        let pending = {
+            let mut map = self.entries.borrow_mut();
+            // The hot path (a fresh catalog) allocates nothing.
+            if let Some(e) = map.get(connection) {
+                if let Some(cur) = &e.current {
+                    if !e.stale && cur.at.elapsed() < MAX_AGE {
+                        return Ok(cur.clone());
+                    }
+                }
+            }
+            let e = map.entry(connection.into()).or_default();
             if let Some(cur) = &e.current {
                 if !e.stale && cur.at.elapsed() < MAX_AGE {
                     return Ok(cur.clone());
                 }
             }
-        }
-        let e = map.entry(connection.into()).or_default();
-        if let Some(cur) = &e.current {
-            if !e.stale && cur.at.elapsed() < MAX_AGE {
-                return Ok(cur.clone());
-            }
-        }
-        if let Some(l) = &e.loading {
-            return Err(l.clone());
-        }
-        let target = target.clone();
-        let fut = async move {
-            let started = Instant::now();
-            let result = async {
-                let mut conn = ServerConn::connect(&target, 0).await?;
-                let cat = PgCatalog::load(&mut conn).await;
-                drop(conn);
-                cat
-            }
-            .await;
-            match result {
-                Ok(catalog) => {
-                    tracing::debug!(
-                        relations = catalog.len(),
-                        ms = started.elapsed().as_millis() as u64,
-                        "catalog loaded"
-                    );
-                    Ok(Rc::new(Loaded {
-                        catalog,
-                        at: Instant::now(),
-                        plans: RefCell::new(HashMap::new()),
-                        origins: RefCell::new(HashMap::new()),
-                    }))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "loading the backend catalog for masking failed");
-                    Err(Rc::<str>::from(e.to_string()))
+            match &e.loading {
+                Some(l) => l.clone(),
+                None => {
+                    let fut = load(target.clone()).boxed_local().shared();
+                    e.loading = Some(fut.clone());
+                    fut
                 }
             }
-        }
-        .boxed_local()
-        .shared();
-        e.loading = Some(fut.clone());
-        Err(fut)
-    });
-    let fut = match pending {
-        Ok(cur) => return Ok(cur),
-        Err(fut) => fut,
-    };
-    let result = fut.await;
-    CATALOGS.with(|c| {
-        let mut map = c.borrow_mut();
+        };
+        let result = pending.await;
+        let mut map = self.entries.borrow_mut();
         let e = map.entry(connection.into()).or_default();
         if e.loading.is_some() {
             e.loading = None;
@@ -310,24 +278,20 @@ pub async fn current(connection: &str, target: &Target) -> LoadResult {
                 }
             }
         }
-    });
-    result
-}
+        result
+    }
 
-/// Marks `connection`'s catalog stale on this core (DDL went through).
-pub fn mark_stale(connection: &str) {
-    CATALOGS.with(|c| {
-        if let Some(e) = c.borrow_mut().get_mut(connection) {
+    /// Marks `connection`'s catalog stale (DDL went through).
+    pub fn mark_stale(&self, connection: &str) {
+        if let Some(e) = self.entries.borrow_mut().get_mut(connection) {
             e.stale = true;
         }
-    });
-}
+    }
 
-/// Marks the catalog stale if it is older than [`RELOAD_BACKOFF`] (a statement named a
-/// relation it does not know); returns whether it did.
-pub fn mark_stale_if_older(connection: &str) -> bool {
-    CATALOGS.with(|c| {
-        let mut map = c.borrow_mut();
+    /// Marks the catalog stale if it is older than [`RELOAD_BACKOFF`] (a statement named a
+    /// relation it does not know); returns whether it did.
+    pub fn mark_stale_if_older(&self, connection: &str) -> bool {
+        let mut map = self.entries.borrow_mut();
         let Some(e) = map.get_mut(connection) else {
             return false;
         };
@@ -339,7 +303,38 @@ pub fn mark_stale_if_older(connection: &str) -> bool {
             e.stale = true;
         }
         old
-    })
+    }
+}
+
+/// Loads a catalog over a connection of its own.
+async fn load(target: Target) -> LoadResult {
+    let started = Instant::now();
+    let result = async {
+        let mut conn = ServerConn::connect(&target, 0).await?;
+        let cat = PgCatalog::load(&mut conn).await;
+        drop(conn);
+        cat
+    }
+    .await;
+    match result {
+        Ok(catalog) => {
+            tracing::debug!(
+                relations = catalog.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "catalog loaded"
+            );
+            Ok(Rc::new(Loaded {
+                catalog,
+                at: Instant::now(),
+                plans: RefCell::new(HashMap::new()),
+                origins: RefCell::new(HashMap::new()),
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "loading the backend catalog for masking failed");
+            Err(Rc::<str>::from(e.to_string()))
+        }
+    }
 }
 
 /// Whether a CommandComplete tag reports DDL that may change relations or columns.

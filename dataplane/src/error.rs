@@ -1,5 +1,7 @@
 //! Errors of the data plane, each knowing which side is at fault and what the client is told.
 
+use bytes::BytesMut;
+use sluice_pgwire::encode::{self, ErrorResponse};
 use sluice_pgwire::{sqlstate, ProtocolError};
 
 /// Something went wrong with a backend server connection.
@@ -85,5 +87,40 @@ impl BackendError {
             }
             _ => "the connection to the backend database failed".into(),
         }
+    }
+}
+
+/// A FATAL error to send the client before closing.
+#[derive(Debug)]
+pub struct Fatal {
+    code: &'static str,
+    /// What the client is told.
+    pub message: String,
+}
+
+impl Fatal {
+    /// A FATAL error with this SQLSTATE and message.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Encodes the ErrorResponse.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        encode::error_response(buf, &ErrorResponse::fatal(self.code, &self.message));
+    }
+}
+
+impl From<ProtocolError> for Fatal {
+    fn from(e: ProtocolError) -> Self {
+        Fatal::new(e.sqlstate(), e.to_string())
+    }
+}
+
+impl From<&BackendError> for Fatal {
+    fn from(e: &BackendError) -> Self {
+        Fatal::new(e.sqlstate(), e.client_message())
     }
 }

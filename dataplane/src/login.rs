@@ -1,5 +1,5 @@
 //! One client connection's start: startup packets, TLS, token authentication, role and
-//! connection checks, and the first server connection; then [`crate::session::relay`].
+//! connection checks, and the first server connection; then [`crate::session::run`].
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -11,52 +11,21 @@ use monoio::net::TcpStream;
 use sluice_auth::token::{fingerprint, Identity};
 use sluice_pgwire::encode::{self, ErrorResponse};
 use sluice_pgwire::frontend;
+use sluice_pgwire::sqlstate;
 use sluice_pgwire::startup::{self, StartupPacket};
-use sluice_pgwire::{sqlstate, ProtocolError};
 
-use crate::backend::{valid_param_name, ServerConn};
-use crate::cancel::CancelSlot;
-use crate::config::PoolMode;
-use crate::error::BackendError;
+use crate::backend::valid_param_name;
+use crate::config::{Connection, PoolMode, Role};
+use crate::ctx::CoreCtx;
+use crate::error::{BackendError, Fatal};
 use crate::io::{read_frame, write_all, ReadError};
 use crate::pool::Pool;
-use crate::runtime::CoreCtx;
-use crate::session::relay;
+use crate::session::{self, LoggedIn};
+use crate::shared::Live;
 use crate::stream::{ClientStream, MaybeTls};
 
 /// Largest password message (token) accepted.
 const MAX_PASSWORD_MESSAGE: usize = 32 * 1024;
-
-/// A FATAL error to send the client before closing.
-pub(crate) struct Fatal {
-    code: &'static str,
-    pub(crate) message: String,
-}
-
-impl Fatal {
-    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn encode(&self, buf: &mut BytesMut) {
-        encode::error_response(buf, &ErrorResponse::fatal(self.code, &self.message));
-    }
-}
-
-impl From<ProtocolError> for Fatal {
-    fn from(e: ProtocolError) -> Self {
-        Fatal::new(e.sqlstate(), e.to_string())
-    }
-}
-
-impl From<&BackendError> for Fatal {
-    fn from(e: &BackendError) -> Self {
-        Fatal::new(e.sqlstate(), e.client_message())
-    }
-}
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(ctx: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) {
@@ -74,31 +43,9 @@ pub async fn serve(ctx: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) {
             tracing::info!(%peer, "client did not finish startup in time");
         }
         Ok(None) => {}
-        Ok(Some((stream, buf, login))) => relay(ctx.clone(), stream, buf, login, fd).await,
+        Ok(Some((stream, buf, login))) => session::run(ctx.clone(), stream, buf, login, fd).await,
     }
     m.clients_active.dec();
-}
-
-/// A logged-in client, ready for the relay.
-pub(crate) struct LoggedIn {
-    pub(crate) pool: Rc<Pool>,
-    pub(crate) policy: Arc<sluice_policy::Policy>,
-    /// The role's name: the session looks its policy up again when a new snapshot arrives.
-    pub(crate) role: Arc<str>,
-    /// The connection's name.
-    pub(crate) connection: Arc<str>,
-    pub(crate) wanted: Vec<(String, String)>,
-    pub(crate) identity: Identity,
-    /// The id (`jti`) of the just-in-time grant the client logged in with, if it did: what a
-    /// snapshot revokes (see [`CoreCtx::register_session`]).
-    pub(crate) grant_id: Option<Arc<str>>,
-    /// The token's id: its `jti`, else a fingerprint (never the token itself).
-    pub(crate) token_id: Arc<str>,
-    pub(crate) pid: i32,
-    pub(crate) slot: Arc<CancelSlot>,
-    /// Session mode: the server connection kept from login.
-    pub(crate) server: Option<ServerConn>,
-    pub(crate) peer: SocketAddr,
 }
 
 /// Startup and authentication. Returns `None` when the connection is done (a CancelRequest,
@@ -152,29 +99,70 @@ impl From<std::io::Error> for LoginError {
     }
 }
 
+/// What a StartupMessage asked for.
+struct Startup {
+    /// Session parameters to apply to each server connection.
+    wanted: Vec<(String, String)>,
+    /// The connection asked for (the `database` parameter, else the user).
+    database: String,
+    /// A NegotiateProtocolVersion to send before the authentication request, if any.
+    out: BytesMut,
+}
+
+/// Who the client is, by its token.
+struct Authenticated {
+    identity: Identity,
+    /// The just-in-time grant it logged in with, if any.
+    grant_id: Option<Arc<str>>,
+}
+
+/// What the client may use: its role, the connection, and the pool for the role's backend
+/// user there.
+struct Authorized<'a> {
+    role: &'a Role,
+    connection: &'a Connection,
+    pool: Rc<Pool>,
+}
+
 async fn login_inner(
     ctx: &Rc<CoreCtx>,
     slot: &mut Option<ClientStream>,
     buf: &mut BytesMut,
     peer: SocketAddr,
 ) -> Result<Option<LoggedIn>, LoginError> {
-    // `slot` is only empty for the moment of a TLS upgrade.
-    macro_rules! stream {
-        () => {
-            slot.as_mut().expect("stream present outside a TLS upgrade")
-        };
-    }
-    let shared = &ctx.shared;
     // Process-level settings are the file's; who may use what comes from the version in
     // force when the client arrives (a snapshot swapped in meanwhile applies to the next login).
     let live = ctx.live();
-    let config = &live.config;
-    let m = &ctx.metrics;
+    let Some(startup) = read_startup(ctx, slot, buf, peer).await? else {
+        return Ok(None);
+    };
+    // `slot` is only empty for the moment of a TLS upgrade.
+    let Some(stream) = slot.as_mut() else {
+        return Err(LoginError::Gone);
+    };
+    let who = authenticate(ctx, &live, stream, buf, peer, startup.out).await?;
+    let access = authorize(ctx, &live, &who, &startup.database, peer)?;
+    greet(ctx, stream, access, startup.wanted, who, peer)
+        .await
+        .map(Some)
+}
 
-    // Startup packets: SSLRequest / GSSENCRequest / CancelRequest until a StartupMessage.
+/// Startup packets: SSLRequest / GSSENCRequest / CancelRequest until a StartupMessage, whose
+/// parameters are checked. `None` when the connection is done (a CancelRequest).
+async fn read_startup(
+    ctx: &Rc<CoreCtx>,
+    slot: &mut Option<ClientStream>,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+) -> Result<Option<Startup>, LoginError> {
+    let shared = &ctx.shared;
+    let m = &ctx.metrics;
     let mut tls_tried = false;
     let frame = loop {
-        let frame = read_frame(stream!(), buf, startup::startup_frame_len)
+        let Some(stream) = slot.as_mut() else {
+            return Err(LoginError::Gone);
+        };
+        let frame = read_frame(stream, buf, startup::startup_frame_len)
             .await
             .inspect_err(|e| {
                 if matches!(e, ReadError::Protocol(_)) {
@@ -194,7 +182,9 @@ async fn login_inner(
             StartupPacket::SslRequest => {
                 let acceptor = ctx.tls_acceptor.as_ref().filter(|_| !tls_tried);
                 tls_tried = true;
-                let current = slot.take().expect("stream present");
+                let Some(current) = slot.take() else {
+                    return Err(LoginError::Gone);
+                };
                 *slot = Some(match (acceptor, current) {
                     (Some(acceptor), MaybeTls::Plain(mut tcp)) => {
                         write_all(&mut tcp, Bytes::from_static(b"S")).await?;
@@ -215,7 +205,7 @@ async fn login_inner(
                 });
             }
             StartupPacket::GssEncRequest => {
-                write_all(stream!(), Bytes::from_static(b"N")).await?;
+                write_all(stream, Bytes::from_static(b"N")).await?;
             }
             StartupPacket::Cancel { pid, secret } => {
                 m.cancel_requests.inc();
@@ -234,7 +224,7 @@ async fn login_inner(
         unreachable!("loop breaks only on a StartupMessage");
     };
 
-    let is_tls = matches!(stream!(), MaybeTls::Tls(_));
+    let is_tls = matches!(slot, Some(MaybeTls::Tls(_)));
     let loopback = peer.ip().is_loopback();
     if !is_tls && !loopback && shared.config.require_tls_for_non_loopback {
         return Err(Fatal::new(
@@ -265,11 +255,26 @@ async fn login_inner(
     if params.minor > 0 || !unknown_options.is_empty() {
         encode::negotiate_protocol_version(&mut out, 0, &unknown_options);
     }
+    Ok(Some(Startup {
+        wanted,
+        database,
+        out,
+    }))
+}
 
-    // Token in the password field.
+/// The token in the password field: verified, and, for a just-in-time grant, not revoked.
+async fn authenticate(
+    ctx: &CoreCtx,
+    live: &Live,
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    mut out: BytesMut,
+) -> Result<Authenticated, LoginError> {
+    let m = &ctx.metrics;
     encode::authentication_cleartext_password(&mut out);
-    write_all(stream!(), out.split().freeze()).await?;
-    let frame = read_frame(stream!(), buf, |b| {
+    write_all(stream, out.freeze()).await?;
+    let frame = read_frame(stream, buf, |b| {
         sluice_pgwire::frame_len(b, MAX_PASSWORD_MESSAGE)
     })
     .await?;
@@ -300,22 +305,38 @@ async fn login_inner(
             .into());
         }
     };
+    if !live.grants.is_grant_issuer(&identity.issuer) {
+        return Ok(Authenticated {
+            identity,
+            grant_id: None,
+        });
+    }
+    if live.grants.is_revoked(&identity.token_id) {
+        m.auth_failures.inc();
+        tracing::warn!(%peer, subject = %identity.subject, grant = %identity.token_id, "revoked grant presented");
+        return Err(Fatal::new(
+            sqlstate::INVALID_PASSWORD,
+            "token authentication failed: the grant has been revoked",
+        )
+        .into());
+    }
+    let grant_id = Some(Arc::<str>::from(identity.token_id.as_str()));
+    Ok(Authenticated { identity, grant_id })
+}
 
-    let grant_id = if live.grants.is_grant_issuer(&identity.issuer) {
-        if live.grants.is_revoked(&identity.token_id) {
-            m.auth_failures.inc();
-            tracing::warn!(%peer, subject = %identity.subject, grant = %identity.token_id, "revoked grant presented");
-            return Err(Fatal::new(
-                sqlstate::INVALID_PASSWORD,
-                "token authentication failed: the grant has been revoked",
-            )
-            .into());
-        }
-        Some(Arc::<str>::from(identity.token_id.as_str()))
-    } else {
-        None
-    };
-    let role = match &grant_id {
+/// The role the identity has (a grant's, or the one its subject or groups match), and the
+/// connection it asked for, if the role may use it.
+fn authorize<'a>(
+    ctx: &CoreCtx,
+    live: &'a Live,
+    who: &Authenticated,
+    database: &str,
+    peer: SocketAddr,
+) -> Result<Authorized<'a>, LoginError> {
+    let m = &ctx.metrics;
+    let config = &live.config;
+    let identity = &who.identity;
+    let role = match &who.grant_id {
         // A grant gives exactly the role it names (its `role` claim, the issuer's groups
         // claim), never one its subject might match.
         Some(g) => {
@@ -344,7 +365,7 @@ async fn login_inner(
             role
         }
     };
-    if let Some(g) = &grant_id {
+    if let Some(g) = &who.grant_id {
         // A grant is scoped to one connection.
         let scoped = identity.connection.as_deref().unwrap_or("");
         if scoped != database {
@@ -357,7 +378,7 @@ async fn login_inner(
             .into());
         }
     }
-    let Some(connection) = config.connection(&database) else {
+    let Some(connection) = config.connection(database) else {
         return Err(Fatal::new(
             sqlstate::INVALID_CATALOG_NAME,
             format!("connection \"{database}\" does not exist"),
@@ -375,10 +396,31 @@ async fn login_inner(
         )
         .into());
     };
-    let pool = ctx.pool_in(&live, connection, backend_user);
+    let pool = ctx.pool_in(live, connection, backend_user);
+    Ok(Authorized {
+        role,
+        connection,
+        pool,
+    })
+}
 
-    // A server connection now: it proves the backend is there, validates the client's
-    // session parameters, and gives the ParameterStatus values to report.
+/// A first server connection (it proves the backend is there, validates the client's session
+/// parameters, and gives the ParameterStatus values to report), then AuthenticationOk and the
+/// rest of the greeting.
+async fn greet(
+    ctx: &CoreCtx,
+    stream: &mut ClientStream,
+    access: Authorized<'_>,
+    wanted: Vec<(String, String)>,
+    who: Authenticated,
+    peer: SocketAddr,
+) -> Result<LoggedIn, LoginError> {
+    let Authorized {
+        role,
+        connection,
+        pool,
+    } = access;
+    let shared = &ctx.shared;
     let mut server = match pool.acquire().await {
         Ok(s) => s,
         Err(e) => {
@@ -399,6 +441,7 @@ async fn login_inner(
         return Err(fatal.into());
     }
     let (pid, secret, slot) = shared.cancel.register(ctx.id);
+    let mut out = BytesMut::with_capacity(512);
     encode::authentication_ok(&mut out);
     let mut reported: Vec<_> = server.state.reported.iter().collect();
     reported.sort();
@@ -414,16 +457,17 @@ async fn login_inner(
             None
         }
     };
-    if let Err(e) = write_all(stream!(), out.freeze()).await {
+    if let Err(e) = write_all(stream, out.freeze()).await {
         shared.cancel.unregister(pid);
         if let Some(s) = server {
             pool.release_after_reset(s).await;
         }
         return Err(e.into());
     }
+    let Authenticated { identity, grant_id } = who;
     tracing::debug!(%peer, subject = %identity.subject, role = %role.name, connection = %connection.name, "client logged in");
     let token_id = Arc::<str>::from(identity.token_id.as_str());
-    Ok(Some(LoggedIn {
+    Ok(LoggedIn {
         grant_id,
         token_id,
         policy: role.policy.clone(),
@@ -436,7 +480,7 @@ async fn login_inner(
         slot,
         server,
         peer,
-    }))
+    })
 }
 
 /// Session parameters from the StartupMessage that the proxy applies to each server

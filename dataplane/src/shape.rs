@@ -4,10 +4,10 @@
 //!
 //! This is a cache key, never a security decision: a verdict is stored under a shape only when
 //! the statement was analyzed in full and its kind cannot depend on literal values (see
-//! `session.rs`), and a text gets a shape only when a tiny lexer reads it exactly as
-//! PostgreSQL does. Anything that lexer does not handle exactly yields no shape and goes
-//! through the parser: backslashes (escape strings, `standard_conforming_strings = off`),
-//! comments, dollar quoting, and unterminated quotes.
+//! `literal_independent` in `session/judge.rs`), and a text gets a shape only when a tiny lexer
+//! reads it exactly as PostgreSQL does. Anything that lexer does not handle exactly yields no
+//! shape and goes through the parser: backslashes (escape strings,
+//! `standard_conforming_strings = off`), comments, dollar quoting, and unterminated quotes.
 
 /// Marks shape keys so they never collide with a real statement text in the same cache.
 const SHAPE_PREFIX: char = '\u{1}';

@@ -1,0 +1,564 @@
+//! Client messages on their way to the server: one handler per message kind, each judging
+//! what needs judging, recording the answers to expect, and saying what the server gets.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use sluice_pgwire::encode;
+use sluice_pgwire::frontend::{self, FrontendMessage};
+use sluice_pgwire::{parse_header, sqlstate};
+
+use super::judge::{no_such_statement, stand_in_query, DENIED_STAND_IN, DENIED_STATEMENT};
+use super::{split_run, Session, State};
+use crate::config::PoolMode;
+use crate::error::Fatal;
+use crate::prepared::Statement;
+use crate::tracker::{Delivery, Request, Tracker};
+
+/// Client messages larger than this are streamed to the server, not buffered (COPY data).
+const STREAM_COPY_DATA_ABOVE: usize = 64 * 1024;
+
+/// The client's statements and portals, as the session follows them.
+#[derive(Default)]
+pub(super) struct Statements {
+    /// Client statement name → the core's statement (transaction pooling).
+    pub(super) pooled: HashMap<String, Rc<Statement>>,
+    /// Extended-protocol statements by client name: the text, and the configuration
+    /// generation it was judged in (a Bind in a later one judges it again).
+    parsed: HashMap<String, Parsed>,
+    /// Tags of Parse requests in flight, by client statement name: a Parse the server fails
+    /// or skips makes the name unusable (see [`Tracker::take_failed_jobs`]).
+    pub(super) parse_tags: HashMap<u64, String>,
+    /// Portal texts, for audit records (only when auditing).
+    pub(super) portal_sql: HashMap<String, Rc<str>>,
+}
+
+/// A statement this session parsed in the extended protocol.
+struct Parsed {
+    sql: Rc<str>,
+    /// The configuration generation it was judged in (a Bind in a later one judges again).
+    judged_in: u64,
+    /// The server connection (attach generation) it was parsed on: the unnamed statement
+    /// lives on that connection only.
+    server: u64,
+    /// Let through by a review approval: one Bind may use it, later ones are judged again.
+    reviewed: bool,
+    approved_binds: u8,
+}
+
+impl State {
+    /// A statement name the server does not have (its Parse failed or was skipped, or
+    /// SQL-level PREPARE/DEALLOCATE reused it): Binds to it are refused and its lineage is
+    /// unknown.
+    pub(super) fn forget_statement(&mut self, name: &str) {
+        self.stmts.parsed.remove(name);
+        if let Some(mk) = self.masker.as_mut() {
+            mk.invalidate_statement(name);
+        }
+    }
+
+    /// Every statement name is gone (DISCARD ALL, DEALLOCATE ALL).
+    pub(super) fn forget_all_statements(&mut self) {
+        let names: Vec<String> = self.stmts.parsed.keys().cloned().collect();
+        for n in names {
+            self.forget_statement(&n);
+        }
+        if let Some(mk) = self.masker.as_mut() {
+            mk.forget_sql_state();
+        }
+    }
+}
+
+/// What the server gets for one client message.
+enum Send {
+    /// The message as the client sent it.
+    AsIs,
+    /// These bytes instead (nothing at all when empty).
+    Instead(BytesMut),
+}
+
+/// What one pass over the buffered client messages produces besides bytes for the server.
+#[derive(Default)]
+struct Pass {
+    /// Answers the gateway gives itself, for the client queue.
+    synth: BytesMut,
+    /// Statements the attached server turned out not to have.
+    unprepared: Vec<u64>,
+}
+
+impl Pass {
+    /// Records a request the server will answer (or the gateway answers for it).
+    fn push(
+        &mut self,
+        tracker: &mut Tracker,
+        request: Request,
+        delivery: Delivery,
+        id: Option<u64>,
+    ) {
+        tracker.push(request, delivery, id, &mut self.synth, &mut self.unprepared);
+    }
+}
+
+impl Session {
+    /// Whether `buf` lacks a whole message to act on (COPY data large enough is streamed).
+    pub(super) fn need_more(&self, buf: &[u8]) -> bool {
+        match parse_header(buf, self.max_message) {
+            Ok(Some(h)) => {
+                let streamable =
+                    h.tag == frontend::COPY_DATA && h.total_len() > STREAM_COPY_DATA_ABOVE;
+                !streamable && buf.len() < h.total_len()
+            }
+            Ok(None) => true,
+            Err(_) => false, // let process_client report it
+        }
+    }
+
+    /// Turns buffered client messages into bytes for the server, recording what answers to
+    /// expect. Pass-through messages are split off the read buffer without copying. Returns
+    /// the bytes and whether the client terminated.
+    pub(super) fn process_client(
+        self: &Rc<Self>,
+        buf: &mut BytesMut,
+        copy_skip: &mut usize,
+    ) -> Result<(Vec<Bytes>, bool), Fatal> {
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        let mut pass = Pass::default();
+        let mut chunks = Vec::new();
+        let mut pos = 0usize;
+        let mut terminated = false;
+        loop {
+            if *copy_skip > 0 {
+                let take = (*copy_skip).min(buf.len() - pos);
+                pos += take;
+                *copy_skip -= take;
+                if *copy_skip > 0 {
+                    break;
+                }
+                continue;
+            }
+            let Some(h) = parse_header(&buf[pos..], self.max_message)? else {
+                break;
+            };
+            let total = h.total_len();
+            let available = buf.len() - pos;
+            if available < total {
+                if h.tag == frontend::COPY_DATA && total > STREAM_COPY_DATA_ABOVE {
+                    pos += available;
+                    *copy_skip = total - available;
+                }
+                break;
+            }
+            let (frame, rest) = buf[pos..].split_at(total);
+            let msg = frontend::parse(frame)?;
+            let tag = msg.tag();
+            let Some(send) = self.on_message(st, &mut pass, msg, frame, rest)? else {
+                // Held for review: the client reader asks, then this message comes again.
+                break;
+            };
+            // Anything that reaches the server (but Flush, which it never answers) means the
+            // server is no longer known to be idle at ReadyForQuery.
+            let forwarded = !matches!(&send, Send::Instead(b) if b.is_empty());
+            if forwarded && tag != frontend::FLUSH && tag != frontend::TERMINATE {
+                st.server.ready = None;
+            }
+            st.server.unprepared(&mut pass.unprepared);
+            self.ctx.metrics.client_bytes.add(total as u64);
+            match send {
+                Send::AsIs => pos += total,
+                Send::Instead(b) => {
+                    split_run(buf, &mut pos, &mut chunks);
+                    buf.advance(total);
+                    if !b.is_empty() {
+                        chunks.push(b.freeze());
+                    }
+                }
+            }
+            if !pass.synth.is_empty() {
+                let s = pass.synth.split().freeze();
+                self.push_out(&mut st.out, s);
+            }
+            if tag == frontend::TERMINATE {
+                terminated = true;
+                break;
+            }
+        }
+        split_run(buf, &mut pos, &mut chunks);
+        Ok((chunks, terminated))
+    }
+
+    /// One whole client message (`frame`, followed by `rest` in the buffer): what the server
+    /// gets, or `None` when it is held for review.
+    fn on_message(
+        &self,
+        st: &mut State,
+        pass: &mut Pass,
+        msg: FrontendMessage<'_>,
+        frame: &[u8],
+        rest: &[u8],
+    ) -> Result<Option<Send>, Fatal> {
+        Ok(match msg {
+            FrontendMessage::Query { sql } => self.on_query(st, pass, sql),
+            FrontendMessage::Parse {
+                name,
+                query,
+                param_types,
+            } => self.on_parse(st, pass, name, query, param_types),
+            FrontendMessage::Bind {
+                portal,
+                statement,
+                rest: params,
+            } => self.on_bind(
+                st,
+                pass,
+                Bind {
+                    portal,
+                    statement,
+                    params,
+                    frame,
+                },
+                rest,
+            ),
+            FrontendMessage::Describe { kind, name } => {
+                Some(self.on_describe(st, pass, kind, name))
+            }
+            FrontendMessage::Execute { portal, .. } => Some(self.on_execute(st, pass, portal)),
+            FrontendMessage::Close { kind, name } => Some(self.on_close(st, pass, kind, name)),
+            FrontendMessage::Sync => {
+                self.ctx.metrics.queries.inc();
+                pass.push(&mut st.tracker, Request::Sync, Delivery::Forward, None);
+                Some(Send::AsIs)
+            }
+            FrontendMessage::FunctionCall(_) => {
+                // Fastpath calls name a function by OID, out of the policy's sight.
+                let error = self.denial(
+                    "builtin/function-call",
+                    "function calls by OID (fastpath) are not allowed through the gateway",
+                );
+                st.tracker.push_replacing(Request::Simple, error);
+                Some(Send::Instead(stand_in_query()))
+            }
+            FrontendMessage::Flush | FrontendMessage::CopyData(_) => Some(Send::AsIs),
+            FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                pass.push(&mut st.tracker, Request::CopyEnd, Delivery::Forward, None);
+                Some(Send::AsIs)
+            }
+            // Not forwarded: the server connection stays open for the pool.
+            FrontendMessage::Terminate => Some(Send::Instead(BytesMut::new())),
+            FrontendMessage::Password(_) => {
+                return Err(Fatal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "unexpected password message after authentication",
+                ));
+            }
+            FrontendMessage::Unknown { tag, .. } => {
+                return Err(Fatal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid frontend message type {}", tag.escape_ascii()),
+                ));
+            }
+        })
+    }
+
+    /// A simple-protocol query: judged, masked and audited as one text.
+    fn on_query(&self, st: &mut State, pass: &mut Pass, sql: &str) -> Option<Send> {
+        let judged = self.judge_and_plan(st, sql);
+        if st.review.needed.is_some() {
+            return None;
+        }
+        st.review.passed = false;
+        self.ctx.metrics.queries.inc();
+        match judged {
+            Ok(plan) => {
+                pass.push(&mut st.tracker, Request::Simple, Delivery::Forward, None);
+                let mut tag = 0;
+                if let (Some(plan), Some(mk)) = (plan, st.masker.as_mut()) {
+                    tag = mk.job_simple(plan);
+                }
+                self.audit_request(st, tag, sql);
+                Some(Send::AsIs)
+            }
+            Err(error) => {
+                st.tracker.push_replacing(Request::Simple, error);
+                Some(Send::Instead(stand_in_query()))
+            }
+        }
+    }
+
+    /// A Parse: judged now (and again at Bind under a newer policy); in transaction pooling
+    /// a named statement becomes the core's statement, parsed once per server connection.
+    fn on_parse(
+        &self,
+        st: &mut State,
+        pass: &mut Pass,
+        name: &str,
+        query: &str,
+        param_types: &[u8],
+    ) -> Option<Send> {
+        let txn = self.mode == PoolMode::Transaction;
+        let denial = if name.starts_with("sluice") {
+            Some(self.denial(
+                "builtin/reserved-name",
+                "statement names starting with \"sluice\" are reserved for the gateway",
+            ))
+        } else {
+            self.judge_statement(st, name, query)
+        };
+        if st.review.needed.is_some() {
+            return None;
+        }
+        let reviewed = std::mem::take(&mut st.review.passed);
+        if let Some(error) = denial {
+            st.stmts.parsed.remove(name);
+            if txn {
+                st.stmts.pooled.remove(name);
+            }
+            let mut b = BytesMut::with_capacity(64);
+            encode::parse(&mut b, "", DENIED_STAND_IN, &[0, 0]);
+            st.tracker.push_replacing(Request::Parse, error);
+            return Some(Send::Instead(b));
+        }
+        st.stmts.parsed.insert(
+            name.to_owned(),
+            Parsed {
+                sql: Rc::from(query),
+                judged_in: self.policy_generation.get(),
+                server: st.server.generation,
+                reviewed,
+                approved_binds: u8::from(reviewed),
+            },
+        );
+        if !txn || name.is_empty() {
+            pass.push(&mut st.tracker, Request::Parse, Delivery::Forward, None);
+            self.tag_parse(st, name);
+            return Some(Send::AsIs);
+        }
+        let stmt = self.ctx.intern_statement(query, param_types);
+        st.stmts.pooled.insert(name.to_owned(), stmt.clone());
+        if !st.server.mark_prepared(stmt.id) {
+            // The server has it already: the gateway answers ParseComplete itself.
+            pass.push(
+                &mut st.tracker,
+                Request::Parse,
+                Delivery::Synthesize,
+                Some(stmt.id),
+            );
+            return Some(Send::Instead(BytesMut::new()));
+        }
+        let mut b = BytesMut::with_capacity(query.len() + param_types.len() + 32);
+        encode::parse(&mut b, &stmt.server_name, query, param_types);
+        pass.push(
+            &mut st.tracker,
+            Request::Parse,
+            Delivery::Forward,
+            Some(stmt.id),
+        );
+        self.tag_parse(st, name);
+        Some(Send::Instead(b))
+    }
+
+    /// A Bind: only to a statement this session parsed, judged again if the policy changed
+    /// since (or if a review let it through once); in transaction pooling, to the server's
+    /// name for it. When masking, a Describe of the portal follows unless the client sends
+    /// one itself.
+    fn on_bind(
+        &self,
+        st: &mut State,
+        pass: &mut Pass,
+        bind: Bind<'_>,
+        rest: &[u8],
+    ) -> Option<Send> {
+        let Bind {
+            portal,
+            statement,
+            params,
+            frame,
+        } = bind;
+        let txn = self.mode == PoolMode::Transaction;
+        // A statement prepared under an older snapshot is judged again when bound, so a new
+        // policy reaches statements prepared before it.
+        let generation = self.policy_generation.get();
+        // Only statements this session parsed (and, unnamed, on this server) may be bound: a
+        // pooled server may hold other clients' statements, under names a client could guess.
+        let attached = st.server.generation;
+        let usable = st
+            .stmts
+            .parsed
+            .get(statement)
+            .filter(|p| !(statement.is_empty() && txn) || p.server == attached);
+        let stale = match usable {
+            None => return Some(deny_bind(st, &bind, no_such_statement(statement))),
+            Some(p) if p.reviewed && p.approved_binds == 0 => Some(p.sql.clone()),
+            Some(p) if p.judged_in != generation => Some(p.sql.clone()),
+            Some(_) => None,
+        };
+        let denial = stale.and_then(|text| self.judge_statement(st, statement, &text));
+        if st.review.needed.is_some() {
+            return None;
+        }
+        let reviewed = std::mem::take(&mut st.review.passed);
+        if let Some(error) = denial {
+            return Some(deny_bind(st, &bind, error));
+        }
+        if let Some(p) = st.stmts.parsed.get_mut(statement) {
+            p.judged_in = generation;
+            if p.reviewed {
+                // This Bind uses the approval (or the one just given).
+                p.approved_binds = p.approved_binds.saturating_sub(1);
+                if reviewed {
+                    p.approved_binds = 0;
+                }
+            }
+            if self.audit.is_some() {
+                st.stmts.portal_sql.insert(portal.to_owned(), p.sql.clone());
+            }
+        }
+        let mut send = Send::AsIs;
+        if txn && !statement.is_empty() {
+            if let Some(stmt) = st.stmts.pooled.get(statement).cloned() {
+                let mut b = BytesMut::with_capacity(frame.len() + 64);
+                self.ensure_prepared(st, pass, &stmt, &mut b);
+                encode::bind_with_statement(&mut b, portal, &stmt.server_name, params);
+                send = Send::Instead(b);
+            }
+        }
+        pass.push(&mut st.tracker, Request::Bind, Delivery::Forward, None);
+        if let Some(mk) = st.masker.as_mut() {
+            mk.bound(portal, statement);
+        }
+        // A DataRow carries no description: unless the client describes the portal next
+        // itself (libpq does), describe it for the masker (the client never sees this answer).
+        let describes_next =
+            st.masker.is_some() && client_describes_portal(rest, portal, self.max_message);
+        if let (Some(mk), false) = (st.masker.as_mut(), describes_next) {
+            let mut b = match send {
+                Send::Instead(b) => b,
+                Send::AsIs => BytesMut::from(frame),
+            };
+            encode::describe(&mut b, b'P', portal);
+            send = Send::Instead(b);
+            pass.push(
+                &mut st.tracker,
+                Request::DescribePortal,
+                Delivery::Swallow,
+                None,
+            );
+            st.tracker.tag_last(mk.job_describe(portal));
+        }
+        Some(send)
+    }
+
+    /// A Describe: of a statement, by the server's name for it in transaction pooling; of a
+    /// portal, tagged for the masker.
+    fn on_describe(&self, st: &mut State, pass: &mut Pass, kind: u8, name: &str) -> Send {
+        let txn = self.mode == PoolMode::Transaction;
+        let request = if kind == b'S' {
+            Request::DescribeStatement
+        } else {
+            Request::DescribePortal
+        };
+        let mut send = Send::AsIs;
+        if txn && kind == b'S' && !name.is_empty() {
+            if let Some(stmt) = st.stmts.pooled.get(name).cloned() {
+                let mut b = BytesMut::with_capacity(64);
+                self.ensure_prepared(st, pass, &stmt, &mut b);
+                encode::describe(&mut b, b'S', &stmt.server_name);
+                send = Send::Instead(b);
+            }
+        }
+        pass.push(&mut st.tracker, request, Delivery::Forward, None);
+        if let (b'P', Some(mk)) = (kind, st.masker.as_mut()) {
+            st.tracker.tag_last(mk.job_describe(name));
+        }
+        send
+    }
+
+    /// An Execute: its rows go to the portal's masking job and its audit record.
+    fn on_execute(&self, st: &mut State, pass: &mut Pass, portal: &str) -> Send {
+        pass.push(&mut st.tracker, Request::Execute, Delivery::Forward, None);
+        let tag = st.masker.as_mut().map_or(0, |mk| mk.job_execute(portal));
+        let sql = st.stmts.portal_sql.get(portal).cloned();
+        self.audit_request(st, tag, sql.as_deref().unwrap_or(""));
+        Send::AsIs
+    }
+
+    /// A Close. In transaction pooling the server keeps a named statement for other clients:
+    /// only the client's name goes, and the gateway answers CloseComplete itself.
+    fn on_close(&self, st: &mut State, pass: &mut Pass, kind: u8, name: &str) -> Send {
+        if kind == b'S' {
+            st.forget_statement(name);
+        }
+        if self.mode == PoolMode::Transaction && kind == b'S' && !name.is_empty() {
+            st.stmts.pooled.remove(name);
+            pass.push(&mut st.tracker, Request::Close, Delivery::Synthesize, None);
+            return Send::Instead(BytesMut::new());
+        }
+        pass.push(&mut st.tracker, Request::Close, Delivery::Forward, None);
+        Send::AsIs
+    }
+
+    /// Makes sure the attached server has `stmt` prepared, injecting a Parse whose answer
+    /// the client never sees.
+    fn ensure_prepared(
+        &self,
+        st: &mut State,
+        pass: &mut Pass,
+        stmt: &Statement,
+        out: &mut BytesMut,
+    ) {
+        if st.server.mark_prepared(stmt.id) {
+            encode::parse(out, &stmt.server_name, &stmt.query, &stmt.param_types);
+            pass.push(
+                &mut st.tracker,
+                Request::Parse,
+                Delivery::Swallow,
+                Some(stmt.id),
+            );
+        }
+    }
+
+    /// Tags the Parse just pushed, so that its failure (or its skip after an earlier error)
+    /// makes the name unusable; a Parse the server will skip is forgotten at once.
+    fn tag_parse(&self, st: &mut State, name: &str) {
+        let tag = st.own_tag();
+        if st.tracker.tag_last(tag) {
+            st.stmts.parse_tags.insert(tag, name.to_owned());
+        } else {
+            st.forget_statement(name);
+        }
+    }
+}
+
+/// A Bind message's parts.
+struct Bind<'a> {
+    portal: &'a str,
+    statement: &'a str,
+    /// What follows the statement name, as the client sent it.
+    params: &'a [u8],
+    /// The whole message.
+    frame: &'a [u8],
+}
+
+/// A denied Bind: bound to a statement no server has, so the server fails it and skips to
+/// Sync; its error is replaced by the gateway's.
+fn deny_bind(st: &mut State, bind: &Bind<'_>, error: Bytes) -> Send {
+    let mut b = BytesMut::with_capacity(bind.frame.len() + 32);
+    encode::bind_with_statement(&mut b, bind.portal, DENIED_STATEMENT, bind.params);
+    st.tracker.push_replacing(Request::Bind, error);
+    Send::Instead(b)
+}
+
+/// Whether the next whole message in `rest` is a Describe of `portal`.
+fn client_describes_portal(rest: &[u8], portal: &str, max: usize) -> bool {
+    let Ok(Some(h)) = parse_header(rest, max) else {
+        return false;
+    };
+    if h.tag != frontend::DESCRIBE || rest.len() < h.total_len() {
+        return false;
+    }
+    matches!(
+        frontend::parse(&rest[..h.total_len()]),
+        Ok(FrontendMessage::Describe { kind: b'P', name }) if name == portal
+    )
+}
