@@ -129,7 +129,7 @@ pub struct RoleSpec {
     pub policy: Option<String>,
 }
 
-/// A named policy. Its body is the policy format of sluice-policy (`policy/README.md`), kept as
+/// A named policy. Its body is the policy format of sluice-policy (`crates/policy/README.md`), kept as
 /// given and checked with that crate's own parser on every apply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PolicySpec {

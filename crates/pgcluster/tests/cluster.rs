@@ -231,7 +231,7 @@ fn bad_setting_fails_with_the_log_and_cleans_up() {
 fn demo_seed_loads_and_card_numbers_pass_luhn() {
     let pg = start(ClusterOptions::default());
     pg.create_database("demo", pg.superuser()).unwrap();
-    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo-seed.sql");
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo-seed.sql");
     pg.psql_file("demo", &seed).unwrap();
     // Re-runnable: the demo may run it again.
     pg.psql_file("demo", &seed).unwrap();

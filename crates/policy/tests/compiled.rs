@@ -113,7 +113,7 @@ fn sources() -> Vec<String> {
     [
         include_str!("bypass.rs"),
         include_str!("lineage.rs"),
-        include_str!("../../tests/guardrails.rs"),
+        include_str!("../../../tests/guardrails.rs"),
     ]
     .iter()
     .flat_map(|s| literals(s))
