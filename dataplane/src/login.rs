@@ -99,6 +99,15 @@ impl From<std::io::Error> for LoginError {
     }
 }
 
+/// A TLS handshake that failed because the client closed or reset the connection.
+fn gone_quietly(e: &monoio_rustls::TlsError) -> bool {
+    use std::io::ErrorKind;
+    matches!(e, monoio_rustls::TlsError::Io(io) if matches!(
+        io.kind(),
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+    ))
+}
+
 /// What a StartupMessage asked for.
 struct Startup {
     /// Session parameters to apply to each server connection.
@@ -164,9 +173,11 @@ async fn read_startup(
         };
         let frame = read_frame(stream, buf, startup::startup_frame_len)
             .await
-            .inspect_err(|e| {
-                if matches!(e, ReadError::Protocol(_)) {
-                    m.protocol_errors.inc();
+            .inspect_err(|e| match e {
+                ReadError::Protocol(_) => m.protocol_errors.inc(),
+                // A client that connects and leaves (a port probe, a pool's health check).
+                ReadError::Closed | ReadError::Io(_) => {
+                    tracing::debug!(%peer, "client left before its startup packet");
                 }
             })?;
         match startup::parse_startup(&frame).map_err(Fatal::from)? {
@@ -190,6 +201,10 @@ async fn read_startup(
                         write_all(&mut tcp, Bytes::from_static(b"S")).await?;
                         match acceptor.accept(tcp).await {
                             Ok(tls) => MaybeTls::Tls(tls),
+                            Err(e) if gone_quietly(&e) => {
+                                tracing::debug!(%peer, "client left during the TLS handshake");
+                                return Err(LoginError::Gone);
+                            }
                             Err(e) => {
                                 tracing::info!(%peer, error = %e, "TLS handshake with client failed");
                                 return Err(LoginError::Gone);
@@ -205,7 +220,13 @@ async fn read_startup(
                 });
             }
             StartupPacket::GssEncRequest => {
+                // No GSSAPI encryption: the client may go on with an SSLRequest (libpq's cancel
+                // connections do, with gssencmode=prefer) or in plain text.
                 write_all(stream, Bytes::from_static(b"N")).await?;
+            }
+            StartupPacket::Terminate => {
+                tracing::debug!(%peer, "client left before its startup packet");
+                return Err(LoginError::Gone);
             }
             StartupPacket::Cancel { pid, secret } => {
                 m.cancel_requests.inc();

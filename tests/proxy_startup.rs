@@ -1,0 +1,172 @@
+//! The startup phase as clients really use it, with raw clients where drivers cannot show it:
+//! clients that leave before starting, and CancelRequests sent inside TLS (libpq 17's
+//! `PQcancelCreate`: GSSENCRequest, SSLRequest, then the CancelRequest over TLS).
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::gateway::{
+    generate_pki, start_gateway, ClientTls, Gateway, GatewayOptions, TestPki, AGENT_TOKEN, CONN,
+};
+use common::shared_pg;
+use sluice_pgwire::encode;
+
+/// Everything the gateways of this binary log.
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        tracing_subscriber::fmt()
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .try_init()
+            .expect("installing the log capture");
+    });
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&LOG.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
+fn tls_gateway(pki: &TestPki) -> Gateway {
+    start_gateway(
+        shared_pg(),
+        GatewayOptions {
+            client_tls: Some(ClientTls {
+                cert: pki.cert.clone(),
+                key: pki.key.clone(),
+            }),
+            ..GatewayOptions::default()
+        },
+    )
+}
+
+fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connecting to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn send(s: &mut impl Write, build: impl FnOnce(&mut BytesMut)) {
+    let mut b = BytesMut::new();
+    build(&mut b);
+    s.write_all(&b).expect("writing to the gateway");
+}
+
+/// Everything the gateway sends until it closes.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("waiting for the gateway to close: {e} (read {got:?})"),
+    }
+    got
+}
+
+fn one_byte(s: &mut impl Read) -> u8 {
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).expect("reading the answer");
+    b[0]
+}
+
+/// One backend message: its tag and body.
+fn read_msg(s: &mut impl Read) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).expect("reading a message header");
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).expect("reading a message body");
+    (head[0], body)
+}
+
+/// The SQLSTATE field of an ErrorResponse body.
+fn error_code(body: &[u8]) -> String {
+    body.split(|&b| b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .unwrap_or_default()
+}
+
+fn protocol_errors(gw: &Gateway) -> u64 {
+    gw.dp
+        .shared()
+        .metrics
+        .iter()
+        .map(|m| m.protocol_errors.get())
+        .sum()
+}
+
+#[test]
+fn clients_that_leave_before_starting_are_not_protocol_errors() {
+    capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate_pki(dir.path(), "Sluice startup test CA");
+    let plain = start_gateway(shared_pg(), GatewayOptions::default());
+    let tls = tls_gateway(&pki);
+
+    // Terminate where the startup packet belongs.
+    let mut s = tcp(plain.addr);
+    send(&mut s, encode::terminate);
+    assert_eq!(read_to_close(&mut s), b"", "Terminate before startup");
+
+    // SSLRequest refused ('N'), then Terminate (libpq with sslmode=prefer giving up).
+    let mut s = tcp(plain.addr);
+    send(&mut s, encode::ssl_request);
+    assert_eq!(one_byte(&mut s), b'N');
+    send(&mut s, encode::terminate);
+    assert_eq!(read_to_close(&mut s), b"", "Terminate after SSLRequest");
+
+    // Connect and close, with nothing sent or right after an SSLRequest.
+    drop(tcp(plain.addr));
+    let mut s = tcp(plain.addr);
+    send(&mut s, encode::ssl_request);
+    drop(s);
+
+    // SSLRequest accepted ('S'), then the client closes instead of the TLS handshake.
+    let mut s = tcp(tls.addr);
+    send(&mut s, encode::ssl_request);
+    assert_eq!(one_byte(&mut s), b'S');
+    drop(s);
+
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(protocol_errors(&plain), 0);
+    assert_eq!(protocol_errors(&tls), 0);
+    let log = logs();
+    for noisy in ["too large", "TLS handshake with client failed"] {
+        let lines: Vec<_> = log.lines().filter(|l| l.contains(noisy)).collect();
+        assert!(lines.is_empty(), "{lines:#?}");
+    }
+
+    // A real oversized startup packet is still one.
+    let mut s = tcp(plain.addr);
+    s.write_all(&20_000i32.to_be_bytes()).unwrap();
+    let got = read_to_close(&mut s);
+    assert!(
+        String::from_utf8_lossy(&got).contains("too large"),
+        "{got:?}"
+    );
+    assert_eq!(protocol_errors(&plain), 1);
+}
+
