@@ -170,3 +170,92 @@ fn clients_that_leave_before_starting_are_not_protocol_errors() {
     assert_eq!(protocol_errors(&plain), 1);
 }
 
+/// Logs in over plain TCP with the agent's static token; returns the stream and the cancel key.
+fn raw_login(addr: SocketAddr) -> (TcpStream, i32, i32) {
+    let mut s = tcp(addr);
+    send(&mut s, |b| {
+        encode::startup_message(b, &[("user", "agent"), ("database", CONN)])
+    });
+    let (tag, body) = read_msg(&mut s);
+    assert_eq!(
+        (tag, &body[..]),
+        (b'R', &3i32.to_be_bytes()[..]),
+        "cleartext"
+    );
+    let mut password = AGENT_TOKEN.as_bytes().to_vec();
+    password.push(0);
+    send(&mut s, |b| encode::password_message(b, &password));
+    let mut key = None;
+    loop {
+        match read_msg(&mut s) {
+            (b'K', body) => {
+                let pid = i32::from_be_bytes(body[0..4].try_into().unwrap());
+                let secret = i32::from_be_bytes(body[4..8].try_into().unwrap());
+                key = Some((pid, secret));
+            }
+            (b'Z', _) => break,
+            (b'E', body) => panic!("login refused: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+    let (pid, secret) = key.expect("BackendKeyData");
+    (s, pid, secret)
+}
+
+fn tls_client(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+#[test]
+fn cancel_request_inside_tls_is_delivered_and_ends_with_close_notify() {
+    capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate_pki(dir.path(), "Sluice cancel test CA");
+    let gw = tls_gateway(&pki);
+    let config = tls_client(&pki.ca);
+
+    let (mut session, pid, secret) = raw_login(gw.addr);
+    send(&mut session, |b| encode::query(b, "SELECT pg_sleep(30)"));
+    std::thread::sleep(Duration::from_millis(500));
+
+    // What libpq 17 sends on its cancel connection with gssencmode=prefer and sslmode=require.
+    let mut s = tcp(gw.addr);
+    send(&mut s, encode::gss_enc_request);
+    assert_eq!(one_byte(&mut s), b'N', "no GSSAPI encryption");
+    send(&mut s, encode::ssl_request);
+    assert_eq!(one_byte(&mut s), b'S');
+    let conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, s);
+    send(&mut tls, |b| encode::cancel_request(b, pid, secret));
+    let mut rest = Vec::new();
+    // rustls reports a close without close_notify as UnexpectedEof.
+    tls.read_to_end(&mut rest)
+        .expect("the gateway ends the TLS session with close_notify");
+    assert_eq!(rest, b"", "nothing but close_notify");
+
+    // RowDescription, then the cancel's error.
+    let (tag, body) = loop {
+        match read_msg(&mut session) {
+            (b'T', _) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(
+        (tag, error_code(&body)),
+        (b'E', "57014".to_owned()),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}

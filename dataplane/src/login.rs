@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 use sluice_auth::token::{fingerprint, Identity};
 use sluice_pgwire::encode::{self, ErrorResponse};
@@ -60,15 +61,21 @@ async fn login(
     let result = login_inner(ctx, &mut stream, &mut buf, peer).await;
     let mut stream = stream?;
     match result {
-        Ok(Some(l)) => Some((stream, buf, l)),
-        Ok(None) | Err(LoginError::Gone) => None,
+        Ok(Some(l)) => return Some((stream, buf, l)),
+        Err(LoginError::Gone) => return None,
+        Ok(None) => {}
         Err(LoginError::Fatal(f)) => {
             let mut out = BytesMut::new();
             f.encode(&mut out);
-            let _ = write_all(&mut stream, out.freeze()).await;
-            None
+            if write_all(&mut stream, out.freeze()).await.is_err() {
+                return None;
+            }
         }
     }
+    // As PostgreSQL does: a TLS session ends with close_notify (libpq 17 reports a bare close
+    // of its TLS cancel connection as "SSL error: unexpected eof"), then the TCP close.
+    let _ = stream.shutdown().await;
+    None
 }
 
 enum LoginError {
