@@ -1,6 +1,7 @@
 //! The startup phase as clients really use it, with raw clients where drivers cannot show it:
 //! clients that leave before starting, and CancelRequests sent inside TLS (libpq 17's
-//! `PQcancelCreate`: GSSENCRequest, SSLRequest, then the CancelRequest over TLS).
+//! `PQcancelCreate`: GSSENCRequest, SSLRequest, then the CancelRequest over TLS), and
+//! SCRAM-SHA-256 towards clients for a static token's login name.
 
 mod common;
 
@@ -13,7 +14,9 @@ use bytes::BytesMut;
 use common::gateway::{
     generate_pki, start_gateway, ClientTls, Gateway, GatewayOptions, TestPki, AGENT_TOKEN, CONN,
 };
-use common::shared_pg;
+use common::gateway::{APP_DB, APP_PASSWORD, APP_USER};
+use common::{psql_cmd, run_err, run_ok, shared_pg, PgTarget};
+use sluice_dataplane::{Config, Dataplane};
 use sluice_pgwire::encode;
 
 /// Everything the gateways of this binary log.
@@ -258,4 +261,99 @@ fn cancel_request_inside_tls_is_delivered_and_ends_with_close_notify() {
         "{}",
         String::from_utf8_lossy(&body)
     );
+}
+
+/// Static token of the SCRAM login [`SCRAM_USER`].
+const SCRAM_TOKEN: &str = "scram-agent-token-4b5c6d7e8f";
+/// The login name that selects [`SCRAM_TOKEN`].
+const SCRAM_USER: &str = "ci-scram";
+
+/// A gateway whose static token [`SCRAM_TOKEN`] has the login name [`SCRAM_USER`], next to
+/// [`AGENT_TOKEN`] without one.
+fn scram_gateway() -> Dataplane {
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:0
+cores: 1
+auth:
+  static_tokens:
+    - {{ token: {AGENT_TOKEN}, subject: agent-1, groups: [analysts] }}
+    - {{ token: {SCRAM_TOKEN}, subject: ci-1, groups: [analysts], user: {SCRAM_USER} }}
+connections:
+  - name: {CONN}
+    port: {port}
+    database: {APP_DB}
+    pool: {{ mode: transaction, size: 2 }}
+    users: [{{ name: app, user: {APP_USER}, password: {APP_PASSWORD} }}]
+roles:
+  - {{ name: analyst, groups: [analysts], connections: {{ {CONN}: app }}, policy: reads }}
+policies:
+  - {{ name: reads, classes: {{ allow: [read] }} }}
+"#,
+        port = shared_pg(),
+    );
+    let config = Config::from_yaml(&yaml, std::path::Path::new("."), &|_| None)
+        .unwrap_or_else(|e| panic!("gateway config rejected: {e}\n{yaml}"));
+    Dataplane::start(config).expect("starting the gateway")
+}
+
+#[test]
+fn a_static_tokens_login_name_is_asked_for_scram() {
+    capture_logs();
+    let dp = scram_gateway();
+    let addr = dp.local_addr();
+
+    // The wire: AuthenticationSASL offering SCRAM-SHA-256 only (no -PLUS), then the exchange
+    // with rust-postgres' client.
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    let mut s = tcp(addr);
+    send(&mut s, |b| {
+        encode::startup_message(b, &[("user", SCRAM_USER), ("database", CONN)])
+    });
+    let (tag, body) = read_msg(&mut s);
+    assert_eq!(tag, b'R');
+    assert_eq!(
+        (&body[..4], &body[4..]),
+        (&10i32.to_be_bytes()[..], &b"SCRAM-SHA-256\0\0"[..]),
+        "AuthenticationSASL"
+    );
+    let mut client = ScramSha256::new(SCRAM_TOKEN.as_bytes(), ChannelBinding::unrequested());
+    send(&mut s, |b| {
+        encode::sasl_initial_response(b, "SCRAM-SHA-256", client.message())
+    });
+    let (tag, body) = read_msg(&mut s);
+    assert_eq!((tag, &body[..4]), (b'R', &11i32.to_be_bytes()[..]));
+    client.update(&body[4..]).expect("server-first-message");
+    send(&mut s, |b| encode::sasl_response(b, client.message()));
+    let (tag, body) = read_msg(&mut s);
+    assert_eq!((tag, &body[..4]), (b'R', &12i32.to_be_bytes()[..]));
+    client
+        .finish(&body[4..])
+        .expect("the gateway proves it knows the verifier");
+    assert_eq!(read_msg(&mut s), (b'R', 0i32.to_be_bytes().to_vec()));
+
+    // libpq (psql) logs in with SCRAM, without channel binding.
+    let target = PgTarget::new(addr.port(), SCRAM_USER, SCRAM_TOKEN, CONN);
+    let mut cmd = psql_cmd(&target, "SELECT current_user");
+    cmd.env("PGCHANNELBINDING", "disable");
+    assert_eq!(run_ok(&mut cmd).trim(), APP_USER);
+
+    // A wrong token is refused as PostgreSQL refuses a wrong password.
+    let wrong = PgTarget::new(addr.port(), SCRAM_USER, "scram-agent-token-wrong", CONN);
+    let err = run_err(&mut psql_cmd(&wrong, "SELECT 1"));
+    assert!(
+        err.contains(&format!(
+            "password authentication failed for user \"{SCRAM_USER}\""
+        )),
+        "{err}"
+    );
+
+    // Other user names keep the cleartext token, for this token too.
+    for token in [AGENT_TOKEN, SCRAM_TOKEN] {
+        let plain = PgTarget::new(addr.port(), "agent", token, CONN);
+        assert_eq!(run_ok(&mut psql_cmd(&plain, "SELECT 6 * 7")).trim(), "42");
+    }
+    let log = logs();
+    assert!(!log.contains(SCRAM_TOKEN), "the token is never logged");
+    assert!(log.contains("client SCRAM authentication failed"), "{log}");
 }

@@ -9,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
-use sluice_auth::token::{fingerprint, Identity};
+use sluice_auth::scram;
+use sluice_auth::token::{fingerprint, Identity, ScramLogin};
 use sluice_pgwire::encode::{self, ErrorResponse};
 use sluice_pgwire::frontend;
 use sluice_pgwire::sqlstate;
@@ -121,6 +122,8 @@ struct Startup {
     wanted: Vec<(String, String)>,
     /// The connection asked for (the `database` parameter, else the user).
     database: String,
+    /// The `user` parameter: a static token's login name selects SCRAM.
+    user: String,
     /// A NegotiateProtocolVersion to send before the authentication request, if any.
     out: BytesMut,
 }
@@ -156,7 +159,12 @@ async fn login_inner(
     let Some(stream) = slot.as_mut() else {
         return Err(LoginError::Gone);
     };
-    let who = authenticate(ctx, &live, stream, buf, peer, startup.out).await?;
+    let who = match live.verifier.scram_login(&startup.user) {
+        Some(login) => {
+            authenticate_scram(ctx, stream, buf, peer, startup.out, &startup.user, login).await?
+        }
+        None => authenticate(ctx, &live, stream, buf, peer, startup.out).await?,
+    };
     let access = authorize(ctx, &live, &who, &startup.database, peer)?;
     greet(ctx, stream, access, startup.wanted, who, peer)
         .await
@@ -273,6 +281,7 @@ async fn read_startup(
     }
     let wanted = session_params(params.iter())?;
     let database = params.database().or(params.user()).unwrap_or("").to_owned();
+    let user = params.user().unwrap_or("").to_owned();
 
     let mut out = BytesMut::with_capacity(512);
     let unknown_options: Vec<&str> = params
@@ -286,6 +295,7 @@ async fn read_startup(
     Ok(Some(Startup {
         wanted,
         database,
+        user,
         out,
     }))
 }
@@ -302,14 +312,7 @@ async fn authenticate(
     let m = &ctx.metrics;
     encode::authentication_cleartext_password(&mut out);
     write_all(stream, out.freeze()).await?;
-    let frame = read_frame(stream, buf, |b| {
-        sluice_pgwire::frame_len(b, MAX_PASSWORD_MESSAGE)
-    })
-    .await?;
-    if frame[0] != frontend::PASSWORD {
-        m.protocol_errors.inc();
-        return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "expected a password message").into());
-    }
+    let frame = read_password_frame(ctx, stream, buf).await?;
     let token = frontend::password_cleartext(&frame[5..]).map_err(Fatal::from)?;
     let token = std::str::from_utf8(token).map_err(|_| {
         Fatal::new(
@@ -350,6 +353,78 @@ async fn authenticate(
     }
     let grant_id = Some(Arc::<str>::from(identity.token_id.as_str()));
     Ok(Authenticated { identity, grant_id })
+}
+
+/// SCRAM-SHA-256 for a static token's login name: the client proves it knows the token, which
+/// never crosses the wire (so plain TCP is no worse than TLS for the secret itself).
+async fn authenticate_scram(
+    ctx: &CoreCtx,
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    mut out: BytesMut,
+    user: &str,
+    login: ScramLogin<'_>,
+) -> Result<Authenticated, LoginError> {
+    let m = &ctx.metrics;
+    encode::authentication_sasl(&mut out, &[scram::MECHANISM]);
+    write_all(stream, out.split().freeze()).await?;
+    let frame = read_password_frame(ctx, stream, buf).await?;
+    let initial = frontend::sasl_initial_response(&frame[5..]).map_err(Fatal::from)?;
+    if initial.mechanism != scram::MECHANISM {
+        m.protocol_errors.inc();
+        return Err(Fatal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "client selected an invalid SASL authentication mechanism",
+        )
+        .into());
+    }
+    let failed = |e: scram::ScramError| {
+        m.auth_failures.inc();
+        tracing::warn!(%peer, %user, error = %e, "client SCRAM authentication failed");
+        LoginError::Fatal(Fatal::new(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        ))
+    };
+    let nonce: String = {
+        use rand::Rng;
+        rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(24)
+            .map(char::from)
+            .collect()
+    };
+    let client_first = initial.data.unwrap_or_default();
+    let (exchange, server_first) =
+        scram::ScramExchange::start(login.verifier(), client_first, &nonce).map_err(failed)?;
+    encode::authentication_sasl_continue(&mut out, server_first.as_bytes());
+    write_all(stream, out.split().freeze()).await?;
+    let frame = read_password_frame(ctx, stream, buf).await?;
+    let server_final = exchange.finish(&frame[5..]).map_err(failed)?;
+    encode::authentication_sasl_final(&mut out, server_final.as_bytes());
+    write_all(stream, out.freeze()).await?;
+    Ok(Authenticated {
+        identity: login.identity(),
+        grant_id: None,
+    })
+}
+
+/// The next `'p'` message of an authentication exchange.
+async fn read_password_frame(
+    ctx: &CoreCtx,
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+) -> Result<Bytes, LoginError> {
+    let frame = read_frame(stream, buf, |b| {
+        sluice_pgwire::frame_len(b, MAX_PASSWORD_MESSAGE)
+    })
+    .await?;
+    if frame[0] != frontend::PASSWORD {
+        ctx.metrics.protocol_errors.inc();
+        return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "expected a password message").into());
+    }
+    Ok(frame)
 }
 
 /// The role the identity has (a grant's, or the one its subject or groups match), and the
