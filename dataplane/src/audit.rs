@@ -99,7 +99,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use serde::Deserialize;
+use sluice_client::wire::audit::BatchAck;
 pub use sluice_policy::audit::{AuditBatch, AuditRecord};
 
 use spool::{read_line, Spool, REJECTED_FILE};
@@ -156,7 +156,7 @@ pub struct ShipperConfig {
     /// Longest retry delay (default 10 s).
     pub backoff_max: Duration,
     /// Which certificates an `https://` server must present (default: the webpki roots).
-    pub trust: crate::http::Trust,
+    pub trust: sluice_client::Trust,
 }
 
 impl std::fmt::Debug for ShipperConfig {
@@ -196,7 +196,7 @@ impl ShipperConfig {
             request_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
-            trust: crate::http::Trust::default(),
+            trust: sluice_client::Trust::default(),
         }
     }
 
@@ -428,7 +428,12 @@ impl AuditShipper {
         });
         let (tx, rx) = crossbeam_channel::bounded(cfg.channel_capacity);
         let run_id = format!("{:032x}", rand::random::<u128>());
-        let agent = crate::http::agent(&cfg.trust, cfg.request_timeout);
+        let client = sluice_client::Client::new(
+            &cfg.base_url,
+            &cfg.node_token,
+            &cfg.trust,
+            cfg.request_timeout,
+        );
         let spawn_err = |source| ShipperError::Io {
             path: cfg.spool_dir.clone(),
             source,
@@ -449,12 +454,9 @@ impl AuditShipper {
             .name("sluice-audit-batch".into())
             .spawn(move || batcher.run())
             .map_err(spawn_err)?;
-        let url = format!("{}/v1/audit/batches", cfg.base_url);
         let sender = SenderLoop {
             shared: shared.clone(),
-            agent,
-            url,
-            auth: format!("Bearer {}", cfg.node_token),
+            client,
             backoff_min: cfg.backoff_min,
             backoff_max: cfg.backoff_max,
         };
@@ -990,9 +992,7 @@ fn now_ms() -> i64 {
 
 struct SenderLoop {
     shared: Arc<Shared>,
-    agent: ureq::Agent,
-    url: String,
-    auth: String,
+    client: sluice_client::Client,
     backoff_min: Duration,
     backoff_max: Duration,
 }
@@ -1148,14 +1148,8 @@ impl SenderLoop {
     }
 
     fn post(&self, body: &[u8]) -> Outcome {
-        let resp = self
-            .agent
-            .post(&self.url)
-            .header("Authorization", &self.auth)
-            .header("Content-Type", "application/json")
-            .send(body);
-        let mut resp = match resp {
-            Ok(r) => r,
+        let answer = match self.client.ship_audit(body) {
+            Ok(a) => a,
             Err(e) => {
                 return Outcome::Failed {
                     status: None,
@@ -1163,52 +1157,25 @@ impl SenderLoop {
                 }
             }
         };
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .read_to_vec()
-            .unwrap_or_default();
-        #[derive(Deserialize)]
-        struct Ack {
-            #[serde(default)]
-            duplicate: bool,
-        }
-        match status {
+        match answer.status {
             // 200 is sent only after the commit; an unreadable body does not undo it.
             200 => Outcome::Acked {
-                duplicate: serde_json::from_slice::<Ack>(&text).is_ok_and(|a| a.duplicate),
+                duplicate: answer.json::<BatchAck>().is_ok_and(|a| a.duplicate),
             },
-            400 | 413 | 422 => Outcome::Refused {
+            status @ (400 | 413 | 422) => Outcome::Refused {
                 status,
-                message: error_message(&text),
+                message: answer.error_message(MAX_ERROR_MESSAGE),
             },
-            _ => Outcome::Failed {
+            status => Outcome::Failed {
                 status: Some(status),
-                message: error_message(&text),
+                message: answer.error_message(MAX_ERROR_MESSAGE),
             },
         }
     }
 }
 
-/// The control plane's JSON `error.message`, cut at 500 bytes.
-fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .map(|mut m| {
-            if m.len() > 500 {
-                let mut end = 500;
-                while !m.is_char_boundary(end) {
-                    end -= 1;
-                }
-                m.truncate(end);
-            }
-            m
-        })
-        .unwrap_or_else(|| "request failed".into())
-}
+/// Longest control-plane error message kept (in logs and the rejected-batch file).
+const MAX_ERROR_MESSAGE: usize = 500;
 
 /// True at most once per [`LOG_EVERY`].
 #[derive(Default)]

@@ -216,7 +216,7 @@ pub struct Config {
     /// Which certificates an `https://` control plane must present: the `control_plane.ca`
     /// bundle, else the webpki roots. Handed to the snapshot, review and audit clients. (Here
     /// rather than in [`ControlPlaneSettings`], whose literal callers would all have to change.)
-    pub control_plane_trust: crate::http::Trust,
+    pub control_plane_trust: sluice_client::Trust,
 }
 
 impl Config {
@@ -618,7 +618,7 @@ mod raw {
                     .unwrap_or(10_000),
             };
 
-            let mut control_plane_trust = crate::http::Trust::webpki();
+            let mut control_plane_trust = sluice_client::Trust::webpki();
             let control_plane = match self.control_plane {
                 None => None,
                 Some(cp) => {
@@ -637,8 +637,9 @@ mod raw {
                                 "a CA bundle is for an https:// url; this one is plain http",
                             ));
                         }
-                        control_plane_trust = crate::http::Trust::from_ca_file(&resolve(base, ca))
-                            .map_err(|e| ConfigError::new("control_plane.ca", e.to_string()))?;
+                        control_plane_trust =
+                            sluice_client::Trust::from_ca_file(&resolve(base, ca))
+                                .map_err(|e| ConfigError::new("control_plane.ca", e.to_string()))?;
                     }
                     if !https && !is_loopback_url(&url) {
                         tracing::warn!(

@@ -12,7 +12,6 @@ pub mod cancel;
 pub mod catalog;
 pub mod config;
 pub mod error;
-pub mod http;
 pub mod io;
 mod login;
 mod masking;

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use sluice_auth::token::TokenVerifier;
+use sluice_client::wire::node::NodeRegistration;
+use sluice_client::{Answer, Client, ClientError};
 use sluice_policy::snapshot::Snapshot;
 use sluice_policy::{Policy, PolicyError, PolicySet};
 
@@ -517,7 +519,7 @@ pub struct ClientSettings {
     /// Largest snapshot accepted.
     pub max_snapshot_bytes: u64,
     /// Which certificates an `https://` server must present (default: the webpki roots).
-    pub trust: crate::http::Trust,
+    pub trust: sluice_client::Trust,
 }
 
 impl std::fmt::Debug for ClientSettings {
@@ -549,7 +551,7 @@ impl ClientSettings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
-            trust: crate::http::Trust::default(),
+            trust: sluice_client::Trust::default(),
         }
     }
 }
@@ -634,7 +636,12 @@ impl SnapshotClient {
             .version
             .store(running.unwrap_or(0), Ordering::Relaxed);
         let worker = Worker {
-            agent: crate::http::agent(&settings.trust, settings.request_timeout),
+            client: Client::new(
+                &settings.server,
+                &settings.token,
+                &settings.trust,
+                settings.request_timeout,
+            ),
             settings,
             local,
             control: control.clone(),
@@ -720,7 +727,7 @@ impl Drop for SnapshotClient {
 
 /// The client thread's state.
 struct Worker {
-    agent: ureq::Agent,
+    client: Client,
     settings: ClientSettings,
     local: Config,
     control: Arc<Control>,
@@ -830,102 +837,64 @@ impl Worker {
 
     fn register(&self) -> Result<(), SnapshotError> {
         let s = &self.settings;
-        let body = json!({"id": s.node_id, "address": s.address, "drivers": s.drivers});
-        let resp = self
-            .agent
-            .post(format!("{}/v1/nodes", s.server))
-            .header("Authorization", format!("Bearer {}", s.token))
-            .header("Content-Type", "application/json")
-            .send(body.to_string().as_bytes());
-        let mut resp = resp.map_err(transport_err)?;
-        match resp.status().as_u16() {
+        let reg = NodeRegistration {
+            id: Some(s.node_id.clone()),
+            address: s.address.clone(),
+            drivers: s.drivers.clone(),
+        };
+        let answer = self.client.register_node(&reg).map_err(transport_err)?;
+        match answer.status {
             200 => {
                 tracing::info!(node = %s.node_id, "registered with the control plane");
                 Ok(())
             }
-            status => Err(status_err(status, &mut resp)),
+            _ => Err(status_err(&answer)),
         }
     }
 
     fn poll(&self, after: u64) -> Result<Poll, SnapshotError> {
         let s = &self.settings;
-        let url = format!(
-            "{}/v1/nodes/{}/snapshot?after={after}&timeout_ms={}",
-            s.server,
-            encode_path_segment(&s.node_id),
-            s.poll_wait.as_millis()
-        );
-        let resp = self
-            .agent
-            .get(url)
-            .header("Authorization", format!("Bearer {}", s.token))
-            .config()
-            .timeout_global(Some(s.poll_wait + s.request_timeout))
-            .build()
-            .call();
-        let mut resp = resp.map_err(transport_err)?;
-        match resp.status().as_u16() {
-            200 => {
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(s.max_snapshot_bytes)
-                    .read_to_vec()
-                    .map_err(|e| match e {
-                        ureq::Error::BodyExceedsLimit(_) => SnapshotError::TooLarge {
-                            origin: "control plane".into(),
-                            limit: s.max_snapshot_bytes,
-                        },
-                        e => transport_err(e),
-                    })?;
-                Ok(Poll::Snapshot(body))
-            }
+        let answer = self
+            .client
+            .poll_snapshot(
+                &s.node_id,
+                after,
+                s.poll_wait,
+                s.request_timeout,
+                s.max_snapshot_bytes,
+            )
+            .map_err(|e| match e {
+                ClientError::TooLarge { limit } => SnapshotError::TooLarge {
+                    origin: "control plane".into(),
+                    limit,
+                },
+                e => transport_err(e),
+            })?;
+        match answer.status {
+            200 => Ok(Poll::Snapshot(answer.body)),
             204 => Ok(Poll::NothingNew),
             404 => {
                 tracing::warn!(node = %s.node_id, "the control plane does not know this node; registering again");
                 Ok(Poll::UnknownNode)
             }
-            status => Err(status_err(status, &mut resp)),
+            _ => Err(status_err(&answer)),
         }
     }
 }
 
-fn transport_err(e: ureq::Error) -> SnapshotError {
+fn transport_err(e: ClientError) -> SnapshotError {
     SnapshotError::ControlPlane {
         status: None,
         message: e.to_string(),
     }
 }
 
-/// An error answer: the control plane's JSON `error.message` (bounded), or the status alone.
-fn status_err(status: u16, resp: &mut ureq::http::Response<ureq::Body>) -> SnapshotError {
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(64 * 1024)
-        .read_to_vec()
-        .unwrap_or_default();
-    let message = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "request failed".into());
+/// An error answer: the control plane's JSON `error.message`, or the status alone.
+fn status_err(answer: &Answer) -> SnapshotError {
     SnapshotError::ControlPlane {
-        status: Some(status),
-        message,
+        status: Some(answer.status),
+        message: answer.error_message(usize::MAX),
     }
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1229,11 +1198,5 @@ connections:
         std::fs::write(&path, "{not json").unwrap();
         let e = SnapshotClient::load_persisted(&path).unwrap_err();
         assert!(matches!(e, SnapshotError::Malformed { .. }), "{e:?}");
-    }
-
-    #[test]
-    fn path_segments_are_encoded() {
-        assert_eq!(encode_path_segment("node-a_1.x~"), "node-a_1.x~");
-        assert_eq!(encode_path_segment("a/b c?"), "a%2Fb%20c%3F");
     }
 }
