@@ -25,11 +25,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_auth::token::TokenVerifier;
 use sluice_client::wire::node::NodeRegistration;
 use sluice_client::{Answer, Client, ClientError};
 use sluice_policy::snapshot::Snapshot;
-use sluice_policy::{Policy, PolicyError, PolicySet};
+use sluice_policy::{PolicyError, PolicySet};
 
 use crate::config::{Config, ConfigError};
 
@@ -222,171 +221,16 @@ pub fn config_from_snapshot(local: &Config, snap: &Snapshot) -> Result<Config, S
 
 /// [`config_from_snapshot`] after the hash was checked.
 fn merge(local: &Config, snap: &Snapshot) -> Result<Config, SnapshotError> {
-    let version = snap.version;
-    let c = &snap.content;
-    let invalid = |field: String, message: &str| SnapshotError::Invalid {
-        version,
-        field,
-        message: message.to_owned(),
-    };
-
-    let mut jwt = Vec::with_capacity(c.identity_providers.len() + 1);
-    for (i, idp) in c.identity_providers.iter().enumerate() {
-        let Some(jwks) = &idp.jwks else {
-            tracing::warn!(
-                version,
-                identity_provider = %idp.name,
-                "identity provider has only a jwks_url, which the data plane does not fetch yet; its tokens will be refused"
-            );
-            continue;
-        };
-        if idp.issuer.is_empty() {
-            return Err(invalid(
-                format!("identity_providers[{i}].issuer"),
-                "must not be empty",
-            ));
-        }
-        jwt.push(json!({
-            "issuer": idp.issuer,
-            "audience": idp.audience,
-            "jwks": jwks,
-            "groups_claim": idp.groups_claim,
-            "leeway_secs": idp.leeway_secs,
-        }));
-    }
-    if !c.grants.issuer.is_empty() {
-        jwt.push(json!({
-            "issuer": c.grants.issuer,
-            "jwks": c.grants.jwks,
-            "groups_claim": GRANT_ROLE_CLAIM,
-            "leeway_secs": 30,
-        }));
-    }
-
-    let mut connections = Vec::with_capacity(c.connections.len().max(1));
-    for (i, conn) in c.connections.iter().enumerate() {
-        if let Some(ca) = &conn.tls_ca {
-            if !Path::new(ca).is_absolute() {
-                return Err(invalid(
-                    format!("connections[{i}].tls_ca"),
-                    "must be an absolute path on the data plane",
-                ));
-            }
-        }
-        let users: Vec<Value> = conn
-            .users
-            .iter()
-            .map(|u| json!({"name": u.name, "user": u.user, "password": u.password}))
-            .collect();
-        let mut v = json!({
-            "name": conn.name,
-            "host": conn.host,
-            "port": conn.port,
-            "database": conn.database,
-            "tls": conn.tls,
-            "pool": conn.pool,
-            "users": users,
-        });
-        if let Some(ca) = &conn.tls_ca {
-            v["tls_ca"] = json!(ca);
-        }
-        connections.push(v);
-    }
-    // A configuration file needs a connection; a snapshot without one is legitimate (a control
-    // plane before its first apply) and means every client is refused. Validate against a
-    // placeholder nothing can refer to, then drop it.
-    let placeholder = c.connections.is_empty();
-    if placeholder {
-        if let Some((i, r)) = c
-            .roles
-            .iter()
-            .enumerate()
-            .find(|(_, r)| !r.connections.is_empty())
-        {
-            let conn = r
-                .connections
-                .keys()
-                .next()
-                .map(String::as_str)
-                .unwrap_or("");
-            return Err(invalid(
-                format!("roles[{i}].connections.{conn}"),
-                "no such connection",
-            ));
-        }
-        connections.push(json!({
-            "name": "-", "port": 1, "database": "-", "users": [{"name": "-"}],
-        }));
-    }
-    let roles: Vec<Value> = c
-        .roles
-        .iter()
-        .map(|r| {
-            // No `policy`: policies are built below, once, with this snapshot's version.
-            json!({
-                "name": r.name,
-                "subjects": r.subjects,
-                "groups": r.groups,
-                "connections": r.connections,
-            })
-        })
-        .collect();
-
-    let doc = json!({
-        "listen": "127.0.0.1:0",
-        "cores": 1,
-        "auth": {"jwt": jwt},
-        "connections": connections,
-        "roles": roles,
-    });
-    // JSON is YAML; every `$` is doubled so `${...}` substitution leaves values as they are.
-    let text = doc.to_string().replace('$', "$$");
-    let mut config = Config::from_yaml(&text, Path::new("/"), &|_| None)
-        .map_err(|e| SnapshotError::invalid(version, e))?;
-
-    // Keys are checked now (the verifier is built again when the cores take the config), so
-    // an unusable JWKS refuses the snapshot instead of failing later.
-    config.auth.static_tokens = local.auth.static_tokens.clone();
-    TokenVerifier::new(&config.auth).map_err(|e| SnapshotError::Invalid {
-        version,
-        field: "identity_providers".into(),
-        message: e.to_string(),
-    })?;
     // The snapshot version goes into every policy's verdict-cache key, so no core serves a
     // verdict cached under an older version of a policy with the same name.
-    let policies = if c.compiled_policies.is_empty() {
+    let policies = if snap.content.compiled_policies.is_empty() {
         policies_from_source(snap)?
     } else {
         policies_from_compiled(snap)?
     };
-    let deny_all = Arc::new(Policy::deny_all());
-    debug_assert_eq!(config.roles.len(), c.roles.len());
-    for (i, (role, src)) in config.roles.iter_mut().zip(&c.roles).enumerate() {
-        role.policy = match &src.policy {
-            None => deny_all.clone(),
-            Some(name) => policies
-                .get(name)
-                .cloned()
-                .ok_or_else(|| SnapshotError::Invalid {
-                    version,
-                    field: format!("roles[{i}].policy"),
-                    message: format!("no policy named `{name}`"),
-                })?,
-        };
-    }
-    config.policies = Arc::new(policies);
-    // Put the local process-level settings back over the placeholders.
-    if placeholder {
-        config.connections.clear();
-    }
-    config.listen = local.listen;
-    config.cores = local.cores;
-    config.metrics_listen = local.metrics_listen;
-    config.tls = local.tls.clone();
-    config.require_tls_for_non_loopback = local.require_tls_for_non_loopback;
-    config.limits = local.limits.clone();
-    config.control_plane = local.control_plane.clone();
-    Ok(config)
+    local
+        .with_snapshot(snap, policies)
+        .map_err(|e| SnapshotError::invalid(snap.version, e))
 }
 
 /// The fast path: the policies the control plane compiled, checked for structure and for
