@@ -99,12 +99,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use serde::Deserialize;
+use sluice_client::wire::audit::BatchAck;
 pub use sluice_policy::audit::{AuditBatch, AuditRecord};
 
 use spool::{read_line, Spool, REJECTED_FILE};
 
+mod send;
 mod spool;
+
+use send::SenderLoop;
 
 /// `identity` of a loss-marker record.
 pub const LOSS_MARKER_IDENTITY: &str = "sluice:audit";
@@ -156,7 +159,7 @@ pub struct ShipperConfig {
     /// Longest retry delay (default 10 s).
     pub backoff_max: Duration,
     /// Which certificates an `https://` server must present (default: the webpki roots).
-    pub trust: crate::http::Trust,
+    pub trust: sluice_client::Trust,
 }
 
 impl std::fmt::Debug for ShipperConfig {
@@ -196,7 +199,7 @@ impl ShipperConfig {
             request_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
-            trust: crate::http::Trust::default(),
+            trust: sluice_client::Trust::default(),
         }
     }
 
@@ -428,7 +431,12 @@ impl AuditShipper {
         });
         let (tx, rx) = crossbeam_channel::bounded(cfg.channel_capacity);
         let run_id = format!("{:032x}", rand::random::<u128>());
-        let agent = crate::http::agent(&cfg.trust, cfg.request_timeout);
+        let client = sluice_client::Client::new(
+            &cfg.base_url,
+            &cfg.node_token,
+            &cfg.trust,
+            cfg.request_timeout,
+        );
         let spawn_err = |source| ShipperError::Io {
             path: cfg.spool_dir.clone(),
             source,
@@ -449,12 +457,9 @@ impl AuditShipper {
             .name("sluice-audit-batch".into())
             .spawn(move || batcher.run())
             .map_err(spawn_err)?;
-        let url = format!("{}/v1/audit/batches", cfg.base_url);
         let sender = SenderLoop {
             shared: shared.clone(),
-            agent,
-            url,
-            auth: format!("Bearer {}", cfg.node_token),
+            client,
             backoff_min: cfg.backoff_min,
             backoff_max: cfg.backoff_max,
         };
@@ -984,230 +989,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-// ---- the sender --------------------------------------------------------------------------
-
-struct SenderLoop {
-    shared: Arc<Shared>,
-    agent: ureq::Agent,
-    url: String,
-    auth: String,
-    backoff_min: Duration,
-    backoff_max: Duration,
-}
-
-/// How the control plane answered one batch.
-enum Outcome {
-    /// Stored (or stored before: `duplicate`).
-    Acked { duplicate: bool },
-    /// Refused for what it is; a retry would get the same answer.
-    Refused { status: u16, message: String },
-    /// No answer, or one worth retrying.
-    Failed {
-        status: Option<u16>,
-        message: String,
-    },
-}
-
-impl SenderLoop {
-    fn run(self) {
-        let shared = &*self.shared;
-        let stats = &*shared.stats;
-        let mut backoff = self.backoff_min;
-        let mut failing_since: Option<Instant> = None;
-        loop {
-            let head = {
-                let mut q = shared.lock();
-                loop {
-                    let past_deadline = q.stop_deadline.is_some_and(|d| Instant::now() >= d);
-                    if past_deadline && q.batcher_done {
-                        break None;
-                    }
-                    if let Some(h) = q.head() {
-                        if !past_deadline {
-                            break Some(h);
-                        }
-                    } else if q.batcher_done {
-                        break None;
-                    }
-                    // Wait for a batch, the batcher's end, or the stop deadline.
-                    let wait = match q.stop_deadline {
-                        Some(d) => d.saturating_duration_since(Instant::now()),
-                        None => Duration::from_secs(3600),
-                    };
-                    q = shared
-                        .work
-                        .wait_timeout(q, wait.max(Duration::from_millis(1)))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            };
-            let Some(head) = head else { break };
-            let body = match &head.job {
-                Job::Memory(b) => Ok(b.clone()),
-                Job::Spooled(path, offset, len) => read_line(path, *offset, *len).map(Arc::new),
-            };
-            let outcome = match body {
-                Ok(body) => self.post(&body),
-                Err(e) => {
-                    // The spool file cannot be read back (deleted or damaged from outside):
-                    // nothing to send. Count it as corrupt and move on rather than jam.
-                    tracing::error!(error = %e, "audit spool batch unreadable; skipped");
-                    add(&stats.spool_corrupt, 1);
-                    let mut q = shared.lock();
-                    q.unreported_loss += count(head.records);
-                    q.pop_head(head.ordinal, stats);
-                    drop(q);
-                    shared.progress.notify_all();
-                    continue;
-                }
-            };
-            match outcome {
-                Outcome::Acked { duplicate } => {
-                    if let Some(t) = failing_since.take() {
-                        tracing::info!(
-                            after_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX),
-                            "control plane acknowledges audit batches again"
-                        );
-                    }
-                    backoff = self.backoff_min;
-                    add(&stats.batches_shipped, 1);
-                    add(&stats.records_shipped, count(head.records));
-                    if duplicate {
-                        add(&stats.duplicate_batches, 1);
-                    }
-                    let mut q = shared.lock();
-                    q.pop_head(head.ordinal, stats);
-                    q.degraded = false;
-                    drop(q);
-                    shared.progress.notify_all();
-                }
-                Outcome::Refused { status, message } => {
-                    tracing::error!(
-                        status,
-                        %message,
-                        records = head.records,
-                        "control plane refused an audit batch; kept in {REJECTED_FILE}"
-                    );
-                    add(&stats.rejected_batches, 1);
-                    add(&stats.rejected_records, count(head.records));
-                    let line = match &head.job {
-                        Job::Memory(b) => Ok(b.as_ref().clone()),
-                        Job::Spooled(p, o, l) => read_line(p, *o, *l),
-                    };
-                    let mut q = shared.lock();
-                    if let Ok(line) = line {
-                        q.spool.reject(&line);
-                    }
-                    q.pop_head(head.ordinal, stats);
-                    drop(q);
-                    shared.progress.notify_all();
-                }
-                Outcome::Failed { status, message } => {
-                    add(&stats.send_failures, 1);
-                    if failing_since.is_none() {
-                        failing_since = Some(Instant::now());
-                        tracing::warn!(
-                            status,
-                            %message,
-                            "audit batch not acknowledged; spooling until the control plane answers"
-                        );
-                    } else {
-                        tracing::debug!(status, %message, "audit batch not acknowledged");
-                    }
-                    let mut q = shared.lock();
-                    q.degraded = true;
-                    q.spill_memory(stats);
-                    // Back off, unless told to stop; the batch stays at the head.
-                    let wait_until = Instant::now() + backoff;
-                    while q.stop_deadline.is_none_or(|d| Instant::now() < d) {
-                        let left = wait_until.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        let left = match q.stop_deadline {
-                            Some(d) => left.min(d.saturating_duration_since(Instant::now())),
-                            None => left,
-                        };
-                        q = shared
-                            .work
-                            .wait_timeout(q, left.max(Duration::from_millis(1)))
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
-                    }
-                    backoff = (backoff * 2).min(self.backoff_max);
-                }
-            }
-        }
-        // Stopping: whatever is still in memory goes to the spool.
-        let mut q = shared.lock();
-        q.spill_memory(stats);
-        drop(q);
-        shared.progress.notify_all();
-    }
-
-    fn post(&self, body: &[u8]) -> Outcome {
-        let resp = self
-            .agent
-            .post(&self.url)
-            .header("Authorization", &self.auth)
-            .header("Content-Type", "application/json")
-            .send(body);
-        let mut resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::Failed {
-                    status: None,
-                    message: e.to_string(),
-                }
-            }
-        };
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .read_to_vec()
-            .unwrap_or_default();
-        #[derive(Deserialize)]
-        struct Ack {
-            #[serde(default)]
-            duplicate: bool,
-        }
-        match status {
-            // 200 is sent only after the commit; an unreadable body does not undo it.
-            200 => Outcome::Acked {
-                duplicate: serde_json::from_slice::<Ack>(&text).is_ok_and(|a| a.duplicate),
-            },
-            400 | 413 | 422 => Outcome::Refused {
-                status,
-                message: error_message(&text),
-            },
-            _ => Outcome::Failed {
-                status: Some(status),
-                message: error_message(&text),
-            },
-        }
-    }
-}
-
-/// The control plane's JSON `error.message`, cut at 500 bytes.
-fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .map(|mut m| {
-            if m.len() > 500 {
-                let mut end = 500;
-                while !m.is_char_boundary(end) {
-                    end -= 1;
-                }
-                m.truncate(end);
-            }
-            m
-        })
-        .unwrap_or_else(|| "request failed".into())
 }
 
 /// True at most once per [`LOG_EVERY`].
