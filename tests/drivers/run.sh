@@ -3,7 +3,8 @@
 #
 #   bash tests/drivers/run.sh SUITE [direct|session|transaction]
 #
-# SUITE: asyncpg | pg8000 | tokio-postgres (versions below). The last line printed is
+# SUITE: asyncpg | pg8000 | tokio-postgres (versions below), or probes (tests/drivers/probes.py:
+# a few checks of our own for behaviours the suites do not exercise). The last line printed is
 # `N passed, M failed, K skipped` (errors count as failed). Per-test results go to
 # $DRIVERS_RESULTS (default /tmp/sluice-drivers-results): SUITE-MODE.failed lists the failing
 # test ids, SUITE-MODE.log the suite's output, SUITE-MODE.gateway.log the gateway's log.
@@ -95,6 +96,11 @@ prepare_tokio-postgres() {
     fi
 }
 
+prepare_probes() {
+    python3 -c "import psycopg, pytest, pytest_timeout" 2>/dev/null || python3 -m pip install -q "psycopg[binary]" pytest pytest-timeout >&2
+    suite_dir=$repo/tests/drivers
+}
+
 "prepare_$SUITE"
 
 # ---------------------------------------------------------------- PostgreSQL and the gateway
@@ -164,10 +170,10 @@ CREATE ROLE md5_user PASSWORD 'password' LOGIN;
 SET password_encryption = 'scram-sha-256';
 CREATE ROLE pass_user PASSWORD 'password' LOGIN;
 CREATE ROLE scram_user PASSWORD 'password' LOGIN;
-CREATE EXTENSION hstore;
-CREATE EXTENSION citext;
-CREATE EXTENSION ltree;
 EOF
+# (asyncpg's tests create citext themselves, and fail if it exists.)
+[ "$SUITE" = tokio-postgres ] && psql_admin -d postgres >/dev/null \
+    -c "CREATE EXTENSION hstore" -c "CREATE EXTENSION citext" -c "CREATE EXTENSION ltree"
 
 if [ "$MODE" = direct ]; then
     HOST=127.0.0.1 PORT=$PG_PORT PASSWORD=$PG_PASSWORD
@@ -184,7 +190,7 @@ else
     export SLUICE_DRIVERS_PG_PASSWORD=$PG_PASSWORD
     # Every database name a suite connects to must be a connection (dbname names one): the
     # suites' own databases too (created by the tests, then connected to).
-    dbs="postgres template1 testdb asyncpg_intro_test"
+    dbs="postgres template1 testdb asyncpg_intro_test pg8000_scram_sha_256"
     conns="" grants=""
     for db in $dbs; do
         grants+="$db: su, "
@@ -305,5 +311,13 @@ if not res:
 print(f"{p} passed, {f} failed, {s} skipped")
 EOF
     ;;
-*) echo "unknown suite $SUITE (asyncpg, pg8000, tokio-postgres)" >&2; exit 2 ;;
+probes)
+    # Our own checks (tests/drivers/probes.py) of behaviours the suites do not exercise.
+    (cd "$work" && PGHOST=$HOST PGPORT=$PORT PGPASSWORD=$PASSWORD DRIVERS_MODE=$MODE \
+        ADMIN_HOST=$work/run ADMIN_PORT=$PG_PORT GATEWAY_LOG=$([ "$MODE" = direct ] || echo "$work/sluice.log") \
+        timeout -k 10 "$SUITE_TIMEOUT" python3 -m pytest -p no:cacheprovider -q -rN \
+        --timeout="$TEST_TIMEOUT" --junitxml="$work/report.xml" ${PYTEST_ARGS:-} "$suite_dir/probes.py") >"$out.log" 2>&1 || rc=$?
+    junit_summary "$work/report.xml"
+    ;;
+*) echo "unknown suite $SUITE (asyncpg, pg8000, tokio-postgres, probes)" >&2; exit 2 ;;
 esac 2>&1 | tee "$out.summary" | tail -1
