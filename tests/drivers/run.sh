@@ -174,6 +174,7 @@ EOF
 # (asyncpg's tests create citext themselves, and fail if it exists.)
 [ "$SUITE" = tokio-postgres ] && psql_admin -d postgres >/dev/null \
     -c "CREATE EXTENSION hstore" -c "CREATE EXTENSION citext" -c "CREATE EXTENSION ltree"
+[ "$SUITE" = pg8000 ] && psql_admin -d postgres >/dev/null -c "CREATE EXTENSION hstore"
 
 if [ "$MODE" = direct ]; then
     HOST=127.0.0.1 PORT=$PG_PORT PASSWORD=$PG_PASSWORD
