@@ -10,12 +10,20 @@
 //!   the new one);
 //! - when it is older than [`MAX_AGE`] (DDL that did not pass through this core);
 //! - when a statement names a relation the catalog does not know (at most once per
-//!   [`RELOAD_BACKOFF`]; the statement is otherwise denied, failing closed).
+//!   [`RELOAD_BACKOFF`]; the statement is otherwise denied, failing closed);
+//! - at once when a RowDescription names a relation, attribute or type the catalog does not
+//!   know (DDL done elsewhere: a table dropped and recreated has a new OID). The session holds that result until [`Catalogs::refresh`] answers
+//!   (one load in flight per core and connection, at most one forced load per
+//!   [`RELOAD_INTERVAL`]) and plans it with the new catalog;
+//! - when its fingerprint changed: a catalog not checked for [`PROBE_INTERVAL`] is checked
+//!   before its next use by one cheap query ([`FINGERPRINT_SQL`]: counts and the sum of the
+//!   row versions of pg_class, pg_attribute, pg_type and pg_proc), which notices renames
+//!   and column renames done elsewhere, whose results carry OIDs the catalog still knows.
 //!
 //! Mask plans ([`sluice_policy::lineage::mask_plan`]) depend on the catalog, so they are cached
 //! with it, by policy and statement text, and dropped with it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -30,6 +38,11 @@ use crate::error::BackendError;
 pub const MAX_AGE: Duration = Duration::from_secs(60);
 /// Least time between two reloads caused by unknown relations.
 pub const RELOAD_BACKOFF: Duration = Duration::from_secs(1);
+/// Least time between a catalog's load and a reload forced by a result it cannot resolve
+/// (a later ask waits for the rest of it, so a storm of unknown OIDs costs one load each).
+pub const RELOAD_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a catalog is used without checking its fingerprint.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Most relation columns (and types) a catalog loads; beyond that the load fails and masked
 /// statements are denied rather than judged on a partial catalog.
 const MAX_CATALOG_ROWS: usize = 1_000_000;
@@ -55,13 +68,27 @@ const RELATIONS_SQL: &str = "SELECT c.oid::int8, n.nspname, c.relname, c.relkind
 
 const TYPES_SQL: &str = "SELECT oid::int8, typname FROM pg_catalog.pg_type";
 
+/// What changes whenever a relation, column, type or function is created, dropped, renamed
+/// or altered: each of those rewrites a row of these catalogs, and a new row version has a
+/// new `xmin`. Statistics updates are done in place and leave it alone.
+pub const FINGERPRINT_SQL: &str = "SELECT \
+     (SELECT count(*) || ':' || coalesce(sum(xmin::text::int8), 0) FROM pg_catalog.pg_class) || '/' || \
+     (SELECT count(*) || ':' || coalesce(sum(xmin::text::int8), 0) FROM pg_catalog.pg_attribute) || '/' || \
+     (SELECT count(*) || ':' || coalesce(sum(xmin::text::int8), 0) FROM pg_catalog.pg_type) || '/' || \
+     (SELECT count(*) || ':' || coalesce(sum(xmin::text::int8), 0) FROM pg_catalog.pg_proc)";
+
 /// One backend database's relations, by OID and by name.
 #[derive(Debug, Default)]
 pub struct PgCatalog {
     by_oid: HashMap<u32, Relation>,
     by_name: HashMap<Box<str>, HashMap<Box<str>, u32>>,
     types: HashMap<u32, Box<str>>,
+    /// [`FINGERPRINT_SQL`]'s answer when this was loaded.
+    fingerprint: Option<Box<str>>,
 }
+
+/// OIDs below this are PostgreSQL's own objects (`FirstNormalObjectId`).
+pub const FIRST_NORMAL_OID: u32 = 16384;
 
 impl Catalog for PgCatalog {
     fn relation(&self, schema: &str, name: &str) -> Option<&Relation> {
@@ -134,12 +161,37 @@ impl PgCatalog {
 
     /// Loads the catalog over `conn`.
     pub async fn load(conn: &mut ServerConn) -> Result<PgCatalog, BackendError> {
+        let fingerprint = fingerprint(conn).await?;
         let relations = conn.query_rows(RELATIONS_SQL, MAX_CATALOG_ROWS).await?;
         let types = conn.query_rows(TYPES_SQL, MAX_CATALOG_ROWS).await?;
-        PgCatalog::from_rows(relations, types).map_err(|message| BackendError::Refused {
-            code: sluice_pgwire::sqlstate::INTERNAL_ERROR.into(),
-            message: format!("unexpected catalog contents: {message}"),
-        })
+        let mut cat =
+            PgCatalog::from_rows(relations, types).map_err(|message| BackendError::Refused {
+                code: sluice_pgwire::sqlstate::INTERNAL_ERROR.into(),
+                message: format!("unexpected catalog contents: {message}"),
+            })?;
+        // Read before the contents: a change in between makes the next probe reload.
+        cat.fingerprint = fingerprint;
+        Ok(cat)
+    }
+
+    /// Whether a RowDescription field's origin is unknown to this catalog: a relation OID or
+    /// attribute it does not list, or a type it does not know. Any of these means the
+    /// catalog is older than the backend's. (A column's type is not compared: a domain
+    /// column is described with its base type.)
+    pub fn misses(&self, table_oid: u32, attnum: i16, type_oid: u32) -> bool {
+        if !self.types.contains_key(&type_oid) {
+            return true;
+        }
+        if table_oid < FIRST_NORMAL_OID {
+            return false;
+        }
+        let Some(rel) = self.by_oid.get(&table_oid) else {
+            return true;
+        };
+        if attnum <= 0 {
+            return false;
+        }
+        !rel.columns.iter().any(|c| c.attnum == attnum)
     }
 
     /// Number of relations known.
@@ -151,6 +203,16 @@ impl PgCatalog {
     pub fn is_empty(&self) -> bool {
         self.by_oid.is_empty()
     }
+}
+
+/// The catalog's fingerprint ([`FINGERPRINT_SQL`]).
+async fn fingerprint(conn: &mut ServerConn) -> Result<Option<Box<str>>, BackendError> {
+    let rows = conn.query_rows(FINGERPRINT_SQL, 1).await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten())
+        .map(Into::into))
 }
 
 fn parse_oid(s: &str) -> Result<u32, String> {
@@ -166,6 +228,8 @@ pub struct Loaded {
     pub catalog: PgCatalog,
     /// When it was loaded.
     pub at: Instant,
+    /// When its fingerprint was last found unchanged (or it was loaded).
+    checked: Cell<Instant>,
     /// Mask plans by policy cache key, then statement key.
     plans: RefCell<HashMap<u64, PlansByText>>,
     /// RowDescription origins: (policy cache key, table OID, attnum) → masking rule.
@@ -227,7 +291,19 @@ type LoadResult = Result<Rc<Loaded>, Rc<str>>;
 struct Entry {
     current: Option<Rc<Loaded>>,
     stale: bool,
+    /// Counts [`Catalogs::mark_stale`] calls: a load that began before the latest one does
+    /// not clear `stale`.
+    epoch: u64,
     loading: Option<Shared<LocalBoxFuture<'static, LoadResult>>>,
+}
+
+impl Entry {
+    /// The current catalog, if it may be used as it is.
+    fn fresh(&self) -> Option<&Rc<Loaded>> {
+        self.current.as_ref().filter(|c| {
+            !self.stale && c.at.elapsed() < MAX_AGE && c.checked.get().elapsed() < PROBE_INTERVAL
+        })
+    }
 }
 
 /// One core's catalogs, by connection name (cores share nothing: each loads its own).
@@ -238,32 +314,33 @@ pub struct Catalogs {
 
 impl Catalogs {
     /// The catalog of `connection`, loading it (once, however many ask at the same time)
-    /// when missing, stale or older than [`MAX_AGE`].
+    /// when missing, stale or older than [`MAX_AGE`], and checking its fingerprint first
+    /// when it was not checked for [`PROBE_INTERVAL`].
     pub async fn current(&self, connection: &str, target: &Target) -> LoadResult {
-        let pending = {
+        let (pending, epoch) = {
             let mut map = self.entries.borrow_mut();
             // The hot path (a fresh catalog) allocates nothing.
-            if let Some(e) = map.get(connection) {
-                if let Some(cur) = &e.current {
-                    if !e.stale && cur.at.elapsed() < MAX_AGE {
-                        return Ok(cur.clone());
-                    }
-                }
+            if let Some(cur) = map.get(connection).and_then(Entry::fresh) {
+                return Ok(cur.clone());
             }
             let e = map.entry(connection.into()).or_default();
-            if let Some(cur) = &e.current {
-                if !e.stale && cur.at.elapsed() < MAX_AGE {
-                    return Ok(cur.clone());
-                }
+            if let Some(cur) = e.fresh() {
+                return Ok(cur.clone());
             }
-            match &e.loading {
+            let pending = match &e.loading {
                 Some(l) => l.clone(),
                 None => {
-                    let fut = load(target.clone()).boxed_local().shared();
+                    // A catalog that is only unchecked is probed; a stale or old one reloaded.
+                    let previous = e
+                        .current
+                        .clone()
+                        .filter(|c| !e.stale && c.at.elapsed() < MAX_AGE);
+                    let fut = load(target.clone(), previous).boxed_local().shared();
                     e.loading = Some(fut.clone());
                     fut
                 }
-            }
+            };
+            (pending, e.epoch)
         };
         let result = pending.await;
         let mut map = self.entries.borrow_mut();
@@ -271,20 +348,61 @@ impl Catalogs {
         if e.loading.is_some() {
             e.loading = None;
             if let Ok(l) = &result {
-                // A load that began before a later DDL is replaced by the next need.
                 if e.current.as_ref().is_none_or(|c| c.at <= l.at) {
                     e.current = Some(l.clone());
-                    e.stale = false;
+                    // A DDL seen while this load ran may postdate what it read.
+                    if e.epoch == epoch {
+                        e.stale = false;
+                    }
                 }
             }
         }
         result
     }
 
+    /// A catalog newer than `seen`, which could not resolve a result's origin: the one
+    /// loaded since, or a new load (joined if one is in flight, and not before
+    /// [`RELOAD_INTERVAL`] after `seen` was loaded).
+    pub async fn refresh(
+        &self,
+        connection: &str,
+        target: &Target,
+        seen: &Rc<Loaded>,
+    ) -> LoadResult {
+        let newer = |this: &Self| {
+            let map = this.entries.borrow();
+            let e = map.get(connection)?;
+            e.current
+                .as_ref()
+                .filter(|c| e.loading.is_none() && c.at > seen.at)
+                .cloned()
+        };
+        if let Some(c) = newer(self) {
+            return Ok(c);
+        }
+        let wait = RELOAD_INTERVAL.saturating_sub(seen.at.elapsed());
+        if !wait.is_zero() {
+            monoio::time::sleep(wait).await;
+            if let Some(c) = newer(self) {
+                return Ok(c);
+            }
+        }
+        let joining = self
+            .entries
+            .borrow()
+            .get(connection)
+            .is_some_and(|e| e.loading.is_some());
+        if !joining {
+            self.mark_stale(connection);
+        }
+        self.current(connection, target).await
+    }
+
     /// Marks `connection`'s catalog stale (DDL went through).
     pub fn mark_stale(&self, connection: &str) {
         if let Some(e) = self.entries.borrow_mut().get_mut(connection) {
             e.stale = true;
+            e.epoch += 1;
         }
     }
 
@@ -301,36 +419,57 @@ impl Catalogs {
             .is_some_and(|c| c.at.elapsed() >= RELOAD_BACKOFF);
         if old {
             e.stale = true;
+            e.epoch += 1;
         }
         old
     }
 }
 
-/// Loads a catalog over a connection of its own.
-async fn load(target: Target) -> LoadResult {
+/// Loads a catalog over a connection of its own; with `previous`, first checks whether its
+/// fingerprint still holds and keeps it if so.
+async fn load(target: Target, previous: Option<Rc<Loaded>>) -> LoadResult {
     let started = Instant::now();
     let result = async {
         let mut conn = ServerConn::connect(&target, 0).await?;
+        if let Some(prev) = &previous {
+            let now = fingerprint(&mut conn).await?;
+            if now.is_some() && now == prev.catalog.fingerprint {
+                prev.checked.set(Instant::now());
+                return Ok(None);
+            }
+            tracing::debug!("the backend catalog changed; reloading");
+        }
         let cat = PgCatalog::load(&mut conn).await;
         drop(conn);
-        cat
+        cat.map(Some)
     }
     .await;
-    match result {
-        Ok(catalog) => {
+    match (result, previous) {
+        (Ok(None), Some(prev)) => Ok(prev),
+        (Ok(Some(catalog)), _) => {
             tracing::debug!(
                 relations = catalog.len(),
                 ms = started.elapsed().as_millis() as u64,
                 "catalog loaded"
             );
+            let at = Instant::now();
             Ok(Rc::new(Loaded {
                 catalog,
-                at: Instant::now(),
+                at,
+                checked: Cell::new(at),
                 plans: RefCell::new(HashMap::new()),
                 origins: RefCell::new(HashMap::new()),
             }))
         }
-        Err(e) => {
+        (Ok(None), None) => Err(Rc::from("catalog load returned nothing")),
+        (Err(e), Some(prev)) => {
+            // The probe failed (the backend is away): keep what is known, and do not probe
+            // again before the interval has passed.
+            tracing::warn!(error = %e, "checking the backend catalog for masking failed");
+            prev.checked.set(Instant::now());
+            Ok(prev)
+        }
+        (Err(e), None) => {
             tracing::warn!(error = %e, "loading the backend catalog for masking failed");
             Err(Rc::<str>::from(e.to_string()))
         }
@@ -418,6 +557,30 @@ mod tests {
         );
         assert_eq!(cat.type_name(25), Some("text"));
         assert_eq!(cat.len(), 3);
+    }
+
+    #[test]
+    fn origins_a_catalog_does_not_list_are_misses() {
+        let rels = vec![row(&[
+            Some("16384"),
+            Some("app"),
+            Some("customers"),
+            Some("r"),
+            None,
+            Some("1"),
+            Some("id"),
+            Some("23"),
+            Some("int4"),
+        ])];
+        let types = vec![row(&[Some("23"), Some("int4")])];
+        let cat = PgCatalog::from_rows(rels, types).unwrap();
+        assert!(!cat.misses(16384, 1, 23));
+        assert!(!cat.misses(0, 0, 23), "no table: an expression");
+        assert!(!cat.misses(16384, -1, 23), "system columns");
+        assert!(cat.misses(16999, 1, 23), "a relation created elsewhere");
+        assert!(cat.misses(16384, 2, 23), "a column added elsewhere");
+        assert!(cat.misses(0, 0, 17000), "a type created elsewhere");
+        assert!(!cat.misses(1259, 1, 23), "system relations are not listed");
     }
 
     #[test]
