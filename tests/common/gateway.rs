@@ -217,6 +217,7 @@ policies:
       - {{ columns: [public.customers.card], strategy: hash }}
       - {{ columns: [public.customers.pin], strategy: tokenise }}
       - {{ columns: [public.customers.salary], strategy: hash, predicates: deny }}
+      - {{ columns: [public.accounts.secret], strategy: redact }}
       - {{ types: [inet], strategy: "null" }}
       - {{ detectors: [email, card, ssn, phone, iban, api_key], strategy: redact }}
 "#,
