@@ -1,6 +1,9 @@
 //! The backend database's relations and columns, for masking: which table and column a
 //! RowDescription field comes from, and what a statement's names resolve to.
 //!
+//! User-defined functions (`pg_proc` beyond PostgreSQL's own) are loaded too, so the
+//! lineage can trace what their results derive from.
+//!
 //! One [`PgCatalog`] per connection per core (in the core's [`Catalogs`]), loaded on first need over a dedicated short-lived
 //! server connection (never a pooled one, so a session-mode client holding the last pooled
 //! connection cannot deadlock its own load), and shared by every session of that connection on
@@ -29,7 +32,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures::future::{FutureExt, LocalBoxFuture, Shared};
-use sluice_policy::lineage::{Catalog, Column, MaskPlan, RelKind, Relation};
+use sluice_policy::lineage::{Catalog, Column, Function, MaskPlan, RelKind, Relation};
 
 use crate::backend::{ServerConn, Target};
 use crate::error::BackendError;
@@ -68,6 +71,21 @@ const RELATIONS_SQL: &str = "SELECT c.oid::int8, n.nspname, c.relname, c.relkind
 
 const TYPES_SQL: &str = "SELECT oid::int8, typname FROM pg_catalog.pg_type";
 
+/// User-defined functions (not PostgreSQL's own): the bodies of `sql` functions up to
+/// [`MAX_TRACED_BODY`] bytes (a longer or other body is NULL: untraceable, never cut short),
+/// and the relation whose row type a function returns.
+const FUNCTIONS_SQL: &str = "SELECT p.oid::int8, n.nspname, p.proname, l.lanname, \
+     CASE WHEN l.lanname = 'sql' AND octet_length(p.prosrc) <= 262144 THEN p.prosrc END, \
+     p.prorettype::int8, p.proretset::text, coalesce(t.typrelid, 0)::int8, p.proargtypes::text \
+     FROM pg_catalog.pg_proc p \
+     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+     LEFT JOIN pg_catalog.pg_type t ON t.oid = p.prorettype \
+     WHERE p.oid >= 16384 OR n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     ORDER BY p.oid";
+/// Longest `sql` function body loaded (as [`FUNCTIONS_SQL`] says).
+const MAX_TRACED_BODY: usize = 262_144;
+
 /// What changes whenever a relation, column, type or function is created, dropped, renamed
 /// or altered: each of those rewrites a row of these catalogs, and a new row version has a
 /// new `xmin`. Statistics updates are done in place and leave it alone.
@@ -83,6 +101,8 @@ pub struct PgCatalog {
     by_oid: HashMap<u32, Relation>,
     by_name: HashMap<Box<str>, HashMap<Box<str>, u32>>,
     types: HashMap<u32, Box<str>>,
+    /// User-defined functions by name.
+    functions: HashMap<Box<str>, Vec<Function>>,
     /// [`FINGERPRINT_SQL`]'s answer when this was loaded.
     fingerprint: Option<Box<str>>,
 }
@@ -102,6 +122,10 @@ impl Catalog for PgCatalog {
 
     fn type_name(&self, oid: u32) -> Option<&str> {
         self.types.get(&oid).map(|t| &**t)
+    }
+
+    fn functions(&self, name: &str) -> &[Function] {
+        self.functions.get(name).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -159,13 +183,47 @@ impl PgCatalog {
         Ok(cat)
     }
 
+    /// Adds the rows of [`FUNCTIONS_SQL`].
+    fn add_functions(&mut self, rows: Vec<Vec<Option<String>>>) -> Result<(), String> {
+        for row in rows {
+            let [Some(oid), Some(schema), Some(name), Some(language), source, Some(ret), Some(set), Some(relid), Some(args)] =
+                row.as_slice()
+            else {
+                return Err("pg_proc row with unexpected NULLs or width".into());
+            };
+            let relid = parse_oid(relid)?;
+            let f = Function {
+                oid: parse_oid(oid)?,
+                schema: schema.as_str().into(),
+                name: name.as_str().into(),
+                arg_types: args
+                    .split_whitespace()
+                    .map(parse_oid)
+                    .collect::<Result<_, _>>()?,
+                language: language.as_str().into(),
+                source: source
+                    .as_deref()
+                    .filter(|s| s.len() <= MAX_TRACED_BODY)
+                    .unwrap_or("")
+                    .into(),
+                return_type: parse_oid(ret)?,
+                returns_set: set == "true",
+                return_relation: (relid != 0).then_some(relid),
+            };
+            self.functions.entry(f.name.clone()).or_default().push(f);
+        }
+        Ok(())
+    }
+
     /// Loads the catalog over `conn`.
     pub async fn load(conn: &mut ServerConn) -> Result<PgCatalog, BackendError> {
         let fingerprint = fingerprint(conn).await?;
         let relations = conn.query_rows(RELATIONS_SQL, MAX_CATALOG_ROWS).await?;
         let types = conn.query_rows(TYPES_SQL, MAX_CATALOG_ROWS).await?;
-        let mut cat =
-            PgCatalog::from_rows(relations, types).map_err(|message| BackendError::Refused {
+        let functions = conn.query_rows(FUNCTIONS_SQL, MAX_CATALOG_ROWS).await?;
+        let mut cat = PgCatalog::from_rows(relations, types)
+            .and_then(|mut c| c.add_functions(functions).map(|()| c))
+            .map_err(|message| BackendError::Refused {
                 code: sluice_pgwire::sqlstate::INTERNAL_ERROR.into(),
                 message: format!("unexpected catalog contents: {message}"),
             })?;
@@ -602,6 +660,47 @@ mod tests {
         )
         .is_err());
         assert!(PgCatalog::from_rows(vec![], vec![row(&[Some("1"), None])]).is_err());
+    }
+
+    #[test]
+    fn function_rows_become_functions_by_name() {
+        let mut cat = PgCatalog::default();
+        cat.add_functions(vec![
+            row(&[
+                Some("16500"),
+                Some("app"),
+                Some("get_ssn"),
+                Some("sql"),
+                Some("SELECT ssn FROM customers WHERE id = $1"),
+                Some("25"),
+                Some("false"),
+                Some("0"),
+                Some("23"),
+            ]),
+            row(&[
+                Some("16501"),
+                Some("app"),
+                Some("all_customers"),
+                Some("plpgsql"),
+                None,
+                Some("16386"),
+                Some("true"),
+                Some("16384"),
+                Some(""),
+            ]),
+        ])
+        .unwrap();
+        let f = &cat.functions("get_ssn")[0];
+        assert_eq!(
+            (f.oid, &*f.language, f.arg_types.as_slice()),
+            (16500, "sql", &[23][..])
+        );
+        assert!(f.source.contains("ssn") && !f.returns_set && f.return_relation.is_none());
+        let g = &cat.functions("all_customers")[0];
+        assert!(g.source.is_empty() && g.returns_set);
+        assert_eq!(g.return_relation, Some(16384));
+        assert!(cat.functions("upper").is_empty());
+        assert!(cat.add_functions(vec![row(&[Some("1")])]).is_err());
     }
 
     #[test]
