@@ -1460,6 +1460,94 @@ fn a_column_renamed_elsewhere_is_masked_under_its_new_name() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// User-defined functions whose bodies read masked columns.
+// ---------------------------------------------------------------------------------------------
+
+const FUNCTIONS: &str = "
+CREATE FUNCTION get_pin(int) RETURNS text LANGUAGE sql STABLE
+    AS 'SELECT pin FROM customers WHERE id = $1';
+CREATE FUNCTION get_pin_definer(int) RETURNS text LANGUAGE sql SECURITY DEFINER
+    AS 'SELECT upper(pin) || ssn FROM customers WHERE id = $1';
+CREATE FUNCTION all_customers() RETURNS SETOF customers LANGUAGE sql
+    AS 'SELECT * FROM customers';
+CREATE FUNCTION pins() RETURNS TABLE (p text) LANGUAGE sql
+    AS 'SELECT pin FROM customers';
+CREATE FUNCTION pl_pin(int) RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+    AS $$BEGIN RETURN (SELECT pin FROM customers WHERE id = $1); END$$;
+CREATE FUNCTION pl_customers() RETURNS SETOF customers LANGUAGE plpgsql
+    AS $$BEGIN RETURN QUERY SELECT * FROM customers; END$$;
+CREATE FUNCTION trusted_label(int) RETURNS text LANGUAGE plpgsql
+    AS $$BEGIN RETURN 'label ' || $1; END$$;
+CREATE FUNCTION order_note(int) RETURNS text LANGUAGE sql
+    AS 'SELECT note FROM orders WHERE id = $1';
+";
+
+#[test]
+fn functions_reading_masked_columns_are_masked_or_refused() {
+    let fx = fixture("mask_functions", "transaction");
+    fx.backend(FUNCTIONS);
+    runtime().block_on(async {
+        let c = connect(&fx.conn_str()).await;
+        // LANGUAGE sql bodies are traced, scalar or set-returning, definer or not.
+        for sql in [
+            "SELECT get_pin(1)",
+            "SELECT public.get_pin(id) FROM orders",
+            "SELECT get_pin_definer(2)",
+            "SELECT length(get_pin(1)) > 0, get_pin(3)",
+            "SELECT p FROM pins()",
+            "SELECT * FROM pins()",
+        ] {
+            fx.both(&c, sql, Want::RowsOrRefused).await;
+        }
+        fx.both(&c, "SELECT get_pin(1)", Want::Rows(1)).await;
+        // SETOF a masked table masks as the table does.
+        for sql in [
+            "SELECT * FROM all_customers()",
+            "SELECT pin, ssn, salary FROM all_customers()",
+            "SELECT c.email FROM all_customers() c",
+        ] {
+            fx.both(&c, sql, Want::Rows(3)).await;
+        }
+        fx.both(&c, "SELECT all_customers()", Want::RowsOrRefused)
+            .await;
+        // Bodies the gateway cannot read are refused.
+        for sql in ["SELECT pl_pin(1)", "SELECT id, pl_pin(id) FROM orders"] {
+            fx.both(&c, sql, Want::Refused).await;
+        }
+        // Whatever its language, a function returning a masked table's rows masks by type.
+        fx.both(&c, "SELECT * FROM pl_customers()", Want::Rows(3))
+            .await;
+        // Unless the policy trusts them.
+        fx.both(&c, "SELECT trusted_label(7)", Want::Rows(1)).await;
+        let rows = simple_rows(&c, "SELECT trusted_label(7)").await;
+        if rows[0][0].as_deref() != Some("label 7") {
+            fx.fail(format!("trusted function: got {:?}", rows[0][0]));
+        }
+        // Clean bodies and built-ins are unaffected.
+        let rows = simple_rows(&c, "SELECT order_note(11)").await;
+        if rows[0][0].as_deref() != Some("gift") {
+            fx.fail(format!(
+                "a function over clean columns: got {:?}",
+                rows[0][0]
+            ));
+        }
+        for sql in [
+            "SELECT upper(name), length(note), now() IS NOT NULL FROM customers",
+            "SELECT md5('x'), generate_series(1, 3)",
+        ] {
+            fx.both(&c, sql, Want::Rows(3)).await;
+        }
+        fx.both(
+            &c,
+            "SELECT coalesce(name, 'x') FROM customers",
+            Want::Rows(3),
+        )
+        .await;
+    });
+    fx.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
 // What must still pass, unmasked.
 // ---------------------------------------------------------------------------------------------
 

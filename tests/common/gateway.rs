@@ -211,6 +211,7 @@ policies:
   - name: masked
     classes: {{ allow: [read, write, ddl, copy, transaction, session] }}
     max_rows: 1000
+    functions: {{ trusted: [public.trusted_*] }}
     masking:
       - {{ columns: [public.customers.ssn], strategy: {{ partial: {{ keep_last: 4 }} }} }}
       - {{ columns: [public.customers.email], strategy: redact }}
