@@ -211,12 +211,14 @@ policies:
   - name: masked
     classes: {{ allow: [read, write, ddl, copy, transaction, session] }}
     max_rows: 1000
+    functions: {{ trusted: [public.trusted_*] }}
     masking:
       - {{ columns: [public.customers.ssn], strategy: {{ partial: {{ keep_last: 4 }} }} }}
       - {{ columns: [public.customers.email], strategy: redact }}
       - {{ columns: [public.customers.card], strategy: hash }}
       - {{ columns: [public.customers.pin], strategy: tokenise }}
       - {{ columns: [public.customers.salary], strategy: hash, predicates: deny }}
+      - {{ columns: [public.accounts.secret], strategy: redact }}
       - {{ types: [inet], strategy: "null" }}
       - {{ detectors: [email, card, ssn, phone, iban, api_key], strategy: redact }}
 "#,

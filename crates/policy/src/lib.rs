@@ -26,8 +26,8 @@ pub use cache::VerdictCache;
 pub use evaluate::{judge, judge_statement, judge_with, Verdict, BUILTIN_DENIED_FUNCTIONS};
 pub use glob::{Case, Glob, GlobError};
 pub use lineage::{
-    mask_plan, origin_rule, type_rule, Catalog, Column, MaskPlan, RelKind, Relation, ResultMask,
-    ResultPlan, RuleIndex,
+    mask_plan, origin_rule, type_rule, Catalog, Column, Function, MaskPlan, RelKind, Relation,
+    ResultMask, ResultPlan, RuleIndex,
 };
 pub use model::{
     AllowList, ClassDecision, ClassSet, DenyEntry, Detector, DetectorSensitivity, FunctionDeny,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::glob::{Glob, GlobError, MAX_GLOB_PARTS};
+use crate::glob::{Case, Glob, GlobError, MAX_GLOB_PARTS};
 use crate::snapshot::CompiledPolicy;
 
 mod document;
@@ -432,6 +432,10 @@ pub struct Policy {
     /// Functions of the built-in denied list this policy allows by name (folded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) builtin_allow: Vec<Box<str>>,
+    /// User-defined functions a masking role may call although their bodies cannot be
+    /// traced (`functions.trusted`): their results carry only their arguments' lineage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) function_trusted: Vec<Glob>,
     pub(crate) search_path: Vec<Box<str>>,
     pub(crate) require_where: bool,
     pub(crate) allow_copy_program: bool,
@@ -464,6 +468,7 @@ impl Policy {
             allow: Vec::new(),
             function_deny: Vec::new(),
             builtin_allow: Vec::new(),
+            function_trusted: Vec::new(),
             search_path: vec!["public".into()],
             require_where: true,
             allow_copy_program: false,
@@ -533,6 +538,14 @@ impl Policy {
     /// names). Default `[public]`; `SET search_path` is denied unless allowed, so it holds.
     pub fn search_path(&self) -> &[Box<str>] {
         &self.search_path
+    }
+
+    /// Whether `functions.trusted` lists the function `schema.name` (case-insensitively;
+    /// an unqualified glob matches any schema).
+    pub fn function_trusted(&self, schema: &str, name: &str) -> bool {
+        self.function_trusted.iter().any(|g| {
+            g.matches(&[schema, name], Case::Insensitive) || g.matches(&[name], Case::Insensitive)
+        })
     }
 }
 
@@ -716,6 +729,9 @@ fn check_compiled(p: &Policy, path: &str) -> Result<(), PolicyError> {
     for (i, f) in p.function_deny.iter().enumerate() {
         id(&f.id, &|| format!("{path}.function_deny[{i}].id"))?;
         glob(&f.glob, 2, &|| format!("{path}.function_deny[{i}].glob"))?;
+    }
+    for (i, g) in p.function_trusted.iter().enumerate() {
+        glob(g, 2, &|| format!("{path}.function_trusted[{i}]"))?;
     }
     if let Some(i) = p.search_path.iter().position(|s| s.is_empty()) {
         return Err(PolicyError::invalid(

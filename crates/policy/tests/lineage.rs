@@ -5,14 +5,16 @@
 use std::collections::HashMap;
 
 use sluice_policy::{
-    mask_plan, origin_rule, type_rule, Catalog, Column, MaskPlan, Policy, PolicySet, RelKind,
-    Relation, ResultPlan, RuleIndex,
+    mask_plan, origin_rule, type_rule, Catalog, Column, Function, MaskPlan, Policy, PolicySet,
+    RelKind, Relation, ResultPlan, RuleIndex,
 };
 
 const DOC: &str = r#"
 policies:
   - name: agent
     classes: {allow: [read, write, copy, session, transaction]}
+    functions:
+      trusted: ["app.trusted_*"]
     masking:
       - columns: [app.customers.ssn]
         strategy: {partial: {keep_last: 4}}
@@ -47,6 +49,7 @@ fn policy(name: &str) -> Policy {
 struct TestCatalog {
     rels: Vec<Relation>,
     by_name: HashMap<(String, String), usize>,
+    funcs: HashMap<String, Vec<Function>>,
 }
 
 impl TestCatalog {
@@ -98,6 +101,9 @@ impl Catalog for TestCatalog {
     fn type_name(&self, _oid: u32) -> Option<&str> {
         None
     }
+    fn functions(&self, name: &str) -> &[Function] {
+        self.funcs.get(name).map_or(&[], Vec::as_slice)
+    }
 }
 
 const CUSTOMERS: u32 = 1000;
@@ -110,8 +116,53 @@ const V_SELF: u32 = 1006;
 const HOSTS: u32 = 1007;
 const V_CLEAN: u32 = 1008;
 
+/// A user-defined function in schema `app`.
+fn function(name: &str, language: &str, source: &str, returns: Option<u32>) -> Function {
+    Function {
+        oid: 5000 + u32::try_from(name.len()).expect("short"),
+        schema: "app".into(),
+        name: name.into(),
+        arg_types: vec![23],
+        language: language.into(),
+        source: source.into(),
+        return_type: 25,
+        returns_set: returns.is_some(),
+        return_relation: returns,
+    }
+}
+
 fn catalog() -> TestCatalog {
     let mut c = TestCatalog::default();
+    for f in [
+        function(
+            "get_ssn",
+            "sql",
+            "SELECT ssn FROM app.customers WHERE id = $1",
+            None,
+        ),
+        function(
+            "get_note",
+            "sql",
+            "SELECT note FROM app.orders WHERE id = $1",
+            None,
+        ),
+        function(
+            "all_customers",
+            "sql",
+            "SELECT * FROM app.customers",
+            Some(CUSTOMERS),
+        ),
+        function(
+            "pl_ssn",
+            "plpgsql",
+            "BEGIN RETURN (SELECT ssn FROM app.customers LIMIT 1); END",
+            None,
+        ),
+        function("trusted_ssn", "plpgsql", "BEGIN RETURN 'x'; END", None),
+        function("atomic", "sql", "", None),
+    ] {
+        c.funcs.entry(f.name.to_string()).or_default().push(f);
+    }
     c.add(
         CUSTOMERS,
         "app",
@@ -1086,4 +1137,71 @@ fn predicates_on_masked_columns_can_be_denied() {
         PolicySet::from_yaml(bad, 1).err().map(|e| e.to_string()),
         Some("policies[0].masking[0].predicates: expected allow or deny, not \"maybe\"".into())
     );
+}
+
+#[test]
+fn user_functions_are_traced_through_their_bodies_or_denied() {
+    // A sql function's single SELECT: its result derives from what the body returns.
+    assert_eq!(masks("SELECT app.get_ssn(1)"), vec![SSN]);
+    assert_eq!(
+        masks("SELECT get_ssn(id) AS s, id FROM app.orders"),
+        vec![SSN, None]
+    );
+    assert_eq!(masks("SELECT upper(get_ssn(1))"), vec![SSN]);
+    assert_eq!(masks("SELECT x FROM get_ssn(1) AS x"), vec![SSN]);
+    // Functions returning a masked relation's rows mask like the relation.
+    assert_eq!(
+        masks("SELECT * FROM app.all_customers()"),
+        vec![None, None, EMAIL, SSN, None]
+    );
+    assert_eq!(
+        masks("SELECT c.ssn, c.id FROM all_customers() c"),
+        vec![SSN, None]
+    );
+    assert_eq!(masks("SELECT all_customers()"), vec![SSN]);
+    // Clean bodies stay clean.
+    clear("SELECT get_note(1)");
+    // Bodies the gateway cannot read are of unknown lineage: denied.
+    let (rule, message) = denied("SELECT pl_ssn()");
+    assert_eq!(rule, "masking/lineage");
+    assert!(message.contains("plpgsql"), "{message}");
+    assert!(message.contains("functions.trusted"), "{message}");
+    denied("SELECT * FROM pl_ssn()");
+    denied("SELECT app.atomic()");
+    denied("SELECT id, pl_ssn() FROM app.orders");
+    // Trusted functions carry their arguments' lineage only.
+    clear("SELECT app.trusted_ssn()");
+    assert_eq!(
+        masks("SELECT trusted_ssn(ssn) FROM app.customers"),
+        vec![SSN]
+    );
+    // Built-ins are unaffected; a schema-qualified built-in never resolves to a user one.
+    clear("SELECT upper('a'), now(), pg_catalog.get_ssn(1)");
+}
+
+#[test]
+fn trusted_function_globs_are_validated_with_their_path() {
+    let doc = r#"
+policies:
+  - name: p
+    classes: {allow: [read]}
+    functions: {trusted: ["app.ok_*", "a.b.c"]}
+"#;
+    let err = PolicySet::from_yaml(doc, 1).expect_err("three parts is not a function name");
+    assert!(
+        err.to_string().contains("policies[0].functions.trusted[1]"),
+        "{err}"
+    );
+    let ok = PolicySet::from_yaml(
+        "policies:\n  - name: p\n    classes: {allow: [read]}\n    functions: {trusted: [\"app.ok_*\", helper]}\n",
+        1,
+    )
+    .expect("valid");
+    let p = ok.get("p").expect("policy");
+    assert!(p.function_trusted("app", "ok_report"));
+    assert!(
+        p.function_trusted("other", "HELPER"),
+        "an unqualified glob matches any schema"
+    );
+    assert!(!p.function_trusted("app", "report"));
 }

@@ -38,7 +38,7 @@ use sluice_pgwire::backend as bmsg;
 use sluice_policy::lineage::{Catalog, MaskPlan, ResultMask, ResultPlan};
 use sluice_policy::{Detector, DetectorSensitivity, Keep, MaskStrategy, Policy};
 
-use crate::catalog::Loaded;
+use crate::catalog::{Loaded, FIRST_NORMAL_OID};
 
 mod result;
 
@@ -47,10 +47,6 @@ const MAX_NOTED_COLUMNS: usize = 256;
 
 /// Row plans a session keeps (by RowDescription bytes and lineage).
 const MAX_ROW_PLANS: usize = 64;
-
-/// OIDs below this are PostgreSQL's own objects (`FirstNormalObjectId`): system catalogs hold
-/// no masked data.
-const FIRST_NORMAL_OID: u32 = 16384;
 
 /// What to do with one server message.
 #[derive(Debug)]
@@ -158,6 +154,9 @@ pub struct Masker {
     pub record_columns: bool,
     /// Row plans by RowDescription bytes, then lineage (with the masked column names).
     row_plans: HashMap<Vec<u8>, Vec<RowPlanEntry>>,
+    /// The catalog was reloaded for the RowDescription the session holds: plan it with what
+    /// is known now (failing closed), never ask again.
+    reloaded: bool,
 }
 
 /// The key of keyed-hash and tokenise strategies, one per data plane (every core hashes
@@ -290,6 +289,7 @@ impl Masker {
             row_plans: HashMap::new(),
             record_columns: false,
             counts: Counts::default(),
+            reloaded: false,
         })
     }
 
@@ -336,6 +336,60 @@ impl Masker {
         {
             self.row_plans.clear();
             self.catalog = Some(catalog);
+        }
+    }
+
+    /// The catalog that cannot resolve this whole RowDescription (of a result this masker
+    /// plans): the session holds the message and what follows it until
+    /// [`crate::catalog::Catalogs::refresh`] answers, then calls [`Masker::reloaded`].
+    /// `None` when the catalog knows every origin, or was already reloaded for it.
+    pub fn wants_reload(&self, job: u64, frame: &[u8]) -> Option<Rc<Loaded>> {
+        if !self.by_column || self.reloaded || !self.jobs.contains_key(&job) {
+            return None;
+        }
+        let cat = self.catalog.as_ref()?;
+        let mut fields = sluice_mask::row_description_fields(frame).ok()?;
+        fields
+            .any(|f| f.is_ok_and(|f| cat.catalog.misses(f.table_oid, f.column_id, f.type_oid)))
+            .then(|| cat.clone())
+    }
+
+    /// The catalog was reloaded (`catalog`, or `None` when that failed) for the held
+    /// RowDescription of `job`: the job's statement is planned again with it.
+    pub fn reloaded(&mut self, job: u64, catalog: Option<Rc<Loaded>>) {
+        self.reloaded = true;
+        let Some(catalog) = catalog else {
+            return;
+        };
+        self.set_catalog(catalog.clone());
+        let sql = match self.jobs.get(&job) {
+            Some(Job::Simple { sql, .. }) => sql.clone(),
+            Some(Job::Describe { portal }) => {
+                self.portals.get(&**portal).and_then(|p| p.sql.clone())
+            }
+            _ => None,
+        };
+        // Without the text the old plan stands; the origins are resolved with the new
+        // catalog either way.
+        let Some(sql) = sql else {
+            return;
+        };
+        let plan = catalog.plan(&self.policy, &sql, &sql);
+        match self.jobs.get_mut(&job) {
+            Some(Job::Simple { plans, state, .. }) => match &*plan {
+                MaskPlan::Deny { message, .. } => {
+                    state.failed.get_or_insert_with(|| message.clone());
+                }
+                _ => *plans = plan,
+            },
+            Some(Job::Describe { portal }) => {
+                let portal = portal.clone();
+                let lineage = self.lineage_of(&plan, 0);
+                if let Some(p) = self.portals.get_mut(&*portal) {
+                    p.lineage = lineage;
+                }
+            }
+            _ => {}
         }
     }
 

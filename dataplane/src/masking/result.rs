@@ -52,6 +52,10 @@ impl Masker {
             }
             _ => {}
         }
+        if tag == bmsg::ROW_DESCRIPTION {
+            // The next description gets its own chance at a reload.
+            self.reloaded = false;
+        }
         let Some(mut j) = self.jobs.remove(&job) else {
             if matches!(tag, bmsg::DATA_ROW | bmsg::COPY_DATA)
                 && (self.by_column || !self.detectors.is_empty())

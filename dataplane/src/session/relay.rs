@@ -273,10 +273,17 @@ impl Session {
         let mut skip = 0usize;
         let mut skip_forward = true;
         loop {
-            if let Err(e) = self.process_server(&mut buf, &mut skip, &mut skip_forward, generation)
-            {
-                self.server_lost(generation, &format!("protocol error: {e}"));
-                return;
+            match self.process_server(&mut buf, &mut skip, &mut skip_forward, generation) {
+                Ok(None) => {}
+                Ok(Some(seen)) => {
+                    // A result the catalog cannot resolve: reload, then process it again.
+                    self.reload_catalog(seen).await;
+                    continue;
+                }
+                Err(e) => {
+                    self.server_lost(generation, &format!("protocol error: {e}"));
+                    return;
+                }
             }
             {
                 let mut guard = self.st.borrow_mut();

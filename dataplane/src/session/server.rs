@@ -8,6 +8,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use sluice_pgwire::{backend as bmsg, parse_header, ProtocolError};
 
 use super::{split_run, Session, State, OWN_TAGS};
+use crate::catalog::Loaded;
 use crate::masking::{Action, Masker};
 use crate::tracker::Verdict;
 
@@ -16,6 +17,8 @@ use crate::tracker::Verdict;
 const MAX_INSPECTED_MESSAGE: usize = 64 * 1024;
 /// Largest result message (DataRow, CopyData, error) the masker buffers whole to rewrite.
 const MAX_MASKED_MESSAGE: usize = 16 << 20;
+/// Longest a result waits for a catalog reload before it is planned with what is known.
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Parameters PostgreSQL reports with ParameterStatus that a client may change with SET and
 /// expects to keep in transaction pooling (as PgBouncer tracks them).
@@ -47,18 +50,22 @@ impl Session {
     /// inspects the few message types that matter, drops answers to injected requests.
     /// `skip` is what remains of a message too large to hold, forwarded (or dropped, per
     /// `skip_forward`) as it streams.
+    ///
+    /// Stops at a RowDescription the masker's catalog cannot resolve, leaving it first in
+    /// `buf`, and returns that catalog: the caller reloads it and calls again.
     pub(super) fn process_server(
         &self,
         buf: &mut BytesMut,
         skip: &mut usize,
         skip_forward: &mut bool,
         generation: u64,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Option<Rc<Loaded>>, ProtocolError> {
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
         if st.server.generation != generation {
-            return Ok(());
+            return Ok(None);
         }
+        let mut reload = None;
         let mut synth = BytesMut::new();
         let mut unprepared = Vec::new();
         let mut pos = 0usize;
@@ -120,6 +127,17 @@ impl Session {
                     buf.reserve(total - available);
                 }
                 break;
+            }
+            if mask && h.tag == bmsg::ROW_DESCRIPTION {
+                // Held (with everything after it, unread) until the catalog is reloaded:
+                // no row of this result goes out before it is planned.
+                reload = st
+                    .masker
+                    .as_ref()
+                    .and_then(|mk| mk.wants_reload(job, &buf[pos..pos + total]));
+                if reload.is_some() {
+                    break;
+                }
             }
             let verdict = st.tracker.on_server(h.tag, &mut synth, &mut unprepared);
             st.server.ready = None;
@@ -183,7 +201,28 @@ impl Session {
         for c in chunks {
             self.push_out(&mut st.out, c);
         }
-        Ok(())
+        Ok(reload)
+    }
+
+    /// Reloads the catalog that could not resolve a held RowDescription, and has the masker
+    /// plan the held result with the new one (or with what it has, failing closed, when the
+    /// load fails or takes longer than [`RELOAD_WAIT`]).
+    pub(super) async fn reload_catalog(&self, seen: Rc<Loaded>) {
+        let refresh = self
+            .ctx
+            .catalogs
+            .refresh(&self.connection, self.pool.target(), &seen);
+        // The load itself goes on (it is shared): only this wait ends.
+        let catalog = match monoio::time::timeout(RELOAD_WAIT, refresh).await {
+            Ok(Ok(c)) => Some(c),
+            Ok(Err(_)) | Err(_) => None,
+        };
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        let job = st.tracker.head_job();
+        if let Some(mk) = st.masker.as_mut() {
+            mk.reloaded(job, catalog);
+        }
     }
 
     /// What the session learns from a ReadyForQuery, ParameterStatus or CommandComplete.

@@ -162,6 +162,10 @@ impl Visitor for ExprWalk<'_, '_, '_> {
                     self.skipping = Some(ptr);
                     return ControlFlow::Continue(());
                 }
+                // A user-defined function's result derives from its body too.
+                if let Some(call) = self.cx.user_function(&f.name) {
+                    self.taint.union(&call.taint);
+                }
                 if let FunctionArguments::List(list) = &f.args {
                     for a in &list.args {
                         // `f(name => value)`: the name is a parameter, not a column.

@@ -41,10 +41,16 @@
 //!   LIMIT, a window's PARTITION BY/ORDER BY or an aggregate's FILTER leaves the output clean,
 //!   although the rows chosen can reveal something about it. Relations read only there are
 //!   not looked up either (they are when some rule denies predicates).
-//! - Function bodies are not traced: a function that reads a masked table itself
-//!   (`SELECT get_ssn(1)`, `FROM my_report()`) returns clean values as far as this module
-//!   knows; the function rules and the content detectors are the defence there. `count` is
-//!   assumed to be `pg_catalog.count` when unqualified.
+//! - User-defined functions ([`Catalog::functions`]) are traced where their body can be:
+//!   a `LANGUAGE sql` body's last SELECT is traced like a view (its parameters carry the
+//!   arguments' lineage), and a function returning a relation's row type (`RETURNS t`,
+//!   `SETOF t`) returns that relation's columns with their rules. Any other function
+//!   (`plpgsql`, `c`, a `BEGIN ATOMIC` body, ...) is of unknown lineage, so its result in a
+//!   statement of a masking role is denied, unless the policy's `functions.trusted` lists it
+//!   (then its result derives from its arguments only, as a built-in's does). Overloads are
+//!   not told apart: every function of that name counts. Built-in functions are assumed
+//!   when the name has no user-defined function; `count` is assumed to be
+//!   `pg_catalog.count` when unqualified.
 //! - Field access on a whole row (`(c).id`) is tainted by the whole row (over-masking).
 //! - `TABLE "Mixed"` loses its quotes in sqlparser and is looked up in lower case (a miss is a
 //!   denial, never a leak). Temporary tables are not in the catalog and are denied.
@@ -100,6 +106,30 @@ pub struct Relation {
     pub view_sql: Option<Box<str>>,
 }
 
+/// One user-defined function (`pg_proc`, OID from 16384 up, outside `pg_catalog` and
+/// `information_schema`). Built-in functions are not listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    /// `pg_proc.oid`.
+    pub oid: u32,
+    /// Schema name, as stored.
+    pub schema: Box<str>,
+    /// Function name, as stored.
+    pub name: Box<str>,
+    /// Argument type OIDs (`proargtypes`).
+    pub arg_types: Vec<u32>,
+    /// `pg_language.lanname` (`sql`, `plpgsql`, `c`, ...).
+    pub language: Box<str>,
+    /// `prosrc`: the body of a `sql` or `plpgsql` function (empty for `BEGIN ATOMIC` bodies).
+    pub source: Box<str>,
+    /// `prorettype`.
+    pub return_type: u32,
+    /// `proretset`: `RETURNS SETOF`.
+    pub returns_set: bool,
+    /// The relation whose row type the function returns (`RETURNS t`, `SETOF t`).
+    pub return_relation: Option<u32>,
+}
+
 /// A read-only snapshot of one backend database's relations.
 pub trait Catalog {
     /// The relation `schema.name` (exact, case-sensitive names as stored).
@@ -108,6 +138,12 @@ pub trait Catalog {
     fn by_oid(&self, oid: u32) -> Option<&Relation>;
     /// The name of the type with this OID (`pg_type.typname`).
     fn type_name(&self, oid: u32) -> Option<&str>;
+    /// The user-defined functions named `name` (exact, as stored), in every schema and with
+    /// every argument list. A name with none is taken for a built-in function.
+    fn functions(&self, name: &str) -> &[Function] {
+        let _ = name;
+        &[]
+    }
 }
 
 /// Which masking rule covers one result column: an index into [`crate::Policy::masking`].
@@ -182,6 +218,7 @@ pub enum MaskPlan {
 
 mod exposure;
 mod expr;
+mod functions;
 mod predicates;
 mod query;
 mod scope;

@@ -457,6 +457,30 @@ impl<'c> Ctx<'c> {
             taint.union(&t);
         }
         let parts = name_parts(name).unwrap_or_default();
+        let item_name_of = |alias: Option<&TableAlias>, fname: &Rc<str>| {
+            alias.map_or_else(|| fname.clone(), |a| fold(&a.name))
+        };
+        if let Some(call) = self.user_function(name) {
+            if let Some(mut cols) = call.columns {
+                // `FROM f()` where f returns a relation's rows: that relation's columns.
+                for c in &mut cols {
+                    c.taint.union(&taint);
+                }
+                if ordinality {
+                    cols.push(Col {
+                        name: "ordinality".into(),
+                        taint: Taint::default(),
+                    });
+                }
+                let fname = parts.last().cloned().unwrap_or_else(|| Rc::from(""));
+                return Ok(Item {
+                    name: item_name_of(alias, &fname),
+                    schema: None,
+                    shape: Shape::Known(cols).renamed(alias),
+                });
+            }
+            taint.union(&call.taint);
+        }
         let builtin = match parts.as_slice() {
             [n] => Some(n.clone()),
             [s, n] if &**s == "pg_catalog" => Some(n.clone()),

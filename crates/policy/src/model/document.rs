@@ -102,6 +102,8 @@ pub(super) struct RawFunctions {
     pub(super) deny: Vec<String>,
     #[serde(default)]
     pub(super) allow_builtin_denied: Vec<String>,
+    #[serde(default)]
+    pub(super) trusted: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +223,11 @@ pub(super) fn build_policy(
             id: RuleId::new(format!("{name}/{local}")),
             glob: glob(f, 2, &format!("{path}.{local}"))?,
         });
+    }
+
+    for (i, f) in raw.functions.trusted.iter().enumerate() {
+        p.function_trusted
+            .push(glob(f, 2, &format!("{path}.functions.trusted[{i}]"))?);
     }
 
     for (i, f) in raw.functions.allow_builtin_denied.iter().enumerate() {
