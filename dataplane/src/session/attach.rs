@@ -268,14 +268,17 @@ impl Session {
         }
     }
 
-    /// Session mode, client gone, server idle with its reader still reading: send the reset
-    /// query (or an empty one) so the reader gets an answer, swallows it and parks, and the
-    /// connection goes back to the pool clean. Returns false if there was nothing to do.
+    /// Session mode, client gone, server idle with its reader still reading (blocked on a
+    /// read it must not drop): send a ROLLBACK when the client left a transaction open, then
+    /// the reset query (or an empty one), so the reader gets answers, swallows them and parks,
+    /// and the connection goes back to the pool clean. Returns false if there was nothing to
+    /// do.
     async fn reset_through_reader(self: &Rc<Self>) -> bool {
-        let (generation, write) = {
+        let (generation, write, rollback) = {
             let mut guard = self.st.borrow_mut();
             let st = &mut *guard;
-            let idle = st.tracker.is_idle() && st.server.ready == Some(b'I');
+            let idle = st.tracker.is_idle() && st.server.ready.is_some();
+            let rollback = st.server.ready != Some(b'I');
             let generation = st.server.generation;
             let Some(a) = st.server.attached.as_mut().filter(|a| a.parked.is_none()) else {
                 return false;
@@ -287,18 +290,25 @@ impl Session {
                 return false;
             };
             let mut ignored = (BytesMut::new(), Vec::new());
-            st.tracker.push(
-                Request::Simple,
-                Delivery::Swallow,
-                None,
-                &mut ignored.0,
-                &mut ignored.1,
-            );
+            for _ in 0..1 + usize::from(rollback) {
+                st.tracker.push(
+                    Request::Simple,
+                    Delivery::Swallow,
+                    None,
+                    &mut ignored.0,
+                    &mut ignored.1,
+                );
+            }
             st.server.ready = None;
             st.server.reset_sent = true;
-            (generation, w)
+            (generation, w, rollback)
         };
         let mut q = BytesMut::new();
+        if rollback {
+            // Its own message: DISCARD ALL may not run in the implicit transaction of a
+            // multi-statement query.
+            encode::query(&mut q, "ROLLBACK");
+        }
         encode::query(&mut q, &self.pool.config().reset_query);
         self.write_taken(generation, write, q.freeze()).await;
         // The reader parks once it has read the answer, and settles the connection.
