@@ -1,6 +1,7 @@
 //! The server connection a session holds: taking one from the pool, parking its read half
 //! while it owes nothing, returning it, losing it, and settling it when the session ends.
 
+use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
@@ -36,13 +37,17 @@ pub(super) struct ServerSlot {
     /// the server reader has read its answer.
     reset_sent: bool,
     pub(super) last_forwarded_tag: u8,
-    /// Session parameters this client wants on every server connection it gets: from its
-    /// startup packet, updated when the server reports that the client changed one.
+    /// Session parameters from the client's startup packet, set on every server connection
+    /// it gets (those PostgreSQL reports are followed in `view` instead).
     pub(super) wanted: Rc<Vec<(String, String)>>,
+    /// Every reported parameter as the client was last told it (ParameterStatus): at
+    /// startup, then each one forwarded to it. A server handed to the client is made to
+    /// match, so the client's own SETs of these follow it from server to server.
+    pub(super) view: Rc<HashMap<String, String>>,
 }
 
 impl ServerSlot {
-    pub(super) fn new(wanted: Vec<(String, String)>) -> Self {
+    pub(super) fn new(wanted: Vec<(String, String)>, view: HashMap<String, String>) -> Self {
         Self {
             attached: None,
             generation: 0,
@@ -50,6 +55,7 @@ impl ServerSlot {
             reset_sent: false,
             last_forwarded_tag: 0,
             wanted: Rc::new(wanted),
+            view: Rc::new(view),
         }
     }
 
@@ -81,8 +87,11 @@ impl Session {
         }
         match self.pool.acquire().await {
             Ok(mut conn) => {
-                let wanted = self.st.borrow().server.wanted.clone();
-                if let Err(e) = conn.apply_params(&wanted).await {
+                let (wanted, view) = {
+                    let st = self.st.borrow();
+                    (st.server.wanted.clone(), st.server.view.clone())
+                };
+                if let Err(e) = conn.hand_to(Some(self.pid), &wanted, &view).await {
                     tracing::warn!(peer = %self.peer, error = %e, "could not prepare a server connection");
                     self.pool.broken_or_close(conn, &e);
                     self.fatal(Fatal::from(&e));
@@ -167,11 +176,7 @@ impl Session {
             let pool = self.pool.clone();
             monoio::spawn(async move { pool.release_after_reset(conn).await });
         } else {
-            let mut conn = conn;
-            if reset_sent {
-                conn.state.applied.clear();
-                conn.state.prepared.clear();
-            }
+            // What the reset query undid, the server reader saw in its CommandComplete.
             self.pool.release(conn);
         }
     }

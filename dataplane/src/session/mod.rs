@@ -65,6 +65,8 @@ pub(crate) struct LoggedIn {
     /// The connection's name.
     pub(crate) connection: Arc<str>,
     pub(crate) wanted: Vec<(String, String)>,
+    /// The parameters the client was told at startup (ParameterStatus), by the server's names.
+    pub(crate) view: HashMap<String, String>,
     pub(crate) identity: Identity,
     /// The id (`jti`) of the just-in-time grant the client logged in with, if it did: what a
     /// snapshot revokes (see [`CoreCtx::register_session`]).
@@ -121,6 +123,8 @@ struct Session {
     mode: PoolMode,
     max_message: usize,
     slot: Arc<CancelSlot>,
+    /// The client's pid (BackendKeyData), the gateway's own.
+    pid: i32,
     client_fd: RawFd,
     st: RefCell<State>,
     wake: Wakers,
@@ -154,6 +158,7 @@ pub(crate) async fn run(
         grant_id,
         token_id,
         wanted,
+        view,
         identity,
         pid,
         slot,
@@ -174,11 +179,12 @@ pub(crate) async fn run(
         pool,
         policy_generation: Cell::new(ctx.generation()),
         slot,
+        pid,
         client_fd,
         st: RefCell::new(State {
             tracker: Tracker::new(),
             masker,
-            server: ServerSlot::new(wanted),
+            server: ServerSlot::new(wanted, view),
             out: Outbox::default(),
             stmts: Statements::default(),
             judge: Judge::new(policy),
