@@ -363,10 +363,11 @@ impl ServerConn {
     ) -> Result<(), BackendError> {
         let foreign = owner.is_none() || self.state.owner != owner;
         if foreign && (self.state.dirty || self.state.listening) {
+            // RESET ALL leaves the role and the session authorization alone.
             let sql = if self.state.listening {
-                "RESET ALL; UNLISTEN *"
+                "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; UNLISTEN *"
             } else {
-                "RESET ALL"
+                "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
             };
             self.run_control_query(sql).await?;
             self.state.applied.clear();
