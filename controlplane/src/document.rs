@@ -173,21 +173,8 @@ fn check_policy(i: usize, pol: &PolicySpec) -> Result<(), FieldError> {
     }
 }
 
-/// One problem in a document, at a path like `roles[2].connections.app`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl FieldError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
+/// One problem in a document (a wire type: error answers carry it).
+pub use sluice_client::wire::error::FieldError;
 
 /// The syntax a document arrives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
