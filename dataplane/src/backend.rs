@@ -395,9 +395,7 @@ impl ServerConn {
             sql.push(';');
         }
         // Reported ones: as the client was told.
-        let mut names: Vec<_> = view.iter().collect();
-        names.sort();
-        for (name, value) in names {
+        for (name, value) in view {
             let settable = !READ_ONLY_REPORTED.contains(&name.as_str());
             if settable && self.state.reported.get(name) != Some(value) {
                 push_set(&mut sql, name, value);
