@@ -58,8 +58,9 @@ pub struct ServerState {
     /// The parameters a client that asks for nothing would be told: what the server reported
     /// at login, with `application_name` as PostgreSQL's default rather than the gateway's.
     pub startup: HashMap<String, String>,
-    /// The gateway pid of the client that used the connection last (`None` before any).
-    pub owner: Option<i32>,
+    /// The client that used the connection last (`None` before any): its gateway pid and
+    /// cancel secret, so a pid reused after its serial wraps is not taken for the same client.
+    pub owner: Option<u64>,
     /// A client ran `SET`/`RESET` on it: settings the proxy does not track may differ from
     /// the defaults until a `RESET ALL`.
     pub dirty: bool,
@@ -357,7 +358,7 @@ impl ServerConn {
     /// another client's untracked settings and LISTENs), none when nothing differs.
     pub async fn hand_to(
         &mut self,
-        owner: Option<i32>,
+        owner: Option<u64>,
         wanted: &[(String, String)],
         view: &HashMap<String, String>,
     ) -> Result<(), BackendError> {

@@ -444,7 +444,8 @@ async fn greet(
         }
     };
     let (pid, secret, slot) = shared.cancel.register(ctx.id);
-    server.state.owner = Some(pid);
+    let owner = crate::session::owner_token(pid, secret);
+    server.state.owner = Some(owner);
     let mut out = BytesMut::with_capacity(512);
     encode::authentication_ok(&mut out);
     // What the client's own backend would report, not what the pooled one says now.
@@ -483,6 +484,7 @@ async fn greet(
         view,
         identity,
         pid,
+        owner,
         slot,
         server,
         peer,

@@ -91,7 +91,7 @@ impl Session {
                     let st = self.st.borrow();
                     (st.server.wanted.clone(), st.server.view.clone())
                 };
-                if let Err(e) = conn.hand_to(Some(self.pid), &wanted, &view).await {
+                if let Err(e) = conn.hand_to(Some(self.owner), &wanted, &view).await {
                     tracing::warn!(peer = %self.peer, error = %e, "could not prepare a server connection");
                     self.pool.broken_or_close(conn, &e);
                     self.fatal(Fatal::from(&e));

@@ -74,6 +74,8 @@ pub(crate) struct LoggedIn {
     /// The token's id: its `jti`, else a fingerprint (never the token itself).
     pub(crate) token_id: Arc<str>,
     pub(crate) pid: i32,
+    /// Names this client as a server connection's owner (see [`owner_token`]).
+    pub(crate) owner: u64,
     pub(crate) slot: Arc<CancelSlot>,
     /// Session mode: the server connection kept from login.
     pub(crate) server: Option<ServerConn>,
@@ -125,6 +127,8 @@ struct Session {
     slot: Arc<CancelSlot>,
     /// The client's pid (BackendKeyData), the gateway's own.
     pid: i32,
+    /// Names this client as the owner of the server connections it uses.
+    owner: u64,
     client_fd: RawFd,
     st: RefCell<State>,
     wake: Wakers,
@@ -140,6 +144,12 @@ struct Session {
     audit: Option<crate::audit::AuditSink>,
     /// This session's id in audit records.
     session_id: String,
+}
+
+/// What names a client as a server connection's owner: its gateway pid and cancel secret
+/// (the pid alone comes back once its core's serial wraps).
+pub(crate) fn owner_token(pid: i32, secret: i32) -> u64 {
+    (u64::from(pid as u32) << 32) | u64::from(secret as u32)
 }
 
 /// Runs a logged-in client's session to its end.
@@ -161,6 +171,7 @@ pub(crate) async fn run(
         view,
         identity,
         pid,
+        owner,
         slot,
         server,
         peer,
@@ -180,6 +191,7 @@ pub(crate) async fn run(
         policy_generation: Cell::new(ctx.generation()),
         slot,
         pid,
+        owner,
         client_fd,
         st: RefCell::new(State {
             tracker: Tracker::new(),
