@@ -52,8 +52,20 @@ pub struct ServerState {
     pub key: BackendKey,
     /// Parameters as the server last reported them (ParameterStatus).
     pub reported: HashMap<String, String>,
-    /// Parameters the proxy set for the current client, as the client asked for them.
+    /// Parameters PostgreSQL does not report that the proxy set for a client, as the client
+    /// asked for them (its startup parameters): what a client that asked otherwise gets reset.
     pub applied: HashMap<String, String>,
+    /// The parameters a client that asks for nothing would be told: what the server reported
+    /// at login, with `application_name` as PostgreSQL's default rather than the gateway's.
+    pub startup: HashMap<String, String>,
+    /// The client that used the connection last (`None` before any): its gateway pid and
+    /// cancel secret, so a pid reused after its serial wraps is not taken for the same client.
+    pub owner: Option<u64>,
+    /// A client ran `SET`/`RESET` on it: settings the proxy does not track may differ from
+    /// the defaults until a `RESET ALL`.
+    pub dirty: bool,
+    /// A client ran `LISTEN` on it: notifications would reach whoever holds it next.
+    pub listening: bool,
     /// Ids of statements prepared on this server by the proxy (transaction pooling).
     pub prepared: HashSet<u64>,
     /// When the connection was opened.
@@ -185,6 +197,8 @@ impl ServerConn {
         })?;
         let (read, write) = stream.into_split();
         let now = Instant::now();
+        let mut startup = reported.clone();
+        startup.insert("application_name".into(), String::new());
         Ok(ServerConn {
             read,
             rbuf,
@@ -193,6 +207,10 @@ impl ServerConn {
                 key,
                 reported,
                 applied: HashMap::new(),
+                startup,
+                owner: None,
+                dirty: false,
+                listening: false,
                 prepared: HashSet::new(),
                 created: now,
                 idle_since: now,
@@ -262,6 +280,7 @@ impl ServerConn {
                         message: fields.message().unwrap_or("unknown error").to_owned(),
                     });
                 }
+                msg::BackendMessage::CommandComplete { tag } => self.state.completed(tag),
                 msg::BackendMessage::ReadyForQuery { status } => {
                     return match error {
                         Some(e) => Err(e),
@@ -332,36 +351,144 @@ impl ServerConn {
         }
     }
 
-    /// Makes the server's session parameters match what the client asked for, with one
-    /// round trip, and only when something differs.
-    pub async fn apply_params(&mut self, wanted: &[(String, String)]) -> Result<(), BackendError> {
+    /// Makes the connection look to client `owner` (its gateway pid; `None` while it logs
+    /// in) as its own backend would: what another client changed undone, the client's
+    /// startup parameters (`wanted`) set, and every reported parameter as the client was
+    /// told it (`view`, by the server's names). At most two round trips (one to clear
+    /// another client's untracked settings and LISTENs), none when nothing differs.
+    pub async fn hand_to(
+        &mut self,
+        owner: Option<u64>,
+        wanted: &[(String, String)],
+        view: &HashMap<String, String>,
+    ) -> Result<(), BackendError> {
+        let foreign = owner.is_none() || self.state.owner != owner;
+        if foreign && (self.state.dirty || self.state.listening) {
+            // RESET ALL leaves the role and the session authorization alone.
+            let sql = if self.state.listening {
+                "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; UNLISTEN *"
+            } else {
+                "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
+            };
+            self.run_control_query(sql).await?;
+            self.state.applied.clear();
+            self.state.dirty = false;
+            self.state.listening = false;
+        }
+        let reported = |name: &str| view.keys().any(|k| k.eq_ignore_ascii_case(name));
         let mut sql = String::new();
-        for (name, value) in wanted {
+        // Settings PostgreSQL does not report: the client's own, and another client's reset.
+        for (name, value) in wanted.iter().filter(|(n, _)| !reported(n)) {
             if self.state.applied.get(name) != Some(value) {
-                sql.push_str("SET ");
-                sql.push_str(name);
-                sql.push_str(" = ");
-                push_literal(&mut sql, value);
-                sql.push(';');
+                push_set(&mut sql, name, value);
             }
         }
-        if sql.is_empty() {
-            return Ok(());
+        let stale: Vec<String> = self
+            .state
+            .applied
+            .keys()
+            .filter(|k| !wanted.iter().any(|(n, _)| n == *k))
+            .cloned()
+            .collect();
+        for name in &stale {
+            sql.push_str("RESET ");
+            sql.push_str(name);
+            sql.push(';');
         }
-        self.run_control_query(&sql).await?;
-        for (name, value) in wanted {
+        // Reported ones: as the client was told.
+        for (name, value) in view {
+            let settable = !READ_ONLY_REPORTED.contains(&name.as_str());
+            if settable && self.state.reported.get(name) != Some(value) {
+                push_set(&mut sql, name, value);
+            }
+        }
+        if !sql.is_empty() {
+            // The proxy's own SETs leave nothing a RESET ALL must undo for the next client.
+            let dirty = self.state.dirty;
+            self.run_control_query(&sql).await?;
+            self.state.dirty = dirty;
+        }
+        for name in stale {
+            self.state.applied.remove(&name);
+        }
+        for (name, value) in wanted.iter().filter(|(n, _)| !reported(n)) {
             self.state.applied.insert(name.clone(), value.clone());
         }
+        self.state.owner = owner;
         Ok(())
+    }
+
+    /// Prepares the connection for a client logging in with startup parameters `wanted`, and
+    /// returns the parameters to report to it: the server's defaults (as a backend of its own
+    /// would report them), with what the client asked for, as the server spells them.
+    pub async fn hand_to_new_client(
+        &mut self,
+        wanted: &[(String, String)],
+    ) -> Result<HashMap<String, String>, BackendError> {
+        let mut view = self.state.startup.clone();
+        for (name, value) in wanted {
+            if let Some(k) = view.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned() {
+                view.insert(k, value.clone());
+            }
+        }
+        self.hand_to(None, wanted, &view).await?;
+        // The values as the server canonicalised them ('iso' is reported as "ISO, MDY").
+        for (name, value) in view.iter_mut() {
+            if let Some(v) = self.state.reported.get(name) {
+                value.clone_from(v);
+            }
+        }
+        Ok(view)
     }
 }
 
-/// Quotes a string as a SQL literal (standard_conforming_strings on: only `'` doubles).
+/// Reported parameters no client can set (their values are the backend's, the same on every
+/// connection of one backend user).
+const READ_ONLY_REPORTED: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "in_hot_standby",
+    "is_superuser",
+    "session_authorization",
+];
+
+impl ServerState {
+    /// What a CommandComplete tag says about the connection's session state.
+    pub fn completed(&mut self, tag: &str) {
+        match tag {
+            "SET" | "RESET" => self.dirty = true,
+            "LISTEN" => self.listening = true,
+            "DISCARD ALL" => {
+                self.applied.clear();
+                self.prepared.clear();
+                self.dirty = false;
+                self.listening = false;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Appends `SET name = 'value';`.
+fn push_set(sql: &mut String, name: &str, value: &str) {
+    sql.push_str("SET ");
+    sql.push_str(name);
+    sql.push_str(" = ");
+    push_literal(sql, value);
+    sql.push(';');
+}
+
+/// Quotes a string as a SQL literal that means the same whatever the connection's
+/// standard_conforming_strings (a value with a backslash is written as an `E''` string).
 fn push_literal(sql: &mut String, value: &str) {
+    if value.contains('\\') {
+        sql.push('E');
+    }
     sql.push('\'');
     for c in value.chars() {
-        if c == '\'' {
-            sql.push('\'');
+        if c == '\'' || c == '\\' {
+            sql.push(c);
         }
         sql.push(c);
     }
@@ -416,6 +543,9 @@ mod tests {
         let mut s = String::new();
         push_literal(&mut s, "it's");
         assert_eq!(s, "'it''s'");
+        s.clear();
+        push_literal(&mut s, r"C:\dir's");
+        assert_eq!(s, r"E'C:\\dir''s'");
         assert!(valid_param_name("application_name"));
         assert!(valid_param_name("my.setting"));
         assert!(!valid_param_name("x; DROP TABLE t"));

@@ -531,22 +531,28 @@ async fn greet(
             return Err(Fatal::from(&e).into());
         }
     };
-    if let Err(e) = server.apply_params(&wanted).await {
-        tracing::info!(%peer, error = %e, "client startup parameters rejected by the backend");
-        let fatal = match &e {
-            BackendError::Refused { message, .. } => Fatal::new(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("invalid startup parameter: {message}"),
-            ),
-            other => Fatal::from(other),
-        };
-        pool.broken_or_close(server, &e);
-        return Err(fatal.into());
-    }
+    let view = match server.hand_to_new_client(&wanted).await {
+        Ok(view) => view,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "client startup parameters rejected by the backend");
+            let fatal = match &e {
+                BackendError::Refused { message, .. } => Fatal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid startup parameter: {message}"),
+                ),
+                other => Fatal::from(other),
+            };
+            pool.broken_or_close(server, &e);
+            return Err(fatal.into());
+        }
+    };
     let (pid, secret, slot) = shared.cancel.register(ctx.id);
+    let owner = crate::session::owner_token(pid, secret);
+    server.state.owner = Some(owner);
     let mut out = BytesMut::with_capacity(512);
     encode::authentication_ok(&mut out);
-    let mut reported: Vec<_> = server.state.reported.iter().collect();
+    // What the client's own backend would report, not what the pooled one says now.
+    let mut reported: Vec<_> = view.iter().collect();
     reported.sort();
     for (name, value) in reported {
         encode::parameter_status(&mut out, name, value);
@@ -578,8 +584,10 @@ async fn greet(
         connection: connection.name.as_str().into(),
         pool,
         wanted,
+        view,
         identity,
         pid,
+        owner,
         slot,
         server,
         peer,

@@ -178,8 +178,6 @@ impl Pool {
                 self.close(conn);
                 return;
             }
-            conn.state.applied.clear();
-            conn.state.prepared.clear();
         }
         self.release(conn);
     }

@@ -1,6 +1,7 @@
 //! The server connection a session holds: taking one from the pool, parking its read half
 //! while it owes nothing, returning it, losing it, and settling it when the session ends.
 
+use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
@@ -36,13 +37,17 @@ pub(super) struct ServerSlot {
     /// the server reader has read its answer.
     reset_sent: bool,
     pub(super) last_forwarded_tag: u8,
-    /// Session parameters this client wants on every server connection it gets: from its
-    /// startup packet, updated when the server reports that the client changed one.
+    /// Session parameters from the client's startup packet, set on every server connection
+    /// it gets (those PostgreSQL reports are followed in `view` instead).
     pub(super) wanted: Rc<Vec<(String, String)>>,
+    /// Every reported parameter as the client was last told it (ParameterStatus): at
+    /// startup, then each one forwarded to it. A server handed to the client is made to
+    /// match, so the client's own SETs of these follow it from server to server.
+    pub(super) view: Rc<HashMap<String, String>>,
 }
 
 impl ServerSlot {
-    pub(super) fn new(wanted: Vec<(String, String)>) -> Self {
+    pub(super) fn new(wanted: Vec<(String, String)>, view: HashMap<String, String>) -> Self {
         Self {
             attached: None,
             generation: 0,
@@ -50,6 +55,7 @@ impl ServerSlot {
             reset_sent: false,
             last_forwarded_tag: 0,
             wanted: Rc::new(wanted),
+            view: Rc::new(view),
         }
     }
 
@@ -81,8 +87,11 @@ impl Session {
         }
         match self.pool.acquire().await {
             Ok(mut conn) => {
-                let wanted = self.st.borrow().server.wanted.clone();
-                if let Err(e) = conn.apply_params(&wanted).await {
+                let (wanted, view) = {
+                    let st = self.st.borrow();
+                    (st.server.wanted.clone(), st.server.view.clone())
+                };
+                if let Err(e) = conn.hand_to(Some(self.owner), &wanted, &view).await {
                     tracing::warn!(peer = %self.peer, error = %e, "could not prepare a server connection");
                     self.pool.broken_or_close(conn, &e);
                     self.fatal(Fatal::from(&e));
@@ -167,11 +176,7 @@ impl Session {
             let pool = self.pool.clone();
             monoio::spawn(async move { pool.release_after_reset(conn).await });
         } else {
-            let mut conn = conn;
-            if reset_sent {
-                conn.state.applied.clear();
-                conn.state.prepared.clear();
-            }
+            // What the reset query undid, the server reader saw in its CommandComplete.
             self.pool.release(conn);
         }
     }
@@ -268,14 +273,17 @@ impl Session {
         }
     }
 
-    /// Session mode, client gone, server idle with its reader still reading: send the reset
-    /// query (or an empty one) so the reader gets an answer, swallows it and parks, and the
-    /// connection goes back to the pool clean. Returns false if there was nothing to do.
+    /// Session mode, client gone, server idle with its reader still reading (blocked on a
+    /// read it must not drop): send a ROLLBACK when the client left a transaction open, then
+    /// the reset query (or an empty one), so the reader gets answers, swallows them and parks,
+    /// and the connection goes back to the pool clean. Returns false if there was nothing to
+    /// do.
     async fn reset_through_reader(self: &Rc<Self>) -> bool {
-        let (generation, write) = {
+        let (generation, write, rollback) = {
             let mut guard = self.st.borrow_mut();
             let st = &mut *guard;
-            let idle = st.tracker.is_idle() && st.server.ready == Some(b'I');
+            let idle = st.tracker.is_idle() && st.server.ready.is_some();
+            let rollback = st.server.ready != Some(b'I');
             let generation = st.server.generation;
             let Some(a) = st.server.attached.as_mut().filter(|a| a.parked.is_none()) else {
                 return false;
@@ -287,18 +295,25 @@ impl Session {
                 return false;
             };
             let mut ignored = (BytesMut::new(), Vec::new());
-            st.tracker.push(
-                Request::Simple,
-                Delivery::Swallow,
-                None,
-                &mut ignored.0,
-                &mut ignored.1,
-            );
+            for _ in 0..1 + usize::from(rollback) {
+                st.tracker.push(
+                    Request::Simple,
+                    Delivery::Swallow,
+                    None,
+                    &mut ignored.0,
+                    &mut ignored.1,
+                );
+            }
             st.server.ready = None;
             st.server.reset_sent = true;
-            (generation, w)
+            (generation, w, rollback)
         };
         let mut q = BytesMut::new();
+        if rollback {
+            // Its own message: DISCARD ALL may not run in the implicit transaction of a
+            // multi-statement query.
+            encode::query(&mut q, "ROLLBACK");
+        }
         encode::query(&mut q, &self.pool.config().reset_query);
         self.write_taken(generation, write, q.freeze()).await;
         // The reader parks once it has read the answer, and settles the connection.

@@ -65,6 +65,8 @@ pub(crate) struct LoggedIn {
     /// The connection's name.
     pub(crate) connection: Arc<str>,
     pub(crate) wanted: Vec<(String, String)>,
+    /// The parameters the client was told at startup (ParameterStatus), by the server's names.
+    pub(crate) view: HashMap<String, String>,
     pub(crate) identity: Identity,
     /// The id (`jti`) of the just-in-time grant the client logged in with, if it did: what a
     /// snapshot revokes (see [`CoreCtx::register_session`]).
@@ -72,6 +74,8 @@ pub(crate) struct LoggedIn {
     /// The token's id: its `jti`, else a fingerprint (never the token itself).
     pub(crate) token_id: Arc<str>,
     pub(crate) pid: i32,
+    /// Names this client as a server connection's owner (see [`owner_token`]).
+    pub(crate) owner: u64,
     pub(crate) slot: Arc<CancelSlot>,
     /// Session mode: the server connection kept from login.
     pub(crate) server: Option<ServerConn>,
@@ -121,6 +125,10 @@ struct Session {
     mode: PoolMode,
     max_message: usize,
     slot: Arc<CancelSlot>,
+    /// The client's pid (BackendKeyData), the gateway's own.
+    pid: i32,
+    /// Names this client as the owner of the server connections it uses.
+    owner: u64,
     client_fd: RawFd,
     st: RefCell<State>,
     wake: Wakers,
@@ -136,6 +144,12 @@ struct Session {
     audit: Option<crate::audit::AuditSink>,
     /// This session's id in audit records.
     session_id: String,
+}
+
+/// What names a client as a server connection's owner: its gateway pid and cancel secret
+/// (the pid alone comes back once its core's serial wraps).
+pub(crate) fn owner_token(pid: i32, secret: i32) -> u64 {
+    (u64::from(pid as u32) << 32) | u64::from(secret as u32)
 }
 
 /// Runs a logged-in client's session to its end.
@@ -154,8 +168,10 @@ pub(crate) async fn run(
         grant_id,
         token_id,
         wanted,
+        view,
         identity,
         pid,
+        owner,
         slot,
         server,
         peer,
@@ -174,11 +190,13 @@ pub(crate) async fn run(
         pool,
         policy_generation: Cell::new(ctx.generation()),
         slot,
+        pid,
+        owner,
         client_fd,
         st: RefCell::new(State {
             tracker: Tracker::new(),
             masker,
-            server: ServerSlot::new(wanted),
+            server: ServerSlot::new(wanted, view),
             out: Outbox::default(),
             stmts: Statements::default(),
             judge: Judge::new(policy),

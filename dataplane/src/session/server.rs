@@ -20,17 +20,6 @@ const MAX_MASKED_MESSAGE: usize = 16 << 20;
 /// Longest a result waits for a catalog reload before it is planned with what is known.
 const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Parameters PostgreSQL reports with ParameterStatus that a client may change with SET and
-/// expects to keep in transaction pooling (as PgBouncer tracks them).
-const TRACKED_PARAMS: &[&str] = &[
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "IntervalStyle",
-    "TimeZone",
-    "standard_conforming_strings",
-];
-
 /// Server messages after which a masking job may be over.
 fn ends_a_result(tag: u8) -> bool {
     matches!(
@@ -94,7 +83,10 @@ impl Session {
             let available = buf.len() - pos;
             let inspect = matches!(
                 h.tag,
-                bmsg::READY_FOR_QUERY | bmsg::PARAMETER_STATUS | bmsg::COMMAND_COMPLETE
+                bmsg::READY_FOR_QUERY
+                    | bmsg::PARAMETER_STATUS
+                    | bmsg::COMMAND_COMPLETE
+                    | bmsg::NOTIFICATION
             );
             if inspect && total > MAX_INSPECTED_MESSAGE {
                 return Err(ProtocolError::MessageTooLarge {
@@ -141,8 +133,12 @@ impl Session {
             }
             let verdict = st.tracker.on_server(h.tag, &mut synth, &mut unprepared);
             st.server.ready = None;
+            let mut param = None;
             if inspect {
-                self.inspect(st, &buf[pos..pos + total])?;
+                param = self.inspect(st, &buf[pos..pos + total])?;
+            }
+            if h.tag == bmsg::NOTIFICATION {
+                self.own_notifier(st, &mut buf[pos..pos + total]);
             }
             st.server.unprepared(&mut unprepared);
             let whole = available >= total;
@@ -173,6 +169,10 @@ impl Session {
             let forward = verdict == Verdict::Forward;
             match verdict {
                 Verdict::Forward => {
+                    if let Some((name, value)) = param.take() {
+                        // The client saw it: what it expects of every server from now on.
+                        Rc::make_mut(&mut st.server.view).insert(name, value);
+                    }
                     st.server.last_forwarded_tag = h.tag;
                     bytes += present as u64;
                     pos += present;
@@ -225,25 +225,26 @@ impl Session {
         }
     }
 
-    /// What the session learns from a ReadyForQuery, ParameterStatus or CommandComplete.
-    fn inspect(&self, st: &mut State, frame: &[u8]) -> Result<(), ProtocolError> {
-        match bmsg::parse(frame)? {
+    /// What the session learns from a ReadyForQuery, ParameterStatus or CommandComplete; a
+    /// ParameterStatus is returned, for the client's view once it is forwarded.
+    fn inspect(
+        &self,
+        st: &mut State,
+        frame: &[u8],
+    ) -> Result<Option<(String, String)>, ProtocolError> {
+        let msg = bmsg::parse(frame)?;
+        if let (bmsg::BackendMessage::CommandComplete { tag }, Some(a)) =
+            (&msg, st.server.attached.as_mut())
+        {
+            a.state.completed(tag);
+        }
+        match msg {
             bmsg::BackendMessage::ReadyForQuery { status } => st.server.ready = Some(status),
             bmsg::BackendMessage::ParameterStatus { name, value } => {
-                // The client changed a parameter (or the server did for it): keep the new
-                // value for the server connections it gets next.
-                let wanted_before = st.server.wanted.iter().any(|(n, _)| n == name);
-                if wanted_before || TRACKED_PARAMS.contains(&name) {
-                    let wanted = Rc::make_mut(&mut st.server.wanted);
-                    match wanted.iter_mut().find(|(n, _)| n == name) {
-                        Some(entry) => entry.1 = value.to_owned(),
-                        None => wanted.push((name.to_owned(), value.to_owned())),
-                    }
-                }
                 if let Some(a) = st.server.attached.as_mut() {
-                    a.state.applied.insert(name.to_owned(), value.to_owned());
                     a.state.reported.insert(name.to_owned(), value.to_owned());
                 }
+                return Ok(Some((name.to_owned(), value.to_owned())));
             }
             bmsg::BackendMessage::CommandComplete { tag }
                 if tag == "DISCARD ALL" || tag == "DEALLOCATE ALL" =>
@@ -262,7 +263,21 @@ impl Session {
             }
             _ => {}
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// A notification sent by the client's own server connection names the client's pid
+    /// (the gateway's, from BackendKeyData), not the backend's, so a client that compares
+    /// the two knows its own notifications. Others' keep their backend pid.
+    fn own_notifier(&self, st: &State, frame: &mut [u8]) {
+        let Some(a) = st.server.attached.as_ref() else {
+            return;
+        };
+        if let Some(pid) = frame.get_mut(5..9) {
+            if *pid == a.state.key.pid.to_be_bytes() {
+                pid.copy_from_slice(&self.pid.to_be_bytes());
+            }
+        }
     }
 
     /// Counts what went to the client, and what the masker did.
