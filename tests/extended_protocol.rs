@@ -1,6 +1,8 @@
 //! The extended query protocol through the gateway, sent as raw wire-protocol bytes where
-//! drivers would smooth things over: Binds with more parameters than a signed 16-bit count
-//! holds (PostgreSQL accepts up to 65535).
+//! drivers would smooth things over: the unnamed statement across a Sync in transaction
+//! pooling (pg8000 parses and describes in one round trip and binds in the next, by when the
+//! client may hold another server connection), and Binds with more parameters than a signed
+//! 16-bit count holds (PostgreSQL accepts up to 65535).
 
 mod common;
 
@@ -84,6 +86,11 @@ fn execute(portal: &str) -> Vec<u8> {
     cstr(&mut b, portal);
     b.extend_from_slice(&0i32.to_be_bytes());
     msg(b'E', &b)
+}
+fn close_stmt(name: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    cstr(&mut b, name);
+    msg(b'C', &b)
 }
 fn sync() -> Vec<u8> {
     msg(b'S', &[])
@@ -208,6 +215,86 @@ fn describe(tag: u8, body: &[u8]) -> String {
         }
         t => (t as char).to_string(),
     }
+}
+
+/// pg8000's execute: Parse(unnamed) + Describe + Sync, then Bind + Execute + Sync in a later
+/// round trip. With one server connection and another client's unnamed statement on it in
+/// between, the gateway parses the client's statement there again before its Bind.
+#[test]
+fn unnamed_statement_survives_a_sync_in_transaction_mode() {
+    let gw = setup("ext_unnamed", "transaction", 1);
+    let mut a = Raw::connect(gw.port());
+    let mut b = Raw::connect(gw.port());
+
+    let got = a.round_trip(&[
+        parse("", "SELECT label FROM items WHERE id = $1", &[23]),
+        describe_stmt(""),
+        sync(),
+    ]);
+    assert_eq!(got, ["1", "t", "T", "Z"]);
+
+    // B's unnamed statement replaces A's on the one server connection.
+    let got = b.round_trip(&[parse("", "SELECT $1::text || '!'", &[]), sync()]);
+    assert_eq!(got, ["1", "Z"]);
+
+    // A binds its own statement, not the one the server holds now.
+    let got = a.round_trip(&[bind("", "", &["2"]), execute(""), sync()]);
+    assert_eq!(got, ["2", "D:two", "C", "Z"]);
+    // And B its own, parsed again after A's.
+    let got = b.round_trip(&[bind("", "", &["b"]), execute(""), sync()]);
+    assert_eq!(got, ["2", "D:b!", "C", "Z"]);
+
+    // Described again after a Sync: on the server A holds now.
+    let _ = b.round_trip(&[parse("", "SELECT 1", &[]), sync()]);
+    let got = a.round_trip(&[describe_stmt(""), sync()]);
+    assert_eq!(got, ["t", "T", "Z"]);
+
+    // Bound several times in one pipeline, parsed again only once.
+    let got = a.round_trip(&[
+        bind("", "", &["1"]),
+        execute(""),
+        bind("", "", &["2"]),
+        execute(""),
+        sync(),
+    ]);
+    assert_eq!(got, ["2", "D:one", "C", "2", "D:two", "C", "Z"]);
+
+    // Closed, it is gone for A, as on a server of its own.
+    let got = a.round_trip(&[close_stmt(""), sync()]);
+    assert_eq!(got, ["3", "Z"]);
+    let got = a.round_trip(&[bind("", "", &["1"]), execute(""), sync()]);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].starts_with("E:26000"), "{got:?}");
+
+    // A client that never parsed an unnamed statement may not bind the server's.
+    let _ = b.round_trip(&[parse("", "SELECT 'secret-of-b'", &[]), sync()]);
+    let mut c = Raw::connect(gw.port());
+    let got = c.round_trip(&[bind("", "", &[]), execute(""), sync()]);
+    assert!(got[0].starts_with("E:26000"), "{got:?}");
+    assert!(!got.iter().any(|m| m.contains("secret-of-b")), "{got:?}");
+}
+
+/// The re-parse fails on the new server as the client's own Parse would (the table is gone):
+/// the client gets that error for its Bind, and the statement is gone afterwards.
+#[test]
+fn unnamed_statement_parsed_again_reports_its_error() {
+    let gw = setup("ext_unnamed_err", "transaction", 1);
+    let mut a = Raw::connect(gw.port());
+    let mut b = Raw::connect(gw.port());
+    let got = a.round_trip(&[parse("", "SELECT label FROM items", &[]), sync()]);
+    assert_eq!(got, ["1", "Z"]);
+    let got = b.round_trip(&[
+        parse("", "DROP TABLE items", &[]),
+        bind("", "", &[]),
+        execute(""),
+        sync(),
+    ]);
+    assert_eq!(got, ["1", "2", "C", "Z"]);
+    let got = a.round_trip(&[bind("", "", &[]), execute(""), sync()]);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].starts_with("E:42P01"), "{got:?}");
+    let got = a.round_trip(&[bind("", "", &[]), execute(""), sync()]);
+    assert!(got[0].starts_with("E:26000"), "{got:?}");
 }
 
 /// A Bind with 40,000 parameters (pg8000's `test_max_parameters` sends 60,000): more than an
