@@ -243,6 +243,16 @@ impl ServerConn {
     /// Runs one simple query that returns no rows the client needs (SET, DISCARD ALL, an
     /// empty query), reading until ReadyForQuery. Fails on an ErrorResponse.
     pub async fn run_control_query(&mut self, sql: &str) -> Result<(), BackendError> {
+        self.run_control_query_noting(sql, &mut Vec::new()).await
+    }
+
+    /// [`Self::run_control_query`], keeping the whole NoticeResponse frames the server sends
+    /// in `notices`.
+    async fn run_control_query_noting(
+        &mut self,
+        sql: &str,
+        notices: &mut Vec<Bytes>,
+    ) -> Result<(), BackendError> {
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         encode::query(&mut out, sql);
         write_all(&mut self.write, out.freeze()).await?;
@@ -250,6 +260,7 @@ impl ServerConn {
         loop {
             let frame = read_msg(&mut self.read, &mut self.rbuf).await?;
             match msg::parse(&frame)? {
+                msg::BackendMessage::NoticeResponse(_) => notices.push(frame.clone()),
                 msg::BackendMessage::ParameterStatus { name, value } => {
                     self.state.applied.remove(name);
                     self.state
@@ -333,8 +344,14 @@ impl ServerConn {
     }
 
     /// Makes the server's session parameters match what the client asked for, with one
-    /// round trip, and only when something differs.
-    pub async fn apply_params(&mut self, wanted: &[(String, String)]) -> Result<(), BackendError> {
+    /// round trip, and only when something differs. Returns the notices the server sent
+    /// (whole frames), e.g. that a 64-character application_name will be truncated: at login
+    /// the client gets them, as PostgreSQL sends them during startup.
+    pub async fn apply_params(
+        &mut self,
+        wanted: &[(String, String)],
+    ) -> Result<Vec<Bytes>, BackendError> {
+        let mut notices = Vec::new();
         let mut sql = String::new();
         for (name, value) in wanted {
             if self.state.applied.get(name) != Some(value) {
@@ -346,13 +363,13 @@ impl ServerConn {
             }
         }
         if sql.is_empty() {
-            return Ok(());
+            return Ok(notices);
         }
-        self.run_control_query(&sql).await?;
+        self.run_control_query_noting(&sql, &mut notices).await?;
         for (name, value) in wanted {
             self.state.applied.insert(name.clone(), value.clone());
         }
-        Ok(())
+        Ok(notices)
     }
 }
 

@@ -428,21 +428,28 @@ async fn greet(
             return Err(Fatal::from(&e).into());
         }
     };
-    if let Err(e) = server.apply_params(&wanted).await {
-        tracing::info!(%peer, error = %e, "client startup parameters rejected by the backend");
-        let fatal = match &e {
-            BackendError::Refused { message, .. } => Fatal::new(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("invalid startup parameter: {message}"),
-            ),
-            other => Fatal::from(other),
-        };
-        pool.broken_or_close(server, &e);
-        return Err(fatal.into());
-    }
+    let notices = match server.apply_params(&wanted).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "client startup parameters rejected by the backend");
+            let fatal = match &e {
+                BackendError::Refused { message, .. } => Fatal::new(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid startup parameter: {message}"),
+                ),
+                other => Fatal::from(other),
+            };
+            pool.broken_or_close(server, &e);
+            return Err(fatal.into());
+        }
+    };
     let (pid, secret, slot) = shared.cancel.register(ctx.id);
     let mut out = BytesMut::with_capacity(512);
     encode::authentication_ok(&mut out);
+    // What applying the client's startup parameters raised, where PostgreSQL sends it.
+    for n in notices {
+        out.extend_from_slice(&n);
+    }
     let mut reported: Vec<_> = server.state.reported.iter().collect();
     reported.sort();
     for (name, value) in reported {
