@@ -9,8 +9,13 @@ find_postgres() {
     [ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench)
 }
 
-# Builds the release binary and sets `SLUICE` to it.
+# Builds the release binary and sets `SLUICE` to it; `SLUICE_BIN=PATH` measures that binary
+# instead (another build, e.g. an older commit's, in the same conditions).
 build_sluice() {
+    if [ -n "${SLUICE_BIN:-}" ]; then
+        SLUICE=$SLUICE_BIN
+        return
+    fi
     echo "building sluice (release) ..." >&2
     cargo build --release --quiet
     SLUICE=$PWD/target/release/sluice

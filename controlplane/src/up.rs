@@ -69,7 +69,7 @@ pub struct Served {
     pub cp: Arc<ControlPlane>,
     /// Where the API listens.
     pub addr: SocketAddr,
-    /// `https://ADDR` with TLS, else `http://ADDR`, where ADDR is 127.0.0.1 (or [::1]) for
+    /// `https://ADDR` with TLS, else `http://ADDR`, where ADDR is 127.0.0.1 (or `[::1]`) for
     /// an API listening on all interfaces: the URL a client in this process uses.
     pub url: String,
     /// The API's certificate (PEM file) when it serves HTTPS: what a client in this process

@@ -401,6 +401,10 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
+/// The claim of a grant token that names its role; the grant issuer's `groups_claim`, so a
+/// verified grant's [`Identity::groups`](sluice_auth::token::Identity::groups) is `[role]`.
+pub const GRANT_ROLE_CLAIM: &str = "role";
+
 mod raw;
 mod snapshot;
 

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
-use sluice_auth::token::{fingerprint, Identity};
+use sluice_auth::scram;
+use sluice_auth::token::{fingerprint, Identity, ScramLogin};
 use sluice_pgwire::encode::{self, ErrorResponse};
 use sluice_pgwire::frontend;
 use sluice_pgwire::sqlstate;
@@ -60,15 +62,21 @@ async fn login(
     let result = login_inner(ctx, &mut stream, &mut buf, peer).await;
     let mut stream = stream?;
     match result {
-        Ok(Some(l)) => Some((stream, buf, l)),
-        Ok(None) | Err(LoginError::Gone) => None,
+        Ok(Some(l)) => return Some((stream, buf, l)),
+        Err(LoginError::Gone) => return None,
+        Ok(None) => {}
         Err(LoginError::Fatal(f)) => {
             let mut out = BytesMut::new();
             f.encode(&mut out);
-            let _ = write_all(&mut stream, out.freeze()).await;
-            None
+            if write_all(&mut stream, out.freeze()).await.is_err() {
+                return None;
+            }
         }
     }
+    // As PostgreSQL does: a TLS session ends with close_notify (libpq 17 reports a bare close
+    // of its TLS cancel connection as "SSL error: unexpected eof"), then the TCP close.
+    let _ = stream.shutdown().await;
+    None
 }
 
 enum LoginError {
@@ -99,12 +107,23 @@ impl From<std::io::Error> for LoginError {
     }
 }
 
+/// A TLS handshake that failed because the client closed or reset the connection.
+fn gone_quietly(e: &monoio_rustls::TlsError) -> bool {
+    use std::io::ErrorKind;
+    matches!(e, monoio_rustls::TlsError::Io(io) if matches!(
+        io.kind(),
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+    ))
+}
+
 /// What a StartupMessage asked for.
 struct Startup {
     /// Session parameters to apply to each server connection.
     wanted: Vec<(String, String)>,
     /// The connection asked for (the `database` parameter, else the user).
     database: String,
+    /// The `user` parameter: a static token's login name selects SCRAM.
+    user: String,
     /// A NegotiateProtocolVersion to send before the authentication request, if any.
     out: BytesMut,
 }
@@ -140,7 +159,12 @@ async fn login_inner(
     let Some(stream) = slot.as_mut() else {
         return Err(LoginError::Gone);
     };
-    let who = authenticate(ctx, &live, stream, buf, peer, startup.out).await?;
+    let who = match live.verifier.scram_login(&startup.user) {
+        Some(login) => {
+            authenticate_scram(ctx, stream, buf, peer, startup.out, &startup.user, login).await?
+        }
+        None => authenticate(ctx, &live, stream, buf, peer, startup.out).await?,
+    };
     let access = authorize(ctx, &live, &who, &startup.database, peer)?;
     greet(ctx, stream, access, startup.wanted, who, peer)
         .await
@@ -164,9 +188,11 @@ async fn read_startup(
         };
         let frame = read_frame(stream, buf, startup::startup_frame_len)
             .await
-            .inspect_err(|e| {
-                if matches!(e, ReadError::Protocol(_)) {
-                    m.protocol_errors.inc();
+            .inspect_err(|e| match e {
+                ReadError::Protocol(_) => m.protocol_errors.inc(),
+                // A client that connects and leaves (a port probe, a pool's health check).
+                ReadError::Closed | ReadError::Io(_) => {
+                    tracing::debug!(%peer, "client left before its startup packet");
                 }
             })?;
         match startup::parse_startup(&frame).map_err(Fatal::from)? {
@@ -190,6 +216,10 @@ async fn read_startup(
                         write_all(&mut tcp, Bytes::from_static(b"S")).await?;
                         match acceptor.accept(tcp).await {
                             Ok(tls) => MaybeTls::Tls(tls),
+                            Err(e) if gone_quietly(&e) => {
+                                tracing::debug!(%peer, "client left during the TLS handshake");
+                                return Err(LoginError::Gone);
+                            }
                             Err(e) => {
                                 tracing::info!(%peer, error = %e, "TLS handshake with client failed");
                                 return Err(LoginError::Gone);
@@ -205,7 +235,13 @@ async fn read_startup(
                 });
             }
             StartupPacket::GssEncRequest => {
+                // No GSSAPI encryption: the client may go on with an SSLRequest (libpq's cancel
+                // connections do, with gssencmode=prefer) or in plain text.
                 write_all(stream, Bytes::from_static(b"N")).await?;
+            }
+            StartupPacket::Terminate => {
+                tracing::debug!(%peer, "client left before its startup packet");
+                return Err(LoginError::Gone);
             }
             StartupPacket::Cancel { pid, secret } => {
                 m.cancel_requests.inc();
@@ -245,6 +281,7 @@ async fn read_startup(
     }
     let wanted = session_params(params.iter())?;
     let database = params.database().or(params.user()).unwrap_or("").to_owned();
+    let user = params.user().unwrap_or("").to_owned();
 
     let mut out = BytesMut::with_capacity(512);
     let unknown_options: Vec<&str> = params
@@ -258,6 +295,7 @@ async fn read_startup(
     Ok(Some(Startup {
         wanted,
         database,
+        user,
         out,
     }))
 }
@@ -274,14 +312,7 @@ async fn authenticate(
     let m = &ctx.metrics;
     encode::authentication_cleartext_password(&mut out);
     write_all(stream, out.freeze()).await?;
-    let frame = read_frame(stream, buf, |b| {
-        sluice_pgwire::frame_len(b, MAX_PASSWORD_MESSAGE)
-    })
-    .await?;
-    if frame[0] != frontend::PASSWORD {
-        m.protocol_errors.inc();
-        return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "expected a password message").into());
-    }
+    let frame = read_password_frame(ctx, stream, buf).await?;
     let token = frontend::password_cleartext(&frame[5..]).map_err(Fatal::from)?;
     let token = std::str::from_utf8(token).map_err(|_| {
         Fatal::new(
@@ -322,6 +353,78 @@ async fn authenticate(
     }
     let grant_id = Some(Arc::<str>::from(identity.token_id.as_str()));
     Ok(Authenticated { identity, grant_id })
+}
+
+/// SCRAM-SHA-256 for a static token's login name: the client proves it knows the token, which
+/// never crosses the wire (so plain TCP is no worse than TLS for the secret itself).
+async fn authenticate_scram(
+    ctx: &CoreCtx,
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    mut out: BytesMut,
+    user: &str,
+    login: ScramLogin<'_>,
+) -> Result<Authenticated, LoginError> {
+    let m = &ctx.metrics;
+    encode::authentication_sasl(&mut out, &[scram::MECHANISM]);
+    write_all(stream, out.split().freeze()).await?;
+    let frame = read_password_frame(ctx, stream, buf).await?;
+    let initial = frontend::sasl_initial_response(&frame[5..]).map_err(Fatal::from)?;
+    if initial.mechanism != scram::MECHANISM {
+        m.protocol_errors.inc();
+        return Err(Fatal::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            "client selected an invalid SASL authentication mechanism",
+        )
+        .into());
+    }
+    let failed = |e: scram::ScramError| {
+        m.auth_failures.inc();
+        tracing::warn!(%peer, %user, error = %e, "client SCRAM authentication failed");
+        LoginError::Fatal(Fatal::new(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        ))
+    };
+    let nonce: String = {
+        use rand::Rng;
+        rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(24)
+            .map(char::from)
+            .collect()
+    };
+    let client_first = initial.data.unwrap_or_default();
+    let (exchange, server_first) =
+        scram::ScramExchange::start(login.verifier(), client_first, &nonce).map_err(failed)?;
+    encode::authentication_sasl_continue(&mut out, server_first.as_bytes());
+    write_all(stream, out.split().freeze()).await?;
+    let frame = read_password_frame(ctx, stream, buf).await?;
+    let server_final = exchange.finish(&frame[5..]).map_err(failed)?;
+    encode::authentication_sasl_final(&mut out, server_final.as_bytes());
+    write_all(stream, out.freeze()).await?;
+    Ok(Authenticated {
+        identity: login.identity(),
+        grant_id: None,
+    })
+}
+
+/// The next `'p'` message of an authentication exchange.
+async fn read_password_frame(
+    ctx: &CoreCtx,
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+) -> Result<Bytes, LoginError> {
+    let frame = read_frame(stream, buf, |b| {
+        sluice_pgwire::frame_len(b, MAX_PASSWORD_MESSAGE)
+    })
+    .await?;
+    if frame[0] != frontend::PASSWORD {
+        ctx.metrics.protocol_errors.inc();
+        return Err(Fatal::new(sqlstate::PROTOCOL_VIOLATION, "expected a password message").into());
+    }
+    Ok(frame)
 }
 
 /// The role the identity has (a grant's, or the one its subject or groups match), and the

@@ -35,9 +35,7 @@ use crate::config::{Config, ConfigError};
 /// Largest snapshot accepted, from the control plane or from disk.
 pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 20;
 
-/// The claim of a grant token that names its role; the grant issuer's `groups_claim`, so a
-/// verified grant's [`Identity::groups`](sluice_auth::token::Identity::groups) is `[role]`.
-pub const GRANT_ROLE_CLAIM: &str = "role";
+pub use crate::config::GRANT_ROLE_CLAIM;
 
 /// Why a snapshot was refused or could not be fetched or stored.
 #[derive(Debug, thiserror::Error)]

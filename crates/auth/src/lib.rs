@@ -3,5 +3,6 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod scram;
 pub mod tls;
 pub mod token;

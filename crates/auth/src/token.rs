@@ -28,6 +28,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::scram::ScramVerifier;
+
 /// Longest token accepted, in bytes; longer ones are rejected before any parsing.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
@@ -111,6 +113,11 @@ pub struct StaticTokenConfig {
     /// Reported as [`Identity::groups`].
     #[serde(default)]
     pub groups: Vec<String>,
+    /// A login name that selects this token: a client whose startup packet names this `user`
+    /// is asked for SCRAM-SHA-256 with the token as its password (the gateway keeps only a
+    /// SCRAM verifier of it), instead of a cleartext password. Unset: cleartext, as for JWTs.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 impl fmt::Debug for StaticTokenConfig {
@@ -119,6 +126,7 @@ impl fmt::Debug for StaticTokenConfig {
             .field("token", &fingerprint(&self.token))
             .field("subject", &self.subject)
             .field("groups", &self.groups)
+            .field("user", &self.user)
             .finish()
     }
 }
@@ -245,6 +253,40 @@ struct StaticEntry {
     digest: [u8; 32],
     subject: String,
     groups: Vec<String>,
+    /// [`fingerprint`] of the token, computed at load (a SCRAM login never sees the token).
+    token_id: String,
+    /// The login name that asks for SCRAM, and the verifier derived from the token.
+    scram: Option<(String, ScramVerifier)>,
+}
+
+impl StaticEntry {
+    fn identity(&self) -> Identity {
+        Identity {
+            subject: self.subject.clone(),
+            groups: self.groups.clone(),
+            issuer: STATIC_ISSUER.to_owned(),
+            token_id: self.token_id.clone(),
+            expires_at: None,
+            connection: None,
+        }
+    }
+}
+
+/// A static token a client logs in to with SCRAM-SHA-256 (see [`TokenVerifier::scram_login`]).
+pub struct ScramLogin<'a> {
+    entry: &'a StaticEntry,
+}
+
+impl ScramLogin<'_> {
+    /// What the exchange is checked against.
+    pub fn verifier(&self) -> &ScramVerifier {
+        &self.entry.scram.as_ref().expect("only SCRAM entries").1
+    }
+
+    /// Who the client is once the exchange succeeded.
+    pub fn identity(&self) -> Identity {
+        self.entry.identity()
+    }
 }
 
 /// Verifies client tokens against the configured issuers and static tokens.
@@ -305,10 +347,26 @@ impl TokenVerifier {
                     "static token is shorter than 16 characters; use a long random value"
                 );
             }
+            let scram = match &st.user {
+                None => None,
+                Some(u) if u.is_empty() => return Err(err("user is empty")),
+                Some(u)
+                    if statics
+                        .iter()
+                        .any(|s| s.scram.as_ref().is_some_and(|x| &x.0 == u)) =>
+                {
+                    return Err(err(
+                        "user is also the login name of an earlier static token",
+                    ));
+                }
+                Some(u) => Some((u.clone(), ScramVerifier::new(&st.token))),
+            };
             statics.push(StaticEntry {
                 digest,
                 subject: st.subject.clone(),
                 groups: st.groups.clone(),
+                token_id: fingerprint(&st.token),
+                scram,
             });
         }
         Ok(Self { issuers, statics })
@@ -317,6 +375,15 @@ impl TokenVerifier {
     /// True when no issuer and no static token is configured (every token is refused).
     pub fn is_empty(&self) -> bool {
         self.issuers.is_empty() && self.statics.is_empty()
+    }
+
+    /// The static token whose login name is `user`, if one is configured: that client is asked
+    /// for SCRAM-SHA-256 instead of a cleartext token.
+    pub fn scram_login(&self, user: &str) -> Option<ScramLogin<'_>> {
+        self.statics
+            .iter()
+            .find(|s| s.scram.as_ref().is_some_and(|(u, _)| u == user))
+            .map(|entry| ScramLogin { entry })
     }
 
     /// Verifies `token` at time `now_unix` (seconds) and returns who it identifies.
@@ -350,14 +417,7 @@ impl TokenVerifier {
                 found = Some(entry);
             }
         }
-        found.map(|entry| Identity {
-            subject: entry.subject.clone(),
-            groups: entry.groups.clone(),
-            issuer: STATIC_ISSUER.to_owned(),
-            token_id: fingerprint(token),
-            expires_at: None,
-            connection: None,
-        })
+        found.map(StaticEntry::identity)
     }
 
     fn verify_jwt(

@@ -16,12 +16,25 @@ pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 const MIN_STARTUP_LEN: usize = 8;
 /// Exact size of a protocol 3.0 CancelRequest.
 const CANCEL_LEN: usize = 16;
+/// A Terminate message (`'X'`, length 4). Some clients send one where a startup packet belongs
+/// when they give up before starting (e.g. after the answer to an SSLRequest). No startup
+/// packet can begin with `'X'`: read as a length that would be above 1.4 GB.
+const TERMINATE_FRAME: [u8; 5] = [b'X', 0, 0, 0, 4];
 
 /// Length of the whole untagged startup packet at the start of `buf` (its `i32` length counts itself).
 ///
 /// `Ok(None)` means more bytes are needed. A length below 8 is [`ProtocolError::MalformedLength`],
 /// above [`MAX_STARTUP_LEN`] is [`ProtocolError::MessageTooLarge`] (both tagged [`STARTUP_TAG`]).
+/// A Terminate message is framed as itself (see [`StartupPacket::Terminate`]).
 pub fn startup_frame_len(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+    if buf.first() == Some(&TERMINATE_FRAME[0]) {
+        if buf.len() < TERMINATE_FRAME.len() && TERMINATE_FRAME.starts_with(buf) {
+            return Ok(None);
+        }
+        if buf.starts_with(&TERMINATE_FRAME) {
+            return Ok(Some(TERMINATE_FRAME.len()));
+        }
+    }
     let Some(&word) = buf.first_chunk::<4>() else {
         return Ok(None);
     };
@@ -59,6 +72,9 @@ pub enum StartupPacket<'a> {
     SslRequest,
     /// GSSENCRequest: the client asks for GSSAPI encryption.
     GssEncRequest,
+    /// A Terminate message instead of a startup packet: the client is leaving before it
+    /// started (not a protocol error; PostgreSQL's clients do this).
+    Terminate,
     /// CancelRequest (protocol 3.0 layout, exactly 16 bytes).
     Cancel {
         /// Backend process id from BackendKeyData.
@@ -141,6 +157,9 @@ impl<'a> Iterator for Params<'a> {
 /// The length word must match `frame.len()`. Protocol versions other than 3.x, including 2.0 and
 /// unknown request codes, are [`ProtocolError::UnsupportedProtocolVersion`].
 pub fn parse_startup(frame: &[u8]) -> Result<StartupPacket<'_>, ProtocolError> {
+    if frame == TERMINATE_FRAME {
+        return Ok(StartupPacket::Terminate);
+    }
     let mut r = Reader::new(frame, STARTUP_TAG);
     let wire = r.i32("truncated length")?;
     let len = checked_startup_len(wire)?;

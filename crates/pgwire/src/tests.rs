@@ -262,6 +262,29 @@ fn startup_length_bounds() {
 }
 
 #[test]
+fn terminate_where_a_startup_packet_belongs() {
+    // A client that leaves before starting up sends Terminate; read as a length it would be
+    // "startup packet too large".
+    let terminate = b"X\0\0\0\x04";
+    for k in 1..terminate.len() {
+        assert_eq!(startup_frame_len(&terminate[..k]), Ok(None), "{k}");
+    }
+    let mut buf = terminate.to_vec();
+    buf.extend_from_slice(b"trailing");
+    assert_eq!(startup_frame_len(&buf), Ok(Some(5)));
+    assert_eq!(parse_startup(terminate), Ok(StartupPacket::Terminate));
+    // Anything else starting with 'X' is still an oversized length.
+    assert!(matches!(
+        startup_frame_len(b"X\0\0\0\x05"),
+        Err(ProtocolError::MessageTooLarge { .. })
+    ));
+    assert!(matches!(
+        startup_frame_len(b"X\x01\0\0"),
+        Err(ProtocolError::MessageTooLarge { .. })
+    ));
+}
+
+#[test]
 fn startup_largest_packet_is_accepted() {
     let mut body = 196_608i32.to_be_bytes().to_vec();
     body.extend_from_slice(b"user\0");

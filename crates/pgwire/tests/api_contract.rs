@@ -95,7 +95,8 @@ fn shapes() {
                 for (_k, _v) in params.iter() {}
                 let _: StartupParams<'_> = params;
             }
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {}
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest | StartupPacket::Terminate => {
+            }
             StartupPacket::Cancel { pid, secret } => {
                 let _: (i32, i32) = (pid, secret);
             }

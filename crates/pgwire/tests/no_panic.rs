@@ -159,7 +159,7 @@ fn exercise(buf: &[u8]) {
 
     // Startup phase.
     if let Ok(Some(n)) = startup::startup_frame_len(buf) {
-        assert!((8..=MAX_STARTUP_LEN).contains(&n) && n <= buf.len());
+        assert!((n == 5 || (8..=MAX_STARTUP_LEN).contains(&n)) && n <= buf.len());
     }
     match startup::parse_startup(buf) {
         Ok(StartupPacket::Startup(p)) => {
@@ -172,6 +172,7 @@ fn exercise(buf: &[u8]) {
         }
         Ok(StartupPacket::Cancel { .. }) => assert_eq!(buf.len(), 16),
         Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => assert_eq!(buf.len(), 8),
+        Ok(StartupPacket::Terminate) => assert_eq!(buf, b"X\0\0\0\x04"),
         Err(e) => {
             let _ = (e.to_string(), e.sqlstate());
         }

@@ -9,8 +9,7 @@ use sluice_auth::token::{JwtIssuerConfig, TokenVerifier};
 use sluice_policy::snapshot::{Snapshot, SnapshotConnection, SnapshotRole};
 use sluice_policy::{Policy, PolicySet};
 
-use super::{raw, Config, ConfigError};
-use crate::snapshot::GRANT_ROLE_CLAIM;
+use super::{raw, Config, ConfigError, GRANT_ROLE_CLAIM};
 
 impl Config {
     /// This configuration's process-level settings (listen, cores, metrics, TLS, limits,

@@ -104,6 +104,7 @@ fn fixture_verifier() -> Fixture {
             token: "static-token-for-ci-0123456789".to_owned(),
             subject: "ci-bot".to_owned(),
             groups: vec!["ci".to_owned()],
+            user: None,
         }],
     };
     Fixture {
@@ -702,6 +703,7 @@ fn config_errors_name_issuer_and_problem() {
         token: token.into(),
         subject: "bot".into(),
         groups: vec![],
+        user: None,
     };
     let e = TokenVerifier::new(&TokenConfig {
         static_tokens: vec![st("same-token-value-123"), st("same-token-value-123")],
@@ -749,4 +751,51 @@ fn config_deserializes_with_defaults_and_rejects_unknown_fields() {
         json!({"jwt": [{"issuer": "x", "hs256_secret": "y", "algorithm": "none"}]})
     )
     .is_err());
+}
+
+#[test]
+fn a_static_token_with_a_login_name_is_offered_scram() {
+    use crate::scram::ScramExchange;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    let st = |token: &str, user: Option<&str>| StaticTokenConfig {
+        token: token.into(),
+        subject: format!("bot-{}", user.unwrap_or("plain")),
+        groups: vec!["g".into()],
+        user: user.map(Into::into),
+    };
+    let v = TokenVerifier::new(&TokenConfig {
+        static_tokens: vec![
+            st("scram-token-0123456789", Some("ci")),
+            st("plain-token-0123456789", None),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(v.scram_login("bot-plain").is_none());
+    assert!(v.scram_login("other").is_none());
+    let login = v.scram_login("ci").expect("ci logs in with SCRAM");
+    let mut client = ScramSha256::new(b"scram-token-0123456789", ChannelBinding::unrequested());
+    let (ex, first) = ScramExchange::start(login.verifier(), client.message(), "n0nce").unwrap();
+    client.update(first.as_bytes()).unwrap();
+    let last = ex.finish(client.message()).unwrap();
+    client.finish(last.as_bytes()).unwrap();
+    let id = login.identity();
+    assert_eq!(id.subject, "bot-ci");
+    assert_eq!(id.token_id, fingerprint("scram-token-0123456789"));
+    // The cleartext path still takes the same token, under any user name.
+    assert_eq!(v.verify("scram-token-0123456789", 0).unwrap(), id);
+    // Two tokens with one login name are refused.
+    let e = TokenVerifier::new(&TokenConfig {
+        static_tokens: vec![
+            st("scram-token-0123456789", Some("ci")),
+            st("other-token-0123456789", Some("ci")),
+        ],
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("static_tokens[1]") && !e.contains("token-0123"),
+        "{e}"
+    );
 }
