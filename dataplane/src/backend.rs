@@ -261,6 +261,16 @@ impl ServerConn {
     /// Runs one simple query that returns no rows the client needs (SET, DISCARD ALL, an
     /// empty query), reading until ReadyForQuery. Fails on an ErrorResponse.
     pub async fn run_control_query(&mut self, sql: &str) -> Result<(), BackendError> {
+        self.run_control_query_noting(sql, &mut Vec::new()).await
+    }
+
+    /// [`Self::run_control_query`], keeping the whole NoticeResponse frames the server sends
+    /// in `notices`.
+    async fn run_control_query_noting(
+        &mut self,
+        sql: &str,
+        notices: &mut Vec<Bytes>,
+    ) -> Result<(), BackendError> {
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         encode::query(&mut out, sql);
         write_all(&mut self.write, out.freeze()).await?;
@@ -268,6 +278,7 @@ impl ServerConn {
         loop {
             let frame = read_msg(&mut self.read, &mut self.rbuf).await?;
             match msg::parse(&frame)? {
+                msg::BackendMessage::NoticeResponse(_) => notices.push(frame.clone()),
                 msg::BackendMessage::ParameterStatus { name, value } => {
                     self.state.applied.remove(name);
                     self.state
@@ -362,6 +373,19 @@ impl ServerConn {
         wanted: &[(String, String)],
         view: &HashMap<String, String>,
     ) -> Result<(), BackendError> {
+        self.hand_to_noting(owner, wanted, view, &mut Vec::new())
+            .await
+    }
+
+    /// [`Self::hand_to`], keeping the notices the server raised while applying the client's
+    /// settings (whole frames), e.g. that a 64-character application_name will be truncated.
+    async fn hand_to_noting(
+        &mut self,
+        owner: Option<u64>,
+        wanted: &[(String, String)],
+        view: &HashMap<String, String>,
+        notices: &mut Vec<Bytes>,
+    ) -> Result<(), BackendError> {
         let foreign = owner.is_none() || self.state.owner != owner;
         if foreign && (self.state.dirty || self.state.listening) {
             // RESET ALL leaves the role and the session authorization alone.
@@ -405,7 +429,7 @@ impl ServerConn {
         if !sql.is_empty() {
             // The proxy's own SETs leave nothing a RESET ALL must undo for the next client.
             let dirty = self.state.dirty;
-            self.run_control_query(&sql).await?;
+            self.run_control_query_noting(&sql, notices).await?;
             self.state.dirty = dirty;
         }
         for name in stale {
@@ -420,25 +444,28 @@ impl ServerConn {
 
     /// Prepares the connection for a client logging in with startup parameters `wanted`, and
     /// returns the parameters to report to it: the server's defaults (as a backend of its own
-    /// would report them), with what the client asked for, as the server spells them.
+    /// would report them), with what the client asked for, as the server spells them; and the
+    /// notices applying them raised, which PostgreSQL sends the client during startup.
     pub async fn hand_to_new_client(
         &mut self,
         wanted: &[(String, String)],
-    ) -> Result<HashMap<String, String>, BackendError> {
+    ) -> Result<(HashMap<String, String>, Vec<Bytes>), BackendError> {
         let mut view = self.state.startup.clone();
         for (name, value) in wanted {
             if let Some(k) = view.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned() {
                 view.insert(k, value.clone());
             }
         }
-        self.hand_to(None, wanted, &view).await?;
+        let mut notices = Vec::new();
+        self.hand_to_noting(None, wanted, &view, &mut notices)
+            .await?;
         // The values as the server canonicalised them ('iso' is reported as "ISO, MDY").
         for (name, value) in view.iter_mut() {
             if let Some(v) = self.state.reported.get(name) {
                 value.clone_from(v);
             }
         }
-        Ok(view)
+        Ok((view, notices))
     }
 }
 

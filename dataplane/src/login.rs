@@ -531,8 +531,8 @@ async fn greet(
             return Err(Fatal::from(&e).into());
         }
     };
-    let view = match server.hand_to_new_client(&wanted).await {
-        Ok(view) => view,
+    let (view, notices) = match server.hand_to_new_client(&wanted).await {
+        Ok(answer) => answer,
         Err(e) => {
             tracing::info!(%peer, error = %e, "client startup parameters rejected by the backend");
             let fatal = match &e {
@@ -551,6 +551,10 @@ async fn greet(
     server.state.owner = Some(owner);
     let mut out = BytesMut::with_capacity(512);
     encode::authentication_ok(&mut out);
+    // What applying the client's startup parameters raised, where PostgreSQL sends it.
+    for n in notices {
+        out.extend_from_slice(&n);
+    }
     // What the client's own backend would report, not what the pooled one says now.
     let mut reported: Vec<_> = view.iter().collect();
     reported.sort();

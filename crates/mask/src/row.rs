@@ -58,11 +58,11 @@ pub fn row_description_fields(
             what,
         })
     };
+    // Unsigned, as libpq reads it (the server never sends more than 1664 fields).
     let (count, mut rest) = match body.split_first_chunk::<2>() {
-        Some((c, rest)) => (i16::from_be_bytes(*c), rest),
+        Some((c, rest)) => (u16::from_be_bytes(*c), rest),
         None => return Err(malformed("truncated field count")),
     };
-    let count = u16::try_from(count).map_err(|_| malformed("negative field count"))?;
     let mut remaining = count;
     let mut failed = false;
     Ok(std::iter::from_fn(move || {

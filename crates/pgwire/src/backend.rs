@@ -428,7 +428,7 @@ impl DataRowRanges<'_> {
 /// Starts a [`DataRowRanges`] walk; `frame` is a whole DataRow including its header.
 ///
 /// Fails if the frame is not a DataRow, its length word does not match, or the column count is
-/// missing or negative.
+/// missing.
 pub fn data_row_ranges(frame: &[u8]) -> Result<DataRowRanges<'_>, ProtocolError> {
     let (tag, body) = split_frame(frame)?;
     if tag != DATA_ROW {
@@ -438,8 +438,8 @@ pub fn data_row_ranges(frame: &[u8]) -> Result<DataRowRanges<'_>, ProtocolError>
         });
     }
     let mut r = Reader::new(body, tag);
-    let n = r.i16("truncated column count")?;
-    let columns = u16::try_from(n).map_err(|_| r.malformed("negative column count"))?;
+    // Unsigned, as libpq reads it (the server never sends more than 1664 columns).
+    let columns = r.u16("truncated column count")?;
     Ok(DataRowRanges {
         frame,
         pos: HEADER_LEN + 2,

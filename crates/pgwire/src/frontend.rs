@@ -202,7 +202,7 @@ pub fn parse(frame: &[u8]) -> Result<FrontendMessage<'_>, ProtocolError> {
     Ok(msg)
 }
 
-/// Parse's parameter types: a non-negative `i16` count, then exactly that many `i32` OIDs.
+/// Parse's parameter types: an unsigned 16-bit count, then exactly that many `i32` OIDs.
 fn validate_param_types(raw: &[u8]) -> Result<(), ProtocolError> {
     let mut r = Reader::new(raw, PARSE);
     let n = r.count16("bad parameter type count")?;

@@ -69,18 +69,19 @@ impl<'a> Reader<'a> {
         Ok(*head)
     }
 
-    pub(crate) fn i16(&mut self, what: &'static str) -> Result<i16, ProtocolError> {
-        self.array(what).map(i16::from_be_bytes)
-    }
-
     pub(crate) fn i32(&mut self, what: &'static str) -> Result<i32, ProtocolError> {
         self.array(what).map(i32::from_be_bytes)
     }
 
-    /// A count that must not be negative, as `usize`.
+    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, ProtocolError> {
+        self.array(what).map(u16::from_be_bytes)
+    }
+
+    /// A 16-bit count, read as PostgreSQL reads it (`pq_getmsgint(msg, 2)`, libpq's
+    /// `pqGetInt(.., 2)`): unsigned, so 0..=65535. The wire calls it Int16, but a Bind with
+    /// 40,000 parameters is valid and the server accepts it.
     pub(crate) fn count16(&mut self, what: &'static str) -> Result<usize, ProtocolError> {
-        let n = self.i16(what)?;
-        usize::try_from(n).map_err(|_| self.malformed(what))
+        self.u16(what).map(usize::from)
     }
 
     /// The bytes of a NUL-terminated string (without the NUL); consumes the NUL.

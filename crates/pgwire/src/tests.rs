@@ -494,7 +494,8 @@ fn parse_param_types() {
     for (body, what) in [
         (&b"s\0q\0"[..], "bad parameter type count"),
         (b"s\0q\0\x00", "bad parameter type count"),
-        (b"s\0q\0\xff\xff", "bad parameter type count"),
+        // Unsigned, as the server reads it: 65535 types declared, none present.
+        (b"s\0q\0\xff\xff", "parameter type count exceeds message"),
         (
             b"s\0q\0\x00\x01\x00\x00\x00",
             "parameter type count exceeds message",
@@ -503,6 +504,76 @@ fn parse_param_types() {
         (b"s\0q", "missing NUL terminator"),
     ] {
         assert_eq!(malformed(frontend::parse(&frame(b'P', body))), what);
+    }
+}
+
+/// PostgreSQL reads Parse's and Bind's 16-bit counts unsigned and accepts up to 65535
+/// parameters; counts of 32768 and above must parse, with every bound still checked.
+#[test]
+fn counts_above_i16_max_are_unsigned() {
+    for n in [32_767usize, 32_768, 40_000, 65_535] {
+        let count = u16::try_from(n).unwrap();
+        // Parse with n declared types.
+        let mut types = BytesMut::new();
+        types.put_u16(count);
+        for _ in 0..n {
+            types.put_u32(23);
+        }
+        let mut buf = BytesMut::new();
+        encode::parse(&mut buf, "s", "SELECT 1", &types);
+        let FrontendMessage::Parse { param_types, .. } = frontend::parse(&buf).unwrap() else {
+            panic!()
+        };
+        assert_eq!(frontend::param_oids(param_types).len(), n);
+        // One type short of the count.
+        let short = frame(b'P', &[&b"s\0q\0"[..], &types[..types.len() - 4]].concat());
+        assert_eq!(
+            malformed(frontend::parse(&short)),
+            "parameter type count exceeds message"
+        );
+
+        // Bind with n formats, n values (alternately NULL and "7") and n result formats.
+        let mut rest = BytesMut::new();
+        rest.put_u16(count);
+        for _ in 0..n {
+            rest.put_i16(0);
+        }
+        rest.put_u16(count);
+        for i in 0..n {
+            if i % 2 == 0 {
+                rest.put_i32(-1);
+            } else {
+                rest.put_i32(1);
+                rest.put_slice(b"7");
+            }
+        }
+        rest.put_u16(count);
+        for _ in 0..n {
+            rest.put_i16(0);
+        }
+        let mut buf = BytesMut::new();
+        encode::bind_with_statement(&mut buf, "", "s", &rest);
+        assert_eq!(
+            frontend::parse(&buf),
+            Ok(FrontendMessage::Bind {
+                portal: "",
+                statement: "s",
+                rest: &rest[..]
+            })
+        );
+        // The bound checks still hold at this size: a missing result format, a missing value.
+        let cut = frame(b'B', &bind_body(&rest[..rest.len() - 2]));
+        assert_eq!(
+            malformed(frontend::parse(&cut)),
+            "result format count exceeds message"
+        );
+        let mut mismatched = rest.to_vec();
+        let at = 2 + 2 * n;
+        mismatched[at..at + 2].copy_from_slice(&(count - 1).to_be_bytes());
+        assert_eq!(
+            malformed(frontend::parse(&frame(b'B', &bind_body(&mismatched)))),
+            "parameter format count does not match parameter count"
+        );
     }
 }
 
@@ -526,7 +597,7 @@ fn bind_layout() {
     );
     for (rest, what) in [
         (&b""[..], "bad parameter format count"),
-        (b"\xff\xff", "bad parameter format count"),
+        (b"\xff\xff", "parameter format count exceeds message"),
         (
             b"\x00\x05\x00\x00",
             "parameter format count exceeds message",
@@ -782,13 +853,10 @@ fn data_row_walk() {
         ["column value exceeds message"],
         "iteration ends at the first error"
     );
-    assert!(matches!(
-        data_row_ranges(&frame(b'D', b"\xff\xff")),
-        Err(ProtocolError::Malformed {
-            what: "negative column count",
-            ..
-        })
-    ));
+    // The count is unsigned: 0xffff declares 65535 columns, and the missing ones are reported.
+    let wide = frame(b'D', b"\xff\xff");
+    assert_eq!(data_row_ranges(&wide).unwrap().columns(), u16::MAX);
+    assert_eq!(errs(b"\xff\xff"), ["truncated column length"]);
     assert!(data_row_ranges(&frame(b'D', b"\x00")).is_err());
     assert_eq!(
         data_row_ranges(&frame(b'T', b"\x00\x00")).unwrap_err(),

@@ -42,6 +42,10 @@ struct Parsed {
     /// The server connection (attach generation) it was parsed on: the unnamed statement
     /// lives on that connection only.
     server: u64,
+    /// Transaction pooling, unnamed statement: its Parse's raw parameter types, so that a
+    /// Bind or Describe after a Sync, on another server connection, can parse it there
+    /// again first (pg8000 parses and describes in one round trip, binds in the next).
+    reparse: Option<Box<[u8]>>,
     /// Let through by a review approval: one Bind may use it, later ones are judged again.
     reviewed: bool,
     approved_binds: u8,
@@ -325,6 +329,7 @@ impl Session {
                 sql: Rc::from(query),
                 judged_in: self.policy_generation.get(),
                 server: st.server.generation,
+                reparse: (txn && name.is_empty()).then(|| param_types.into()),
                 reviewed,
                 approved_binds: u8::from(reviewed),
             },
@@ -379,15 +384,10 @@ impl Session {
         // A statement prepared under an older snapshot is judged again when bound, so a new
         // policy reaches statements prepared before it.
         let generation = self.policy_generation.get();
-        // Only statements this session parsed (and, unnamed, on this server) may be bound: a
-        // pooled server may hold other clients' statements, under names a client could guess.
-        let attached = st.server.generation;
-        let usable = st
-            .stmts
-            .parsed
-            .get(statement)
-            .filter(|p| !(statement.is_empty() && txn) || p.server == attached);
-        let stale = match usable {
+        // Only statements this session parsed may be bound: a pooled server may hold other
+        // clients' statements, under names a client could guess (the unnamed one included,
+        // which is parsed again on this server first when it was parsed on another).
+        let stale = match st.stmts.parsed.get(statement) {
             None => return Some(deny_bind(st, &bind, no_such_statement(statement))),
             Some(p) if p.reviewed && p.approved_binds == 0 => Some(p.sql.clone()),
             Some(p) if p.judged_in != generation => Some(p.sql.clone()),
@@ -415,7 +415,14 @@ impl Session {
             }
         }
         let mut send = Send::AsIs;
-        if txn && !statement.is_empty() {
+        if txn && statement.is_empty() {
+            let mut b = BytesMut::new();
+            self.ensure_unnamed_parsed(st, pass, &mut b);
+            if !b.is_empty() {
+                b.extend_from_slice(frame);
+                send = Send::Instead(b);
+            }
+        } else if txn {
             if let Some(stmt) = st.stmts.pooled.get(statement).cloned() {
                 let mut b = BytesMut::with_capacity(frame.len() + 64);
                 self.ensure_prepared(st, pass, &stmt, &mut b);
@@ -459,7 +466,14 @@ impl Session {
             Request::DescribePortal
         };
         let mut send = Send::AsIs;
-        if txn && kind == b'S' && !name.is_empty() {
+        if txn && kind == b'S' && name.is_empty() {
+            let mut b = BytesMut::new();
+            self.ensure_unnamed_parsed(st, pass, &mut b);
+            if !b.is_empty() {
+                encode::describe(&mut b, b'S', "");
+                send = Send::Instead(b);
+            }
+        } else if txn && kind == b'S' {
             if let Some(stmt) = st.stmts.pooled.get(name).cloned() {
                 let mut b = BytesMut::with_capacity(64);
                 self.ensure_prepared(st, pass, &stmt, &mut b);
@@ -515,6 +529,35 @@ impl Session {
                 Delivery::Swallow,
                 Some(stmt.id),
             );
+        }
+    }
+
+    /// Transaction pooling: makes sure the attached server has the client's unnamed statement,
+    /// when the client parsed it on another server connection (before a Sync that let that
+    /// one go back to the pool). The Parse is injected with the text and parameter types the
+    /// client sent, under the verdict and masking plan it was judged with; its answer is
+    /// dropped. If it fails or is skipped, the statement is forgotten, as when the client's
+    /// own Parse fails.
+    fn ensure_unnamed_parsed(&self, st: &mut State, pass: &mut Pass, out: &mut BytesMut) {
+        let attached = st.server.generation;
+        let Some(p) = st.stmts.parsed.get("") else {
+            return;
+        };
+        let (true, Some(types)) = (p.server != attached, p.reparse.as_deref()) else {
+            return;
+        };
+        encode::parse(out, "", &p.sql, types);
+        pass.push(&mut st.tracker, Request::Parse, Delivery::Swallow, None);
+        let tag = st.own_tag();
+        if st.tracker.tag_last(tag) {
+            st.stmts.parse_tags.insert(tag, String::new());
+            if let Some(p) = st.stmts.parsed.get_mut("") {
+                p.server = attached;
+            }
+        } else {
+            // The server skips it (an error before it, no Sync since): it stays unparsed
+            // here, and the Bind or Describe after it is skipped too.
+            out.clear();
         }
     }
 
