@@ -117,7 +117,7 @@ fn listen_pins_and_notifications_arrive_while_idle() {
             got,
             Some(Async::Notification("pin_channel".into(), "hello".into()))
         );
-        assert!(metrics(&gw).contains("sluice_sessions_pinned{core=\"0\"} 1\n"));
+        assert!(metrics(&gw).contains("sluice_pinned_servers{core=\"0\"} 1\n"));
         second_client_waits_then_times_out(&gw).await;
         assert_pinned_once(&gw, "listen");
         drop(a);
@@ -132,7 +132,7 @@ fn listen_pins_and_notifications_arrive_while_idle() {
             "the next client does not listen on the pinned channel"
         );
         // The next client is not pinned: its server goes back between transactions.
-        assert!(metrics(&gw).contains("sluice_sessions_pinned{core=\"0\"} 0\n"));
+        assert!(metrics(&gw).contains("sluice_pinned_servers{core=\"0\"} 0\n"));
         direct
             .batch_execute("NOTIFY pin_channel, 'again'")
             .await
@@ -234,7 +234,7 @@ fn transaction_scoped_advisory_locks_do_not_pin() {
         // Not pinned: a second client gets the server between the first one's transactions.
         let b = connect(&gw.conn_str(AGENT_TOKEN)).await;
         b.batch_execute("SELECT 1").await.unwrap();
-        assert!(metrics(&gw).contains("sluice_sessions_pinned{core=\"0\"} 0\n"));
+        assert!(metrics(&gw).contains("sluice_pinned_servers{core=\"0\"} 0\n"));
     });
 }
 
@@ -352,7 +352,7 @@ fn kinds_not_in_pin_on_are_refused_in_both_protocols() {
         let err = a.batch_execute("SELECT 1").await.unwrap_err();
         assert_eq!(sqlstate(&err), "25P02", "{err:?}");
         a.batch_execute("ROLLBACK").await.unwrap();
-        assert!(metrics(&gw).contains("sluice_sessions_pinned{core=\"0\"} 0\n"));
+        assert!(metrics(&gw).contains("sluice_pinned_servers{core=\"0\"} 0\n"));
     });
 }
 
@@ -415,6 +415,6 @@ fn session_pooling_needs_no_pin() {
         for (sql, _, _) in once {
             a.batch_execute(sql).await.unwrap();
         }
-        assert!(metrics(&gw).contains("sluice_sessions_pinned{core=\"0\"} 0\n"));
+        assert!(metrics(&gw).contains("sluice_pinned_servers{core=\"0\"} 0\n"));
     });
 }

@@ -79,6 +79,9 @@ pub struct PoolConfig {
     pub max_lifetime: Duration,
     /// How long connecting and authenticating to the backend may take.
     pub connect_timeout: Duration,
+    /// Transaction pooling: the session state that pins a client to its server connection
+    /// for the rest of its session; statements creating a kind not listed are refused.
+    pub pin_on: Vec<sluice_policy::SessionState>,
 }
 
 /// Credentials the gateway holds for one backend user. Never sent to clients or logged.
@@ -503,6 +506,8 @@ mod raw {
         pub max_lifetime: Option<String>,
         #[serde(default)]
         pub connect_timeout: Option<String>,
+        #[serde(default)]
+        pub pin_on: Option<Vec<String>>,
     }
 
     #[derive(Deserialize)]
@@ -526,6 +531,28 @@ mod raw {
         pub connections: HashMap<String, String>,
         #[serde(default)]
         pub policy: Option<String>,
+    }
+
+    /// `pool.pin_on`: kind names, every kind when absent.
+    fn pin_on(
+        field: &str,
+        v: Option<Vec<String>>,
+    ) -> Result<Vec<sluice_policy::SessionState>, ConfigError> {
+        use sluice_policy::SessionState;
+        let Some(names) = v else {
+            return Ok(SessionState::ALL.to_vec());
+        };
+        let mut kinds = Vec::with_capacity(names.len());
+        for n in names {
+            let kind = SessionState::from_name(&n).ok_or_else(|| {
+                let known: Vec<&str> = SessionState::ALL.iter().map(|k| k.as_str()).collect();
+                ConfigError::new(field, format!("`{n}` is not one of {}", known.join(", ")))
+            })?;
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        Ok(kinds)
     }
 
     fn dur(field: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
@@ -717,11 +744,22 @@ mod raw {
                     return Err(ConfigError::new(f("pool.size"), "must be at least 1"));
                 }
                 let mode = p.mode.unwrap_or(PoolMode::Transaction);
+                let pin_on = pin_on(&f("pool.pin_on"), p.pin_on)?;
+                let reset_query = p.reset_query.unwrap_or_else(|| "DISCARD ALL".into());
+                if mode == PoolMode::Transaction
+                    && !pin_on.is_empty()
+                    && reset_query.trim().is_empty()
+                {
+                    return Err(ConfigError::new(
+                        f("pool.reset_query"),
+                        "a transaction pool that pins clients (pool.pin_on) needs a reset query to clean a pinned server connection for the next client (DISCARD ALL, the default)",
+                    ));
+                }
                 let pool = PoolConfig {
                     mode,
                     size,
                     timeout: dur(&f("pool.timeout"), &p.timeout, Duration::from_secs(10))?,
-                    reset_query: p.reset_query.unwrap_or_else(|| "DISCARD ALL".into()),
+                    reset_query,
                     check_after: dur(
                         &f("pool.check_after"),
                         &p.check_after,
@@ -737,6 +775,7 @@ mod raw {
                         &p.connect_timeout,
                         Duration::from_secs(5),
                     )?,
+                    pin_on,
                 };
                 if c.users.is_empty() {
                     return Err(ConfigError::new(
@@ -910,6 +949,40 @@ policies:
         assert_eq!(role.connections["demo"], "ro");
         assert!(c.role_for("someone", &["other".into()]).is_none());
         assert!(!format!("{:?}", conn.users["ro"]).contains("s3cret"));
+    }
+
+    #[test]
+    fn pin_on_defaults_to_every_kind_and_is_checked() {
+        use sluice_policy::SessionState;
+        let c = Config::from_yaml(MINIMAL, Path::new("."), &env).unwrap();
+        let pool = &c.connection("demo").unwrap().pool;
+        assert_eq!(pool.pin_on, SessionState::ALL.to_vec());
+
+        let some = MINIMAL.replace("timeout: 250ms", "timeout: 250ms, pin_on: [listen, listen]");
+        let c = Config::from_yaml(&some, Path::new("."), &env).unwrap();
+        assert_eq!(
+            c.connection("demo").unwrap().pool.pin_on,
+            [SessionState::Listen]
+        );
+
+        let bad = MINIMAL.replace("timeout: 250ms", "timeout: 250ms, pin_on: [temp]");
+        let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "connections[0].pool.pin_on");
+        assert!(
+            e.message
+                .contains("`temp` is not one of listen, temp_table"),
+            "{e}"
+        );
+
+        // A pinned server is cleaned by the reset query before the next client gets it.
+        let bad = MINIMAL.replace("timeout: 250ms", "timeout: 250ms, reset_query: ''");
+        let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
+        assert_eq!(e.field, "connections[0].pool.reset_query");
+        let none = MINIMAL.replace(
+            "timeout: 250ms",
+            "timeout: 250ms, reset_query: '', pin_on: []",
+        );
+        Config::from_yaml(&none, Path::new("."), &env).unwrap();
     }
 
     #[test]
