@@ -16,8 +16,7 @@ mod alloc_count;
 use alloc_count::allocations;
 
 /// 1000-row `SELECT * FROM pgbench_accounts` session captured from PostgreSQL 15 (112 KiB).
-const STREAM: &[u8] =
-    include_bytes!("../crates/pgwire/tests/fixtures/pgbench_select_1000.s2c.bin");
+const STREAM: &[u8] = include_bytes!("../crates/pgwire/tests/fixtures/pgbench_select_1000.s2c.bin");
 const MAX: usize = DEFAULT_MAX_MESSAGE_LEN;
 
 fn walk_frame_len(stream: &[u8]) -> usize {

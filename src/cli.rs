@@ -1,4 +1,8 @@
-//! Command-line interface.
+//! Command-line interface: the `sluice` command's arguments and its subcommands.
+
+mod api;
+mod control;
+mod review;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,7 +53,7 @@ enum Command {
     /// Control-plane commands: `up` runs the control plane and a data plane; the others are
     /// clients of its API.
     #[command(flatten)]
-    Control(sluice_controlplane::cli::Command),
+    Control(control::ControlCommand),
 }
 
 /// Parses arguments and runs the subcommand.
@@ -79,10 +83,7 @@ pub fn main() -> ExitCode {
             api_listen,
             pg_port,
         } => crate::demo::run(listen, api_listen, pg_port),
-        Command::Control(sluice_controlplane::cli::Command::Up { args, tls }) => {
-            crate::up::run(args, tls)
-        }
-        Command::Control(cmd) => sluice_controlplane::cli::run(cmd),
+        Command::Control(cmd) => control::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

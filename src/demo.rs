@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sluice_controlplane::cli::UpArgs;
+use sluice_controlplane::up::UpArgs;
 use sluice_dataplane::config::substitute_env;
 use sluice_pgcluster::{AuthMethod, ClusterOptions, PgCluster};
 

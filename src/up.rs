@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sluice_controlplane::cli::{ApiTls, Served, UpArgs};
+use sluice_client::Trust;
+use sluice_controlplane::up::{ApiTls, Served, UpArgs};
 use sluice_dataplane::config::ControlPlaneSettings;
-use sluice_dataplane::http::Trust;
 use sluice_dataplane::{Config, Dataplane};
 
 /// The data plane's settings when `sluice up` gets no `--config`.

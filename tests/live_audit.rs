@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::gateway::{connect, create_app_database, runtime, sqlstate, APP_PASSWORD, APP_USER};
 use common::{pgbench_cmd, shared_pg, with_shared_pg, PgTarget};
 use sluice::up::Up;
-use sluice_controlplane::cli::Served;
+use sluice_controlplane::up::Served;
 use sluice_dataplane::Dataplane;
 use tokio_postgres::Client;
 

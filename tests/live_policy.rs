@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::gateway::{connect, create_app_database, runtime, sqlstate, try_connect, APP_PASSWORD};
 use common::{shared_pg, with_shared_pg};
 use sluice::up::Up;
-use sluice_controlplane::cli::Served;
+use sluice_controlplane::up::Served;
 use sluice_dataplane::config::ControlPlaneSettings;
 use sluice_dataplane::{Config, Dataplane};
 

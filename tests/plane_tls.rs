@@ -19,8 +19,8 @@ use common::gateway::{
 };
 use common::{shared_pg, with_shared_pg};
 use sluice::up::Up;
-use sluice_controlplane::cli::{ApiTls, UpArgs};
-use sluice_dataplane::http::{agent, Trust};
+use sluice_client::{agent, Trust};
+use sluice_controlplane::up::{ApiTls, UpArgs};
 use sluice_dataplane::{Config, Dataplane};
 
 const AGENT_TOKEN: &str = "agent-token-tls-0123456789";

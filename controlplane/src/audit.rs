@@ -1,23 +1,13 @@
 //! Audit records as the API returns them; the batches data planes ship are
 //! [`sluice_policy::audit`]'s.
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use serde::Deserialize;
 
-/// The wire format data planes ship lives in the shared crate (with its OpenAPI schema, via
-/// sluice-policy's `openapi` feature); re-exported at its old path.
-pub use sluice_policy::audit::{AuditBatch, AuditRecord, MAX_BATCH_ID_LEN, VERDICTS};
-
-/// A stored record, with where it came from.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct StoredAuditRecord {
-    /// Increasing; page with `before`/`after`.
-    pub id: i64,
-    pub batch_id: String,
-    pub node_id: String,
-    #[serde(flatten)]
-    pub record: AuditRecord,
-}
+/// The batches data planes ship, and the pages this API answers, are wire types shared with
+/// the API's clients (the record format is sluice-policy's); re-exported at their old paths.
+pub use sluice_client::wire::audit::{
+    AuditBatch, AuditPage, AuditRecord, StoredAuditRecord, MAX_BATCH_ID_LEN, VERDICTS,
+};
 
 /// Filters for `GET /v1/audit`.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -39,14 +29,6 @@ pub struct AuditQuery {
     pub after: Option<i64>,
     /// Page size, 1-1000 (default 100).
     pub limit: Option<u32>,
-}
-
-/// One page of records.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct AuditPage {
-    pub records: Vec<StoredAuditRecord>,
-    /// Pass as `before` for the next (older) page; absent on the last page.
-    pub next_before: Option<i64>,
 }
 
 #[cfg(test)]

@@ -74,6 +74,11 @@ pub struct PoolSpec {
     pub max_lifetime: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<String>,
+    /// Transaction pooling: session state that pins a client to its server connection
+    /// (`listen`, `temp_table`, `advisory_lock`, `hold_cursor`, `prepare_transaction`; all
+    /// when absent); statements creating a kind not listed are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_on: Option<Vec<String>>,
 }
 
 /// A backend user the gateway logs in as.
@@ -173,21 +178,8 @@ fn check_policy(i: usize, pol: &PolicySpec) -> Result<(), FieldError> {
     }
 }
 
-/// One problem in a document, at a path like `roles[2].connections.app`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl FieldError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
+/// One problem in a document (a wire type: error answers carry it).
+pub use sluice_client::wire::error::FieldError;
 
 /// The syntax a document arrives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,6 +296,18 @@ impl Document {
                 }
                 if pool.size == Some(0) {
                     errors.push(FieldError::new(p("pool.size"), "must be at least 1"));
+                }
+                for kind in pool.pin_on.iter().flatten() {
+                    if sluice_policy::SessionState::from_name(kind).is_none() {
+                        let known: Vec<&str> = sluice_policy::SessionState::ALL
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect();
+                        errors.push(FieldError::new(
+                            p("pool.pin_on"),
+                            format!("`{kind}` is not one of {}", known.join(", ")),
+                        ));
+                    }
                 }
                 for (field, v) in [
                     ("timeout", &pool.timeout),

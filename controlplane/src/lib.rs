@@ -6,7 +6,6 @@
 
 pub mod api;
 pub mod audit;
-pub mod cli;
 pub mod compile;
 pub mod crypto;
 pub mod document;
@@ -18,3 +17,4 @@ pub mod service;
 /// The snapshot format lives in the shared crate; re-exported at its old path.
 pub use sluice_policy::snapshot;
 pub mod store;
+pub mod up;

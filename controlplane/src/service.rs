@@ -154,18 +154,8 @@ pub struct GrantIssued {
     pub expires_at: i64,
 }
 
-/// `POST /v1/nodes` body.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NodeRegistration {
-    /// Stable id of the data plane (generated when absent).
-    #[serde(default)]
-    pub id: Option<String>,
-    /// Where its listener is, for operators.
-    pub address: String,
-    #[serde(default)]
-    pub drivers: Vec<String>,
-}
+/// The node registration body is a wire type, shared with the data plane.
+pub use sluice_client::wire::node::NodeRegistration;
 
 /// `POST /v1/tokens` body.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -184,14 +174,8 @@ pub struct TokenIssued {
     pub token: String,
 }
 
-/// Result of an audit batch.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct BatchAck {
-    pub batch_id: String,
-    /// Records stored by this call (0 for a batch seen before).
-    pub stored: usize,
-    pub duplicate: bool,
-}
+/// The audit batch acknowledgement is a wire type, shared with the data plane.
+pub use sluice_client::wire::audit::BatchAck;
 
 /// The control plane: store, keys and the current snapshot.
 pub struct ControlPlane {

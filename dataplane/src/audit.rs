@@ -99,12 +99,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use serde::Deserialize;
+use sluice_client::wire::audit::BatchAck;
 pub use sluice_policy::audit::{AuditBatch, AuditRecord};
 
 use spool::{read_line, Spool, REJECTED_FILE};
 
+mod batch;
+mod send;
 mod spool;
+
+#[cfg(test)]
+use batch::begin_body;
+use batch::Batcher;
+use send::SenderLoop;
 
 /// `identity` of a loss-marker record.
 pub const LOSS_MARKER_IDENTITY: &str = "sluice:audit";
@@ -156,7 +163,7 @@ pub struct ShipperConfig {
     /// Longest retry delay (default 10 s).
     pub backoff_max: Duration,
     /// Which certificates an `https://` server must present (default: the webpki roots).
-    pub trust: crate::http::Trust,
+    pub trust: sluice_client::Trust,
 }
 
 impl std::fmt::Debug for ShipperConfig {
@@ -196,7 +203,7 @@ impl ShipperConfig {
             request_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
-            trust: crate::http::Trust::default(),
+            trust: sluice_client::Trust::default(),
         }
     }
 
@@ -428,7 +435,12 @@ impl AuditShipper {
         });
         let (tx, rx) = crossbeam_channel::bounded(cfg.channel_capacity);
         let run_id = format!("{:032x}", rand::random::<u128>());
-        let agent = crate::http::agent(&cfg.trust, cfg.request_timeout);
+        let client = sluice_client::Client::new(
+            &cfg.base_url,
+            &cfg.node_token,
+            &cfg.trust,
+            cfg.request_timeout,
+        );
         let spawn_err = |source| ShipperError::Io {
             path: cfg.spool_dir.clone(),
             source,
@@ -449,12 +461,9 @@ impl AuditShipper {
             .name("sluice-audit-batch".into())
             .spawn(move || batcher.run())
             .map_err(spawn_err)?;
-        let url = format!("{}/v1/audit/batches", cfg.base_url);
         let sender = SenderLoop {
             shared: shared.clone(),
-            agent,
-            url,
-            auth: format!("Bearer {}", cfg.node_token),
+            client,
             backoff_min: cfg.backoff_min,
             backoff_max: cfg.backoff_max,
         };
@@ -732,235 +741,6 @@ impl Queue {
     }
 }
 
-// ---- the batcher -------------------------------------------------------------------------
-
-/// The batch being built: its JSON body so far.
-struct Building {
-    ordinal: u64,
-    body: Vec<u8>,
-    records: usize,
-    marker_loss: u64,
-    opened: Instant,
-}
-
-struct Batcher {
-    rx: Receiver<Msg>,
-    shared: Arc<Shared>,
-    node_id: String,
-    run_id: String,
-    next_ordinal: u64,
-    max_records: usize,
-    max_bytes: usize,
-    max_delay: Duration,
-    /// Channel drops already reported (or being reported) by a marker.
-    seen_channel_drops: u64,
-    /// One record's JSON, before it goes into the body.
-    scratch: Vec<u8>,
-}
-
-impl Batcher {
-    fn run(mut self) {
-        let mut open: Option<Building> = None;
-        let mut drop_log = RateLimit::default();
-        loop {
-            let wait = match &open {
-                Some(b) => (b.opened + self.max_delay).saturating_duration_since(Instant::now()),
-                None => IDLE_TICK,
-            };
-            match self.rx.recv_timeout(wait) {
-                Ok(Msg::Record(r)) => self.add(&mut open, *r),
-                Ok(Msg::Flush(reply)) => {
-                    self.seal(&mut open);
-                    let _ = reply.send(self.shared.lock().last_queued);
-                }
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {
-                    if open.is_some() {
-                        self.seal(&mut open);
-                    } else {
-                        self.marker_only_batch(&mut open);
-                    }
-                }
-            }
-            let drops = self
-                .shared
-                .stats
-                .dropped_channel_full
-                .load(Ordering::Relaxed);
-            if drops > self.seen_channel_drops && drop_log.ready() {
-                tracing::error!(
-                    dropped_total = drops,
-                    "audit channel full: records dropped on the cores; a loss marker will report them"
-                );
-            }
-        }
-        // Stopping: take what the cores queued ahead of the stop, then seal.
-        while let Ok(m) = self.rx.try_recv() {
-            match m {
-                Msg::Record(r) => self.add(&mut open, *r),
-                Msg::Flush(reply) => {
-                    self.seal(&mut open);
-                    let _ = reply.send(self.shared.lock().last_queued);
-                }
-                Msg::Stop => {}
-            }
-        }
-        self.seal(&mut open);
-        self.marker_only_batch(&mut open);
-        self.shared.lock().batcher_done = true;
-        self.shared.work.notify_all();
-    }
-
-    fn add(&mut self, open: &mut Option<Building>, r: AuditRecord) {
-        add(&self.shared.stats.accepted, 1);
-        if !r.has_known_verdict() {
-            self.reject_record(&r);
-            return;
-        }
-        self.scratch.clear();
-        if serde_json::to_writer(&mut self.scratch, &r).is_err() {
-            // Serializing plain strings and numbers cannot fail; keep the count honest anyway.
-            add(&self.shared.stats.rejected_records, 1);
-            return;
-        }
-        if let Some(b) = open {
-            // `,` before it and `]}` after it.
-            if b.records > 0 && b.body.len() + self.scratch.len() + 3 > self.max_bytes {
-                self.seal(open);
-            }
-        }
-        let b = open.get_or_insert_with(|| {
-            let ordinal = self.next_ordinal;
-            self.next_ordinal += 1;
-            let mut b = Building {
-                ordinal,
-                body: Vec::with_capacity(self.max_bytes.min(1 << 20)),
-                records: 0,
-                marker_loss: 0,
-                opened: Instant::now(),
-            };
-            begin_body(
-                &mut b.body,
-                &format!("{}-{ordinal}", self.run_id),
-                &self.node_id,
-            );
-            b
-        });
-        if b.records == 0 && b.marker_loss == 0 {
-            let loss = self.take_loss();
-            if loss > 0 {
-                b.marker_loss = loss;
-                let _ = serde_json::to_writer(&mut b.body, &loss_marker(&self.node_id, loss));
-                b.body.push(b',');
-                add(&self.shared.stats.loss_markers, 1);
-            }
-        }
-        if b.records > 0 {
-            b.body.push(b',');
-        }
-        b.body.extend_from_slice(&self.scratch);
-        b.records += 1;
-        if b.records >= self.max_records || b.body.len() + 2 >= self.max_bytes {
-            self.seal(open);
-        }
-    }
-
-    /// Records dropped since the last marker: channel drops (from the stats) and spool drops
-    /// (from the queue).
-    fn take_loss(&mut self) -> u64 {
-        let drops = self
-            .shared
-            .stats
-            .dropped_channel_full
-            .load(Ordering::Relaxed);
-        let channel = drops - self.seen_channel_drops;
-        self.seen_channel_drops = drops;
-        channel + std::mem::take(&mut self.shared.lock().unreported_loss)
-    }
-
-    /// A batch holding only a loss marker, when records were lost and nothing else is being
-    /// sent, and the control plane answers (otherwise the marker would just be dropped again).
-    fn marker_only_batch(&mut self, open: &mut Option<Building>) {
-        let healthy = !self.shared.lock().degraded;
-        let pending = self
-            .shared
-            .stats
-            .dropped_channel_full
-            .load(Ordering::Relaxed)
-            > self.seen_channel_drops
-            || self.shared.lock().unreported_loss > 0;
-        if open.is_some() || !pending || !healthy {
-            return;
-        }
-        let loss = self.take_loss();
-        let ordinal = self.next_ordinal;
-        self.next_ordinal += 1;
-        let mut body = Vec::new();
-        begin_body(
-            &mut body,
-            &format!("{}-{ordinal}", self.run_id),
-            &self.node_id,
-        );
-        let _ = serde_json::to_writer(&mut body, &loss_marker(&self.node_id, loss));
-        add(&self.shared.stats.loss_markers, 1);
-        *open = Some(Building {
-            ordinal,
-            body,
-            records: 0,
-            marker_loss: loss,
-            opened: Instant::now(),
-        });
-        self.seal(open);
-    }
-
-    fn seal(&mut self, open: &mut Option<Building>) {
-        let Some(mut b) = open.take() else {
-            return;
-        };
-        b.body.extend_from_slice(b"]}");
-        let batch = Batch {
-            ordinal: b.ordinal,
-            body: Arc::new(b.body),
-            records: b.records,
-            marker_loss: b.marker_loss,
-        };
-        let shared = &self.shared;
-        shared
-            .lock()
-            .push(batch, &shared.stats, shared.memory_max_bytes);
-        shared.work.notify_one();
-        // A batch dropped on arrival lets a flush waiting for it finish.
-        shared.progress.notify_all();
-    }
-
-    /// A record the control plane would refuse (its verdict is not one of `allow`, `deny`,
-    /// `review`) would take its whole batch down with it: it goes to `rejected.jsonl` alone.
-    fn reject_record(&mut self, r: &AuditRecord) {
-        let batch = AuditBatch {
-            batch_id: format!("{}-rejected-{}", self.run_id, self.next_ordinal),
-            node_id: self.node_id.clone(),
-            records: vec![r.clone()],
-        };
-        let line = serde_json::to_vec(&batch).unwrap_or_default();
-        let shared = &self.shared;
-        add(&shared.stats.rejected_records, 1);
-        tracing::error!(
-            verdict = %r.verdict,
-            "audit record with an unknown verdict: kept in {REJECTED_FILE}, not shipped"
-        );
-        shared.lock().spool.reject(&line);
-    }
-}
-
-/// `{"batch_id":"…","node_id":"…","records":[`
-fn begin_body(body: &mut Vec<u8>, batch_id: &str, node_id: &str) {
-    body.extend_from_slice(b"{\"batch_id\":");
-    let _ = serde_json::to_writer(&mut *body, batch_id);
-    body.extend_from_slice(b",\"node_id\":");
-    let _ = serde_json::to_writer(&mut *body, node_id);
-    body.extend_from_slice(b",\"records\":[");
-}
-
 /// The record that reports `lost` records in the audit trail (see the module documentation).
 pub fn loss_marker(node_id: &str, lost: u64) -> AuditRecord {
     let text = format!(
@@ -984,230 +764,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-// ---- the sender --------------------------------------------------------------------------
-
-struct SenderLoop {
-    shared: Arc<Shared>,
-    agent: ureq::Agent,
-    url: String,
-    auth: String,
-    backoff_min: Duration,
-    backoff_max: Duration,
-}
-
-/// How the control plane answered one batch.
-enum Outcome {
-    /// Stored (or stored before: `duplicate`).
-    Acked { duplicate: bool },
-    /// Refused for what it is; a retry would get the same answer.
-    Refused { status: u16, message: String },
-    /// No answer, or one worth retrying.
-    Failed {
-        status: Option<u16>,
-        message: String,
-    },
-}
-
-impl SenderLoop {
-    fn run(self) {
-        let shared = &*self.shared;
-        let stats = &*shared.stats;
-        let mut backoff = self.backoff_min;
-        let mut failing_since: Option<Instant> = None;
-        loop {
-            let head = {
-                let mut q = shared.lock();
-                loop {
-                    let past_deadline = q.stop_deadline.is_some_and(|d| Instant::now() >= d);
-                    if past_deadline && q.batcher_done {
-                        break None;
-                    }
-                    if let Some(h) = q.head() {
-                        if !past_deadline {
-                            break Some(h);
-                        }
-                    } else if q.batcher_done {
-                        break None;
-                    }
-                    // Wait for a batch, the batcher's end, or the stop deadline.
-                    let wait = match q.stop_deadline {
-                        Some(d) => d.saturating_duration_since(Instant::now()),
-                        None => Duration::from_secs(3600),
-                    };
-                    q = shared
-                        .work
-                        .wait_timeout(q, wait.max(Duration::from_millis(1)))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            };
-            let Some(head) = head else { break };
-            let body = match &head.job {
-                Job::Memory(b) => Ok(b.clone()),
-                Job::Spooled(path, offset, len) => read_line(path, *offset, *len).map(Arc::new),
-            };
-            let outcome = match body {
-                Ok(body) => self.post(&body),
-                Err(e) => {
-                    // The spool file cannot be read back (deleted or damaged from outside):
-                    // nothing to send. Count it as corrupt and move on rather than jam.
-                    tracing::error!(error = %e, "audit spool batch unreadable; skipped");
-                    add(&stats.spool_corrupt, 1);
-                    let mut q = shared.lock();
-                    q.unreported_loss += count(head.records);
-                    q.pop_head(head.ordinal, stats);
-                    drop(q);
-                    shared.progress.notify_all();
-                    continue;
-                }
-            };
-            match outcome {
-                Outcome::Acked { duplicate } => {
-                    if let Some(t) = failing_since.take() {
-                        tracing::info!(
-                            after_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX),
-                            "control plane acknowledges audit batches again"
-                        );
-                    }
-                    backoff = self.backoff_min;
-                    add(&stats.batches_shipped, 1);
-                    add(&stats.records_shipped, count(head.records));
-                    if duplicate {
-                        add(&stats.duplicate_batches, 1);
-                    }
-                    let mut q = shared.lock();
-                    q.pop_head(head.ordinal, stats);
-                    q.degraded = false;
-                    drop(q);
-                    shared.progress.notify_all();
-                }
-                Outcome::Refused { status, message } => {
-                    tracing::error!(
-                        status,
-                        %message,
-                        records = head.records,
-                        "control plane refused an audit batch; kept in {REJECTED_FILE}"
-                    );
-                    add(&stats.rejected_batches, 1);
-                    add(&stats.rejected_records, count(head.records));
-                    let line = match &head.job {
-                        Job::Memory(b) => Ok(b.as_ref().clone()),
-                        Job::Spooled(p, o, l) => read_line(p, *o, *l),
-                    };
-                    let mut q = shared.lock();
-                    if let Ok(line) = line {
-                        q.spool.reject(&line);
-                    }
-                    q.pop_head(head.ordinal, stats);
-                    drop(q);
-                    shared.progress.notify_all();
-                }
-                Outcome::Failed { status, message } => {
-                    add(&stats.send_failures, 1);
-                    if failing_since.is_none() {
-                        failing_since = Some(Instant::now());
-                        tracing::warn!(
-                            status,
-                            %message,
-                            "audit batch not acknowledged; spooling until the control plane answers"
-                        );
-                    } else {
-                        tracing::debug!(status, %message, "audit batch not acknowledged");
-                    }
-                    let mut q = shared.lock();
-                    q.degraded = true;
-                    q.spill_memory(stats);
-                    // Back off, unless told to stop; the batch stays at the head.
-                    let wait_until = Instant::now() + backoff;
-                    while q.stop_deadline.is_none_or(|d| Instant::now() < d) {
-                        let left = wait_until.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        let left = match q.stop_deadline {
-                            Some(d) => left.min(d.saturating_duration_since(Instant::now())),
-                            None => left,
-                        };
-                        q = shared
-                            .work
-                            .wait_timeout(q, left.max(Duration::from_millis(1)))
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
-                    }
-                    backoff = (backoff * 2).min(self.backoff_max);
-                }
-            }
-        }
-        // Stopping: whatever is still in memory goes to the spool.
-        let mut q = shared.lock();
-        q.spill_memory(stats);
-        drop(q);
-        shared.progress.notify_all();
-    }
-
-    fn post(&self, body: &[u8]) -> Outcome {
-        let resp = self
-            .agent
-            .post(&self.url)
-            .header("Authorization", &self.auth)
-            .header("Content-Type", "application/json")
-            .send(body);
-        let mut resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::Failed {
-                    status: None,
-                    message: e.to_string(),
-                }
-            }
-        };
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .read_to_vec()
-            .unwrap_or_default();
-        #[derive(Deserialize)]
-        struct Ack {
-            #[serde(default)]
-            duplicate: bool,
-        }
-        match status {
-            // 200 is sent only after the commit; an unreadable body does not undo it.
-            200 => Outcome::Acked {
-                duplicate: serde_json::from_slice::<Ack>(&text).is_ok_and(|a| a.duplicate),
-            },
-            400 | 413 | 422 => Outcome::Refused {
-                status,
-                message: error_message(&text),
-            },
-            _ => Outcome::Failed {
-                status: Some(status),
-                message: error_message(&text),
-            },
-        }
-    }
-}
-
-/// The control plane's JSON `error.message`, cut at 500 bytes.
-fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .map(|mut m| {
-            if m.len() > 500 {
-                let mut end = 500;
-                while !m.is_char_boundary(end) {
-                    end -= 1;
-                }
-                m.truncate(end);
-            }
-            m
-        })
-        .unwrap_or_else(|| "request failed".into())
 }
 
 /// True at most once per [`LOG_EVERY`].

@@ -13,7 +13,6 @@ pub mod catalog;
 pub mod config;
 pub mod ctx;
 pub mod error;
-pub mod http;
 pub mod io;
 mod login;
 mod masking;

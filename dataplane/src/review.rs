@@ -19,33 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use sluice_client::wire::review::{self as wire, ConsumeRequest, Review};
+use sluice_client::{Answer, Client, ClientError};
 
-/// What a review is about: the statement held back and who sent it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReviewRequest {
-    /// The client's identity (token subject), as audit records name it.
-    pub identity: String,
-    /// The connection name the client used (its `dbname`).
-    pub connection: String,
-    /// The role the identity was mapped to.
-    pub role: String,
-    /// The full statement text; an approval is for exactly this text.
-    pub statement: String,
-    /// The rule that asked for review (`Verdict::Review { rule, .. }`).
-    pub rule_id: String,
-    /// The verdict's message, shown to approvers.
-    pub message: Option<String>,
-    /// The session, for audit correlation.
-    pub session_id: Option<String>,
-    /// Distinct approvals needed (`ReviewSettings::min_approvers`, at least 1).
-    pub min_approvers: u32,
-    /// Whether the client waits for the decision (`ReviewSettings::wait`).
-    pub wait: bool,
-    /// How long the review stays pending before it expires (`ReviewSettings::timeout`).
-    pub expires_in: Duration,
-}
+/// What a review is about: the statement held back and who sent it (the API's body).
+pub use sluice_client::wire::review::ReviewRequest;
 
 /// Where a review stands. Decided states carry who decided, for audit records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,7 +151,7 @@ pub struct ReviewClientSettings {
     /// Most calls (threads) in flight at once; more answer [`ReviewError::Busy`] at once.
     pub max_in_flight: usize,
     /// Which certificates an `https://` server must present (default: the webpki roots).
-    pub trust: crate::http::Trust,
+    pub trust: sluice_client::Trust,
 }
 
 impl Default for ReviewClientSettings {
@@ -184,7 +162,7 @@ impl Default for ReviewClientSettings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             max_in_flight: 256,
-            trust: crate::http::Trust::default(),
+            trust: sluice_client::Trust::default(),
         }
     }
 }
@@ -196,9 +174,9 @@ pub struct ReviewClient {
 }
 
 struct Inner {
-    agent: ureq::Agent,
-    base: String,
-    token: String,
+    client: Client,
+    /// The node token's fingerprint, for `Debug` (the token itself is only in `client`).
+    token_fingerprint: String,
     node_id: String,
     settings: ReviewClientSettings,
     in_flight: AtomicUsize,
@@ -207,8 +185,8 @@ struct Inner {
 impl std::fmt::Debug for ReviewClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReviewClient")
-            .field("base", &self.inner.base)
-            .field("token", &sluice_auth::token::fingerprint(&self.inner.token))
+            .field("base", &self.inner.client.server())
+            .field("token", &self.inner.token_fingerprint)
             .field("node_id", &self.inner.node_id)
             .finish_non_exhaustive()
     }
@@ -233,17 +211,26 @@ impl ReviewClient {
         node_id: &str,
         settings: ReviewClientSettings,
     ) -> Self {
-        let agent = crate::http::agent(&settings.trust, settings.request_timeout);
+        let client = Client::new(
+            base_url,
+            node_token,
+            &settings.trust,
+            settings.request_timeout,
+        );
         ReviewClient {
             inner: Arc::new(Inner {
-                agent,
-                base: base_url.trim_end_matches('/').to_owned(),
-                token: node_token.to_owned(),
+                client,
+                token_fingerprint: sluice_auth::token::fingerprint(node_token),
                 node_id: node_id.to_owned(),
                 settings,
                 in_flight: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// The data plane this client speaks for (what a [`ReviewRequest`]'s `node_id` names).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
     }
 
     /// Creates a pending review for `req` (`POST /v1/reviews`), or finds the one that exists
@@ -253,24 +240,11 @@ impl ReviewClient {
         &self,
         req: ReviewRequest,
     ) -> impl Future<Output = Result<ReviewTicket, ReviewError>> + Send + 'static {
-        let body = json!({
-            "identity": req.identity,
-            "connection": req.connection,
-            "role": req.role,
-            "statement": req.statement,
-            "rule_id": req.rule_id,
-            "message": req.message,
-            "node_id": self.inner.node_id,
-            "session_id": req.session_id,
-            "min_approvers": req.min_approvers,
-            "wait": req.wait,
-            "expires_in_ms": u64::try_from(req.expires_in.as_millis()).unwrap_or(u64::MAX),
-        });
         self.spawn("sluice-review-request", move |inner, _| {
-            let (status, v) = inner.post("/v1/reviews", &body)?;
-            match status {
-                200 | 201 => ticket_of(&v, status == 200),
-                _ => Err(inner.status_error(status, &v, None)),
+            let a = answer(inner.client.file_review(&req))?;
+            match a.status {
+                200 | 201 => ticket_of(&a.body, a.status == 200),
+                _ => Err(status_error(&a, None)),
             }
         })
     }
@@ -323,13 +297,17 @@ impl ReviewClient {
         connection: &str,
         statement: &str,
     ) -> impl Future<Output = Result<Option<ReviewTicket>, ReviewError>> + Send + 'static {
-        let body = json!({"identity": identity, "connection": connection, "statement": statement});
+        let body = ConsumeRequest {
+            identity: identity.to_owned(),
+            connection: connection.to_owned(),
+            statement: statement.to_owned(),
+        };
         self.spawn("sluice-review-consume", move |inner, _| {
-            let (status, v) = inner.post("/v1/reviews/consume", &body)?;
-            match status {
-                200 => ticket_of(&v, true).map(Some),
+            let a = answer(inner.client.consume_review(&body))?;
+            match a.status {
+                200 => ticket_of(&a.body, true).map(Some),
                 404 => Ok(None),
-                _ => Err(inner.status_error(status, &v, None)),
+                _ => Err(status_error(&a, None)),
             }
         })
     }
@@ -341,11 +319,10 @@ impl ReviewClient {
     ) -> impl Future<Output = Result<ReviewTicket, ReviewError>> + Send + 'static {
         let id = id.to_owned();
         self.spawn("sluice-review-get", move |inner, _| {
-            let path = format!("/v1/reviews/{}", encode_path_segment(&id));
-            let (status, v) = inner.get(&path, None)?;
-            match status {
-                200 => ticket_of(&v, false),
-                _ => Err(inner.status_error(status, &v, Some(&id))),
+            let a = answer(inner.client.get_review(&id))?;
+            match a.status {
+                200 => ticket_of(&a.body, false),
+                _ => Err(status_error(&a, Some(&id))),
             }
         })
     }
@@ -391,160 +368,123 @@ impl ReviewClient {
 }
 
 impl Inner {
-    fn auth(&self) -> String {
-        format!("Bearer {}", self.token)
-    }
-
-    fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), ReviewError> {
-        let resp = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Authorization", self.auth())
-            .header("Content-Type", "application/json")
-            .send(body.to_string().as_bytes());
-        read(resp)
-    }
-
-    fn get(&self, path: &str, timeout: Option<Duration>) -> Result<(u16, Value), ReviewError> {
-        let req = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .header("Authorization", self.auth());
-        let resp = match timeout {
-            Some(t) => req.config().timeout_global(Some(t)).build().call(),
-            None => req.call(),
-        };
-        read(resp)
-    }
-
     /// One long-poll round of at most `round`.
     fn wait_round(&self, id: &str, round: Duration) -> Result<ReviewStatus, ReviewError> {
-        let path = format!(
-            "/v1/reviews/{}/wait?timeout_ms={}",
-            encode_path_segment(id),
-            round.as_millis()
-        );
-        let (status, v) = self.get(&path, Some(round + self.settings.request_timeout))?;
-        match status {
-            200 => ticket_of(&v, false).map(|t| t.status),
-            _ => Err(self.status_error(status, &v, Some(id))),
-        }
-    }
-
-    fn status_error(&self, status: u16, v: &Value, id: Option<&str>) -> ReviewError {
-        let message = v["error"]["message"]
-            .as_str()
-            .map_or_else(|| "request failed".to_owned(), str::to_owned);
-        match (status, id) {
-            (404, Some(id)) => ReviewError::NotFound(id.to_owned()),
-            _ => ReviewError::Status { status, message },
+        let a = answer(
+            self.client
+                .wait_review(id, round, self.settings.request_timeout),
+        )?;
+        match a.status {
+            200 => ticket_of(&a.body, false).map(|t| t.status),
+            _ => Err(status_error(&a, Some(id))),
         }
     }
 }
 
-/// Largest answer read; a review carries one statement (the control plane caps it at 1 MiB).
-const MAX_ANSWER_BYTES: u64 = 4 << 20;
-
-fn read(
-    resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<(u16, Value), ReviewError> {
-    let mut resp = resp.map_err(|e| ReviewError::Unavailable(e.to_string()))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(MAX_ANSWER_BYTES)
-        .read_to_vec()
-        .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
-    let v = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).unwrap_or(Value::Null)
-    };
-    Ok((status, v))
+/// An answer, or why there is none (the control plane away).
+fn answer(r: Result<Answer, ClientError>) -> Result<Answer, ReviewError> {
+    r.map_err(|e| ReviewError::Unavailable(e.to_string()))
 }
 
-/// The fields of the control plane's review JSON this client reads.
-#[derive(Deserialize)]
-struct WireReview {
-    id: String,
-    status: String,
-    expires_at: i64,
-    #[serde(default)]
-    use_until: Option<i64>,
-    #[serde(default)]
-    reusable: bool,
-    #[serde(default)]
-    approvers: Vec<String>,
-    #[serde(default)]
-    denied_by: Option<String>,
-    #[serde(default)]
-    deny_comment: Option<String>,
+fn status_error(a: &Answer, id: Option<&str>) -> ReviewError {
+    match (a.status, id) {
+        (404, Some(id)) => ReviewError::NotFound(id.to_owned()),
+        (status, _) => ReviewError::Status {
+            status,
+            message: a.error_message(usize::MAX),
+        },
+    }
 }
 
-fn ticket_of(v: &Value, existing: bool) -> Result<ReviewTicket, ReviewError> {
-    let w = WireReview::deserialize(v).map_err(|e| ReviewError::Malformed(e.to_string()))?;
-    let status = match w.status.as_str() {
-        "pending" => ReviewStatus::Pending,
-        "approved" => ReviewStatus::Approved {
-            approvers: w.approvers,
+fn ticket_of(body: &[u8], existing: bool) -> Result<ReviewTicket, ReviewError> {
+    let r: Review =
+        serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+    let status = match r.status {
+        wire::ReviewStatus::Pending => ReviewStatus::Pending,
+        wire::ReviewStatus::Approved => ReviewStatus::Approved {
+            approvers: r.approvers,
         },
-        "used" => ReviewStatus::Used {
-            approvers: w.approvers,
+        wire::ReviewStatus::Used => ReviewStatus::Used {
+            approvers: r.approvers,
         },
-        "denied" => ReviewStatus::Denied {
-            by: w.denied_by.unwrap_or_default(),
-            comment: w.deny_comment,
+        wire::ReviewStatus::Denied => ReviewStatus::Denied {
+            by: r.denied_by.unwrap_or_default(),
+            comment: r.deny_comment,
         },
-        "expired" => ReviewStatus::Expired,
-        other => return Err(ReviewError::Malformed(format!("unknown status `{other}`"))),
+        wire::ReviewStatus::Expired => ReviewStatus::Expired,
     };
     Ok(ReviewTicket {
-        id: w.id,
+        id: r.id,
         status,
-        expires_at_ms: w.expires_at,
-        use_until_ms: w.use_until,
-        reusable: w.reusable,
+        expires_at_ms: r.expires_at,
+        use_until_ms: r.use_until,
+        reusable: r.reusable,
         existing,
     })
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn review(status: wire::ReviewStatus) -> Review {
+        Review {
+            id: "r1".into(),
+            identity: "i".into(),
+            connection: "c".into(),
+            role: "r".into(),
+            statement: "x".into(),
+            rule_id: "rule".into(),
+            message: None,
+            node_id: "n".into(),
+            session_id: None,
+            min_approvers: 1,
+            wait: true,
+            status,
+            created_at: 1,
+            expires_at: 5,
+            decided_at: None,
+            use_until: None,
+            reusable: false,
+            used_at: None,
+            use_count: 0,
+            approvers: Vec::new(),
+            denied_by: None,
+            deny_comment: None,
+            decisions: Vec::new(),
+        }
+    }
+
     #[test]
     fn tickets_carry_the_deciders() {
-        let v = json!({"id": "r1", "status": "approved", "expires_at": 5, "use_until": 9,
-            "reusable": true, "approvers": ["ann", "bob"], "statement": "x"});
-        let t = ticket_of(&v, true).unwrap();
+        let approved = Review {
+            use_until: Some(9),
+            reusable: true,
+            approvers: vec!["ann".into(), "bob".into()],
+            ..review(wire::ReviewStatus::Approved)
+        };
+        let t = ticket_of(&serde_json::to_vec(&approved).unwrap(), true).unwrap();
         assert_eq!(t.status.approvers(), ["ann", "bob"]);
         assert!(t.reusable && t.existing);
         assert_eq!(t.use_until_ms, Some(9));
-        let v = json!({"id": "r1", "status": "denied", "expires_at": 5, "denied_by": "cat",
-            "deny_comment": "no"});
+        let denied = Review {
+            denied_by: Some("cat".into()),
+            deny_comment: Some("no".into()),
+            ..review(wire::ReviewStatus::Denied)
+        };
         assert_eq!(
-            ticket_of(&v, false).unwrap().status,
+            ticket_of(&serde_json::to_vec(&denied).unwrap(), false)
+                .unwrap()
+                .status,
             ReviewStatus::Denied {
                 by: "cat".into(),
                 comment: Some("no".into())
             }
         );
-        assert!(ticket_of(&json!({"id": "r", "status": "odd", "expires_at": 1}), false).is_err());
-        assert!(ticket_of(&Value::Null, false).is_err());
+        let mut odd = serde_json::to_value(review(wire::ReviewStatus::Pending)).unwrap();
+        odd["status"] = "odd".into();
+        assert!(ticket_of(odd.to_string().as_bytes(), false).is_err());
+        assert!(ticket_of(b"null", false).is_err());
     }
 
     #[test]

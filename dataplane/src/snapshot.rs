@@ -25,18 +25,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_auth::token::TokenVerifier;
+use sluice_client::wire::node::NodeRegistration;
+use sluice_client::{Answer, Client, ClientError};
 use sluice_policy::snapshot::Snapshot;
-use sluice_policy::{Policy, PolicyError, PolicySet};
+use sluice_policy::{PolicyError, PolicySet};
 
 use crate::config::{Config, ConfigError};
 
 /// Largest snapshot accepted, from the control plane or from disk.
 pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 20;
 
-/// The claim of a grant token that names its role; the grant issuer's `groups_claim`, so a
-/// verified grant's [`Identity::groups`](sluice_auth::token::Identity::groups) is `[role]`.
-pub const GRANT_ROLE_CLAIM: &str = "role";
+pub use crate::config::GRANT_ROLE_CLAIM;
 
 /// Why a snapshot was refused or could not be fetched or stored.
 #[derive(Debug, thiserror::Error)]
@@ -220,171 +219,16 @@ pub fn config_from_snapshot(local: &Config, snap: &Snapshot) -> Result<Config, S
 
 /// [`config_from_snapshot`] after the hash was checked.
 fn merge(local: &Config, snap: &Snapshot) -> Result<Config, SnapshotError> {
-    let version = snap.version;
-    let c = &snap.content;
-    let invalid = |field: String, message: &str| SnapshotError::Invalid {
-        version,
-        field,
-        message: message.to_owned(),
-    };
-
-    let mut jwt = Vec::with_capacity(c.identity_providers.len() + 1);
-    for (i, idp) in c.identity_providers.iter().enumerate() {
-        let Some(jwks) = &idp.jwks else {
-            tracing::warn!(
-                version,
-                identity_provider = %idp.name,
-                "identity provider has only a jwks_url, which the data plane does not fetch yet; its tokens will be refused"
-            );
-            continue;
-        };
-        if idp.issuer.is_empty() {
-            return Err(invalid(
-                format!("identity_providers[{i}].issuer"),
-                "must not be empty",
-            ));
-        }
-        jwt.push(json!({
-            "issuer": idp.issuer,
-            "audience": idp.audience,
-            "jwks": jwks,
-            "groups_claim": idp.groups_claim,
-            "leeway_secs": idp.leeway_secs,
-        }));
-    }
-    if !c.grants.issuer.is_empty() {
-        jwt.push(json!({
-            "issuer": c.grants.issuer,
-            "jwks": c.grants.jwks,
-            "groups_claim": GRANT_ROLE_CLAIM,
-            "leeway_secs": 30,
-        }));
-    }
-
-    let mut connections = Vec::with_capacity(c.connections.len().max(1));
-    for (i, conn) in c.connections.iter().enumerate() {
-        if let Some(ca) = &conn.tls_ca {
-            if !Path::new(ca).is_absolute() {
-                return Err(invalid(
-                    format!("connections[{i}].tls_ca"),
-                    "must be an absolute path on the data plane",
-                ));
-            }
-        }
-        let users: Vec<Value> = conn
-            .users
-            .iter()
-            .map(|u| json!({"name": u.name, "user": u.user, "password": u.password}))
-            .collect();
-        let mut v = json!({
-            "name": conn.name,
-            "host": conn.host,
-            "port": conn.port,
-            "database": conn.database,
-            "tls": conn.tls,
-            "pool": conn.pool,
-            "users": users,
-        });
-        if let Some(ca) = &conn.tls_ca {
-            v["tls_ca"] = json!(ca);
-        }
-        connections.push(v);
-    }
-    // A configuration file needs a connection; a snapshot without one is legitimate (a control
-    // plane before its first apply) and means every client is refused. Validate against a
-    // placeholder nothing can refer to, then drop it.
-    let placeholder = c.connections.is_empty();
-    if placeholder {
-        if let Some((i, r)) = c
-            .roles
-            .iter()
-            .enumerate()
-            .find(|(_, r)| !r.connections.is_empty())
-        {
-            let conn = r
-                .connections
-                .keys()
-                .next()
-                .map(String::as_str)
-                .unwrap_or("");
-            return Err(invalid(
-                format!("roles[{i}].connections.{conn}"),
-                "no such connection",
-            ));
-        }
-        connections.push(json!({
-            "name": "-", "port": 1, "database": "-", "users": [{"name": "-"}],
-        }));
-    }
-    let roles: Vec<Value> = c
-        .roles
-        .iter()
-        .map(|r| {
-            // No `policy`: policies are built below, once, with this snapshot's version.
-            json!({
-                "name": r.name,
-                "subjects": r.subjects,
-                "groups": r.groups,
-                "connections": r.connections,
-            })
-        })
-        .collect();
-
-    let doc = json!({
-        "listen": "127.0.0.1:0",
-        "cores": 1,
-        "auth": {"jwt": jwt},
-        "connections": connections,
-        "roles": roles,
-    });
-    // JSON is YAML; every `$` is doubled so `${...}` substitution leaves values as they are.
-    let text = doc.to_string().replace('$', "$$");
-    let mut config = Config::from_yaml(&text, Path::new("/"), &|_| None)
-        .map_err(|e| SnapshotError::invalid(version, e))?;
-
-    // Keys are checked now (the verifier is built again when the cores take the config), so
-    // an unusable JWKS refuses the snapshot instead of failing later.
-    config.auth.static_tokens = local.auth.static_tokens.clone();
-    TokenVerifier::new(&config.auth).map_err(|e| SnapshotError::Invalid {
-        version,
-        field: "identity_providers".into(),
-        message: e.to_string(),
-    })?;
     // The snapshot version goes into every policy's verdict-cache key, so no core serves a
     // verdict cached under an older version of a policy with the same name.
-    let policies = if c.compiled_policies.is_empty() {
+    let policies = if snap.content.compiled_policies.is_empty() {
         policies_from_source(snap)?
     } else {
         policies_from_compiled(snap)?
     };
-    let deny_all = Arc::new(Policy::deny_all());
-    debug_assert_eq!(config.roles.len(), c.roles.len());
-    for (i, (role, src)) in config.roles.iter_mut().zip(&c.roles).enumerate() {
-        role.policy = match &src.policy {
-            None => deny_all.clone(),
-            Some(name) => policies
-                .get(name)
-                .cloned()
-                .ok_or_else(|| SnapshotError::Invalid {
-                    version,
-                    field: format!("roles[{i}].policy"),
-                    message: format!("no policy named `{name}`"),
-                })?,
-        };
-    }
-    config.policies = Arc::new(policies);
-    // Put the local process-level settings back over the placeholders.
-    if placeholder {
-        config.connections.clear();
-    }
-    config.listen = local.listen;
-    config.cores = local.cores;
-    config.metrics_listen = local.metrics_listen;
-    config.tls = local.tls.clone();
-    config.require_tls_for_non_loopback = local.require_tls_for_non_loopback;
-    config.limits = local.limits.clone();
-    config.control_plane = local.control_plane.clone();
-    Ok(config)
+    local
+        .with_snapshot(snap, policies)
+        .map_err(|e| SnapshotError::invalid(snap.version, e))
 }
 
 /// The fast path: the policies the control plane compiled, checked for structure and for
@@ -517,7 +361,7 @@ pub struct ClientSettings {
     /// Largest snapshot accepted.
     pub max_snapshot_bytes: u64,
     /// Which certificates an `https://` server must present (default: the webpki roots).
-    pub trust: crate::http::Trust,
+    pub trust: sluice_client::Trust,
 }
 
 impl std::fmt::Debug for ClientSettings {
@@ -549,7 +393,7 @@ impl ClientSettings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             max_snapshot_bytes: MAX_SNAPSHOT_BYTES,
-            trust: crate::http::Trust::default(),
+            trust: sluice_client::Trust::default(),
         }
     }
 }
@@ -634,7 +478,12 @@ impl SnapshotClient {
             .version
             .store(running.unwrap_or(0), Ordering::Relaxed);
         let worker = Worker {
-            agent: crate::http::agent(&settings.trust, settings.request_timeout),
+            client: Client::new(
+                &settings.server,
+                &settings.token,
+                &settings.trust,
+                settings.request_timeout,
+            ),
             settings,
             local,
             control: control.clone(),
@@ -720,7 +569,7 @@ impl Drop for SnapshotClient {
 
 /// The client thread's state.
 struct Worker {
-    agent: ureq::Agent,
+    client: Client,
     settings: ClientSettings,
     local: Config,
     control: Arc<Control>,
@@ -830,410 +679,65 @@ impl Worker {
 
     fn register(&self) -> Result<(), SnapshotError> {
         let s = &self.settings;
-        let body = json!({"id": s.node_id, "address": s.address, "drivers": s.drivers});
-        let resp = self
-            .agent
-            .post(format!("{}/v1/nodes", s.server))
-            .header("Authorization", format!("Bearer {}", s.token))
-            .header("Content-Type", "application/json")
-            .send(body.to_string().as_bytes());
-        let mut resp = resp.map_err(transport_err)?;
-        match resp.status().as_u16() {
+        let reg = NodeRegistration {
+            id: Some(s.node_id.clone()),
+            address: s.address.clone(),
+            drivers: s.drivers.clone(),
+        };
+        let answer = self.client.register_node(&reg).map_err(transport_err)?;
+        match answer.status {
             200 => {
                 tracing::info!(node = %s.node_id, "registered with the control plane");
                 Ok(())
             }
-            status => Err(status_err(status, &mut resp)),
+            _ => Err(status_err(&answer)),
         }
     }
 
     fn poll(&self, after: u64) -> Result<Poll, SnapshotError> {
         let s = &self.settings;
-        let url = format!(
-            "{}/v1/nodes/{}/snapshot?after={after}&timeout_ms={}",
-            s.server,
-            encode_path_segment(&s.node_id),
-            s.poll_wait.as_millis()
-        );
-        let resp = self
-            .agent
-            .get(url)
-            .header("Authorization", format!("Bearer {}", s.token))
-            .config()
-            .timeout_global(Some(s.poll_wait + s.request_timeout))
-            .build()
-            .call();
-        let mut resp = resp.map_err(transport_err)?;
-        match resp.status().as_u16() {
-            200 => {
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(s.max_snapshot_bytes)
-                    .read_to_vec()
-                    .map_err(|e| match e {
-                        ureq::Error::BodyExceedsLimit(_) => SnapshotError::TooLarge {
-                            origin: "control plane".into(),
-                            limit: s.max_snapshot_bytes,
-                        },
-                        e => transport_err(e),
-                    })?;
-                Ok(Poll::Snapshot(body))
-            }
+        let answer = self
+            .client
+            .poll_snapshot(
+                &s.node_id,
+                after,
+                s.poll_wait,
+                s.request_timeout,
+                s.max_snapshot_bytes,
+            )
+            .map_err(|e| match e {
+                ClientError::TooLarge { limit } => SnapshotError::TooLarge {
+                    origin: "control plane".into(),
+                    limit,
+                },
+                e => transport_err(e),
+            })?;
+        match answer.status {
+            200 => Ok(Poll::Snapshot(answer.body)),
             204 => Ok(Poll::NothingNew),
             404 => {
                 tracing::warn!(node = %s.node_id, "the control plane does not know this node; registering again");
                 Ok(Poll::UnknownNode)
             }
-            status => Err(status_err(status, &mut resp)),
+            _ => Err(status_err(&answer)),
         }
     }
 }
 
-fn transport_err(e: ureq::Error) -> SnapshotError {
+fn transport_err(e: ClientError) -> SnapshotError {
     SnapshotError::ControlPlane {
         status: None,
         message: e.to_string(),
     }
 }
 
-/// An error answer: the control plane's JSON `error.message` (bounded), or the status alone.
-fn status_err(status: u16, resp: &mut ureq::http::Response<ureq::Body>) -> SnapshotError {
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(64 * 1024)
-        .read_to_vec()
-        .unwrap_or_default();
-    let message = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "request failed".into());
+/// An error answer: the control plane's JSON `error.message`, or the status alone.
+fn status_err(answer: &Answer) -> SnapshotError {
     SnapshotError::ControlPlane {
-        status: Some(status),
-        message,
+        status: Some(answer.status),
+        message: answer.error_message(usize::MAX),
     }
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use sluice_policy::snapshot::{
-        GrantIssuer, SnapshotConnection, SnapshotContent, SnapshotIdentityProvider, SnapshotRole,
-        SnapshotUser,
-    };
-
-    use super::*;
-
-    /// The RFC 8037 example Ed25519 public key.
-    const ED25519_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
-
-    fn jwks() -> Value {
-        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "k1", "x": ED25519_X}]})
-    }
-
-    fn local() -> Config {
-        let yaml = r#"
-listen: 127.0.0.1:7432
-cores: 3
-metrics_listen: 127.0.0.1:9187
-limits: { startup_timeout: 2s }
-auth:
-  static_tokens:
-    - { token: break-glass-token-0123456789, subject: oncall }
-  jwt:
-    - { issuer: https://local.example, hs256_secret: local-secret-local-secret }
-connections:
-  - { name: local, port: 5432, database: l, users: [{ name: u }] }
-"#;
-        Config::from_yaml(yaml, Path::new("/"), &|_| None).unwrap()
-    }
-
-    fn content() -> SnapshotContent {
-        let mut pool = BTreeMap::new();
-        pool.insert("mode".to_owned(), json!("session"));
-        pool.insert("size".to_owned(), json!(4));
-        pool.insert("timeout".to_owned(), json!("250ms"));
-        SnapshotContent {
-            grants: GrantIssuer {
-                issuer: "sluice-cp-test".into(),
-                jwks: jwks(),
-            },
-            connections: vec![SnapshotConnection {
-                name: "app".into(),
-                host: "db.internal".into(),
-                port: 5433,
-                database: "appdb".into(),
-                tls: "disable".into(),
-                tls_ca: None,
-                pool,
-                users: vec![SnapshotUser {
-                    name: "reader".into(),
-                    user: "app_reader".into(),
-                    password: Some("pa$$w${0}rd".into()),
-                }],
-            }],
-            identity_providers: vec![SnapshotIdentityProvider {
-                name: "corp".into(),
-                issuer: "https://idp.example".into(),
-                audience: vec!["sluice".into()],
-                jwks: Some(jwks()),
-                jwks_url: None,
-                groups_claim: "grp".into(),
-                leeway_secs: 5,
-            }],
-            roles: vec![SnapshotRole {
-                name: "analyst".into(),
-                subjects: vec![],
-                groups: vec!["analysts".into()],
-                connections: [("app".to_owned(), "reader".to_owned())].into(),
-                policy: None,
-            }],
-            policies: vec![],
-            compiled_policies: vec![],
-            revoked_grants: vec!["g-1".into()],
-        }
-    }
-
-    fn snap(c: SnapshotContent) -> Snapshot {
-        Snapshot::new(7, 3, 0, c)
-    }
-
-    #[test]
-    fn merges_local_process_settings_with_snapshot_content() {
-        let l = local();
-        let a = apply_snapshot(&l, &snap(content())).unwrap();
-        let c = &a.config;
-        assert_eq!((c.listen, c.cores), (l.listen, 3));
-        assert_eq!(c.metrics_listen, l.metrics_listen);
-        assert_eq!(c.limits.startup_timeout, Duration::from_secs(2));
-        assert_eq!(c.connections.len(), 1);
-        let conn = c.connection("app").unwrap();
-        assert_eq!((conn.host.as_str(), conn.port), ("db.internal", 5433));
-        assert_eq!(conn.database, "appdb");
-        assert_eq!(conn.pool.mode, crate::config::PoolMode::Session);
-        assert_eq!(conn.pool.size, 4);
-        assert_eq!(conn.pool.timeout, Duration::from_millis(250));
-        assert_eq!(conn.users["reader"].user, "app_reader");
-        assert_eq!(
-            conn.users["reader"].password.as_deref(),
-            Some("pa$$w${0}rd"),
-            "no ${{}} substitution in snapshot values"
-        );
-        let role = c.role_for("x", &["analysts".into()]).unwrap();
-        assert_eq!(role.connections["app"], "reader");
-        // JWT issuers: the identity provider and the grant issuer replace the local ones;
-        // static break-glass tokens stay.
-        let issuers: Vec<_> = c.auth.jwt.iter().map(|j| j.issuer.as_str()).collect();
-        assert_eq!(issuers, ["https://idp.example", "sluice-cp-test"]);
-        assert_eq!(c.auth.jwt[0].groups_claim, "grp");
-        assert_eq!(c.auth.jwt[0].audience, ["sluice"]);
-        assert_eq!(c.auth.jwt[1].groups_claim, GRANT_ROLE_CLAIM);
-        assert_eq!(c.auth.static_tokens.len(), 1);
-        assert!(a.grants.is_grant_issuer("sluice-cp-test"));
-        assert!(!a.grants.is_grant_issuer("https://idp.example"));
-        assert!(a.grants.is_revoked("g-1") && !a.grants.is_revoked("g-2"));
-        assert_eq!(a.version, 7);
-    }
-
-    #[test]
-    fn missing_backend_user_is_refused_with_the_field() {
-        let mut c = content();
-        c.roles[0].connections.insert("app".into(), "writer".into());
-        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
-        let msg = e.to_string();
-        assert!(
-            matches!(&e, SnapshotError::Invalid { field, .. } if field == "roles[0].connections.app"),
-            "{e:?}"
-        );
-        assert!(msg.contains("no backend user `writer`"), "{msg}");
-        assert!(msg.contains("version 7"), "{msg}");
-        assert!(!e.is_retryable());
-    }
-
-    #[test]
-    fn other_invalid_content_is_refused() {
-        let mut c = content();
-        c.roles[0].connections = [("nope".to_owned(), "reader".to_owned())].into();
-        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
-        assert!(e.to_string().contains("no such connection"), "{e}");
-
-        let mut c = content();
-        c.connections[0].pool.insert("bogus".into(), json!(1));
-        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
-        assert!(e.to_string().contains("bogus"), "{e}");
-
-        let mut c = content();
-        c.connections[0].tls = "verify-full".into();
-        c.connections[0].tls_ca = Some("ca.pem".into());
-        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
-        assert!(e.to_string().contains("absolute"), "{e}");
-
-        let mut c = content();
-        c.identity_providers[0].jwks = Some(json!({"keys": [{"kty": "oct", "k": "AAAA"}]}));
-        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
-        assert!(e.to_string().contains("https://idp.example"), "{e}");
-
-        let mut c = content();
-        c.identity_providers[0].issuer = "sluice-cp-test".into();
-        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
-        assert!(e.to_string().contains("more than once"), "{e}");
-    }
-
-    #[test]
-    fn policies_come_from_the_snapshot_keyed_by_its_version() {
-        let mut c = content();
-        c.policies
-            .push(json!({"name": "read-only", "classes": {"allow": ["read"]}, "max_rows": 5}));
-        c.roles[0].policy = Some("read-only".into());
-        c.roles.push(SnapshotRole {
-            name: "nopolicy".into(),
-            subjects: vec!["bot".into()],
-            groups: vec![],
-            connections: BTreeMap::new(),
-            policy: None,
-        });
-        let v7 = config_from_snapshot(&local(), &snap(c.clone())).unwrap();
-        let p = &v7.roles[0].policy;
-        assert_eq!((p.name(), p.max_rows()), ("read-only", Some(5)));
-        assert!(!v7.roles[1].policy.is_valid(), "no policy: deny everything");
-        assert_eq!(v7.policies.version(), 7);
-        let v8 = config_from_snapshot(&local(), &Snapshot::new(8, 3, 0, c.clone())).unwrap();
-        assert_ne!(
-            v7.roles[0].policy.cache_key(),
-            v8.roles[0].policy.cache_key()
-        );
-
-        let mut bad = c.clone();
-        bad.policies[0]["classes"]["allow"] = json!(["reed"]);
-        let e = config_from_snapshot(&local(), &snap(bad)).unwrap_err();
-        assert!(e.to_string().contains("policies[0]"), "{e}");
-        let mut bad = c;
-        bad.roles[0].policy = Some("missing".into());
-        let e = config_from_snapshot(&local(), &snap(bad)).unwrap_err();
-        assert!(e.to_string().contains("roles[0].policy"), "{e}");
-    }
-
-    fn compiled(doc: &str) -> Vec<sluice_policy::snapshot::CompiledPolicy> {
-        PolicySet::from_yaml(doc, 0).unwrap().compile()
-    }
-
-    #[test]
-    fn compiled_policies_are_loaded_as_they_are() {
-        let mut c = content();
-        c.policies
-            .push(json!({"name": "read-only", "classes": {"allow": ["read"]}, "max_rows": 5}));
-        // What data planes load is the compiled form: it says 6 here, to tell them apart.
-        c.compiled_policies =
-            compiled("policies: [{name: read-only, classes: {allow: [read]}, max_rows: 6}]");
-        c.roles[0].policy = Some("read-only".into());
-        let v7 = config_from_snapshot(&local(), &snap(c.clone())).unwrap();
-        let p = &v7.roles[0].policy;
-        assert_eq!((p.name(), p.max_rows()), ("read-only", Some(6)));
-        assert!(p.is_valid());
-        let v8 = config_from_snapshot(&local(), &Snapshot::new(8, 3, 0, c.clone())).unwrap();
-        assert_ne!(p.cache_key(), v8.roles[0].policy.cache_key());
-
-        let refused = |c: SnapshotContent| match config_from_snapshot(&local(), &snap(c)) {
-            Err(SnapshotError::Invalid { field, message, .. }) => format!("{field}: {message}"),
-            other => panic!("{other:?}"),
-        };
-        let mut bad = c.clone();
-        bad.compiled_policies = compiled("policies: [{name: other}]");
-        assert_eq!(
-            refused(bad),
-            "compiled_policies[0].name: `other` where policies[0] is Some(\"read-only\")"
-        );
-        let mut bad = c.clone();
-        bad.compiled_policies
-            .extend(compiled("policies: [{name: x}]"));
-        assert_eq!(
-            refused(bad),
-            "compiled_policies: 2 compiled policies for 1 in `policies`"
-        );
-        let mut bad = c.clone();
-        let mut v = serde_json::to_value(&bad.compiled_policies).unwrap();
-        v[0]["review"]["min_approvers"] = json!(0);
-        bad.compiled_policies = serde_json::from_value(v).unwrap();
-        assert_eq!(
-            refused(bad),
-            "compiled_policies[0].review.min_approvers: must be at least 1"
-        );
-        let mut bad = c;
-        bad.roles[0].policy = Some("missing".into());
-        assert_eq!(refused(bad), "roles[0].policy: no policy named `missing`");
-    }
-
-    #[test]
-    fn tampered_content_is_refused() {
-        let mut s = snap(content());
-        s.content.connections[0].host = "evil.example".into();
-        let e = config_from_snapshot(&local(), &s).unwrap_err();
-        assert!(matches!(e, SnapshotError::HashMismatch { .. }), "{e:?}");
-    }
-
-    #[test]
-    fn empty_snapshot_serves_nothing_and_jwks_url_providers_are_left_out() {
-        let c = SnapshotContent::default();
-        let cfg = config_from_snapshot(&local(), &snap(c)).unwrap();
-        assert!(cfg.connections.is_empty() && cfg.roles.is_empty());
-        assert!(cfg.auth.jwt.is_empty());
-
-        let mut c = content();
-        c.identity_providers[0].jwks = None;
-        c.identity_providers[0].jwks_url = Some("https://idp.example/jwks".into());
-        let cfg = config_from_snapshot(&local(), &snap(c)).unwrap();
-        let issuers: Vec<_> = cfg.auth.jwt.iter().map(|j| j.issuer.as_str()).collect();
-        assert_eq!(issuers, ["sluice-cp-test"]);
-
-        let c = SnapshotContent {
-            roles: content().roles,
-            ..SnapshotContent::default()
-        };
-        let e = config_from_snapshot(&local(), &snap(c)).unwrap_err();
-        assert!(e.to_string().contains("no such connection"), "{e}");
-    }
-
-    #[test]
-    fn persist_and_load_round_trip_and_refuse_tampering() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("snapshot.json");
-        assert!(SnapshotClient::load_persisted(&path).unwrap().is_none());
-        let s = snap(content());
-        persist(&path, &serde_json::to_vec(&s).unwrap()).unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(SnapshotClient::load_persisted(&path).unwrap(), Some(s));
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1, "no temporary file left behind");
-
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, text.replace("db.internal", "db.evil")).unwrap();
-        let e = SnapshotClient::load_persisted(&path).unwrap_err();
-        assert!(matches!(e, SnapshotError::HashMismatch { .. }), "{e:?}");
-        std::fs::write(&path, "{not json").unwrap();
-        let e = SnapshotClient::load_persisted(&path).unwrap_err();
-        assert!(matches!(e, SnapshotError::Malformed { .. }), "{e:?}");
-    }
-
-    #[test]
-    fn path_segments_are_encoded() {
-        assert_eq!(encode_path_segment("node-a_1.x~"), "node-a_1.x~");
-        assert_eq!(encode_path_segment("a/b c?"), "a%2Fb%20c%3F");
-    }
-}
+mod tests;

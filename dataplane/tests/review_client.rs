@@ -76,10 +76,11 @@ fn request(statement: &str, min_approvers: u32, expires_in: Duration) -> ReviewR
         statement: statement.into(),
         rule_id: "policy:ops/classes.review".into(),
         message: Some("DDL needs an approver".into()),
+        node_id: "node-a".into(),
         session_id: Some("core0-17".into()),
         min_approvers,
         wait: true,
-        expires_in,
+        expires_in_ms: u64::try_from(expires_in.as_millis()).unwrap(),
     }
 }
 

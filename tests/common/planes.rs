@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sluice::up::Up;
-use sluice_controlplane::cli::UpArgs;
+use sluice_controlplane::up::UpArgs;
 use sluice_dataplane::Dataplane;
 
 /// `sluice up`'s arguments: the embedded store in `dir`, the API on `listen`.

@@ -3,28 +3,13 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::document::FieldError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
 
-/// The JSON body of every error answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `invalid_document`, `unauthorized`.
-    pub code: String,
-    pub message: String,
-    /// Problems by path in the submitted document.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub details: Vec<FieldError>,
-}
+/// The error body is a wire type, shared with the API's clients.
+pub use sluice_client::wire::error::{ErrorBody, ErrorDetail};
 
 /// An error answer.
 #[derive(Debug)]

@@ -588,7 +588,7 @@ impl PolicySet {
 
     /// Builds a set from policies [`PolicySet::compile`] produced (normally on the control
     /// plane, from a document validated there). Only the structure is checked here: names
-    /// present and unique, at most [`MAX_POLICIES`], every glob with as many parts as its
+    /// present and unique, at most `MAX_POLICIES`, every glob with as many parts as its
     /// rule allows, rule ids under their policy's name, no empty masking rule or type name,
     /// `min_approvers` at least 1. The YAML validation is not run again; the snapshot's
     /// content hash vouches for the rest. Cache keys come from `(version, index)` exactly as

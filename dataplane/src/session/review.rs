@@ -120,10 +120,11 @@ impl Session {
                 statement: need.sql.clone(),
                 rule_id: need.rule.clone(),
                 message: Some(need.message.clone()),
+                node_id: client.node_id().to_owned(),
                 session_id: None,
                 min_approvers: settings.min_approvers,
                 wait: settings.wait,
-                expires_in: settings.timeout,
+                expires_in_ms: u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX),
             })
             .await
             .map_err(unreachable)?;

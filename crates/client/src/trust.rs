@@ -1,6 +1,6 @@
-//! The blocking HTTP agent of every client of the control plane (snapshots, reviews, audit):
-//! `http://` or `https://`, trusting the CA bundle the configuration names (`control_plane.ca`)
-//! or else the webpki (Mozilla) roots. rustls 0.23 with ring, as the gateway's own TLS.
+//! Which certificates a client of the control plane trusts over `https://` (the CA bundle a
+//! configuration or `--ca` names, else the webpki roots), and the one agent every client uses.
+//! rustls 0.23 with ring, as the gateway's own TLS.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -94,7 +94,8 @@ impl Trust {
         self.ca.is_some()
     }
 
-    fn tls_config(&self) -> TlsConfig {
+    /// The ureq TLS configuration: rustls trusting this bundle, else the webpki roots.
+    pub fn tls_config(&self) -> TlsConfig {
         let roots = match &self.ca {
             Some(ca) => RootCerts::Specific(ca.clone()),
             None => RootCerts::WebPki,
