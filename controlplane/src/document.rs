@@ -74,6 +74,11 @@ pub struct PoolSpec {
     pub max_lifetime: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<String>,
+    /// Transaction pooling: session state that pins a client to its server connection
+    /// (`listen`, `temp_table`, `advisory_lock`, `hold_cursor`, `prepare_transaction`; all
+    /// when absent); statements creating a kind not listed are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_on: Option<Vec<String>>,
 }
 
 /// A backend user the gateway logs in as.
@@ -291,6 +296,18 @@ impl Document {
                 }
                 if pool.size == Some(0) {
                     errors.push(FieldError::new(p("pool.size"), "must be at least 1"));
+                }
+                for kind in pool.pin_on.iter().flatten() {
+                    if sluice_policy::SessionState::from_name(kind).is_none() {
+                        let known: Vec<&str> = sluice_policy::SessionState::ALL
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect();
+                        errors.push(FieldError::new(
+                            p("pool.pin_on"),
+                            format!("`{kind}` is not one of {}", known.join(", ")),
+                        ));
+                    }
                 }
                 for (field, v) in [
                     ("timeout", &pool.timeout),

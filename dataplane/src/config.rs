@@ -79,6 +79,9 @@ pub struct PoolConfig {
     pub max_lifetime: Duration,
     /// How long connecting and authenticating to the backend may take.
     pub connect_timeout: Duration,
+    /// Transaction pooling: the session state that pins a client to its server connection
+    /// for the rest of its session; statements creating a kind not listed are refused.
+    pub pin_on: Vec<sluice_policy::SessionState>,
 }
 
 /// Credentials the gateway holds for one backend user. Never sent to clients or logged.

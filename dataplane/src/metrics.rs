@@ -7,6 +7,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use sluice_policy::SessionState;
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -53,6 +55,9 @@ macro_rules! core_metrics {
         pub struct CoreMetrics {
             /// Which I/O driver this core runs (1 = io_uring, 0 = epoll fallback).
             pub io_uring: Gauge,
+            /// Sessions pinned to their server connection in transaction pooling, by the kind
+            /// of session state that pinned them (indexed as [`SessionState::ALL`]).
+            pub sessions_pinned_by: [Counter; SessionState::ALL.len()],
             $( $(#[doc = $doc])* pub $name: $kind, )*
         }
 
@@ -112,6 +117,12 @@ core_metrics! {
     Counter pool_timeouts,
     /// Server connections handed to clients.
     Counter server_checkouts,
+    /// Server connections pinned to one client now, in transaction pooling (each holds a
+    /// pool slot until its client leaves).
+    Gauge pinned_servers,
+    /// Statements refused because they need a pinned server connection their pool's
+    /// `pin_on` does not allow.
+    Counter pin_refusals,
 }
 
 /// Renders all cores' metrics in the Prometheus text format.
@@ -141,6 +152,20 @@ pub fn render(cores: &[Arc<CoreMetrics>]) -> String {
     let _ = writeln!(out, "# TYPE sluice_io_uring gauge");
     for (i, m) in cores.iter().enumerate() {
         let _ = writeln!(out, "sluice_io_uring{{core=\"{i}\"}} {}", m.io_uring.get());
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_sessions_pinned_total Sessions pinned to their server connection in transaction pooling, by the session state that pinned them"
+    );
+    let _ = writeln!(out, "# TYPE sluice_sessions_pinned_total counter");
+    for (i, m) in cores.iter().enumerate() {
+        for (kind, c) in SessionState::ALL.iter().zip(&m.sessions_pinned_by) {
+            let _ = writeln!(
+                out,
+                "sluice_sessions_pinned_total{{core=\"{i}\",reason=\"{kind}\"}} {}",
+                c.get()
+            );
+        }
     }
     out
 }

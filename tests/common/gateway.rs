@@ -88,6 +88,8 @@ pub struct GatewayOptions {
     pub backend_password: String,
     /// `limits.max_message_bytes`.
     pub max_message_bytes: Option<&'static str>,
+    /// Both pools' `pin_on` (a YAML list such as `[]` or `[listen]`); the default unless set.
+    pub pin_on: Option<&'static str>,
 }
 
 impl Default for GatewayOptions {
@@ -103,6 +105,7 @@ impl Default for GatewayOptions {
             backend_ca: None,
             backend_password: APP_PASSWORD.into(),
             max_message_bytes: None,
+            pin_on: None,
         }
     }
 }
@@ -159,6 +162,9 @@ pub fn start_gateway(pg_port: u16, opts: GatewayOptions) -> Gateway {
         (Some(mode), None) => format!("    tls: {mode}\n"),
         (Some(mode), Some(ca)) => format!("    tls: {mode}\n    tls_ca: {}\n", yaml_path(ca)),
     };
+    let pin_on = opts
+        .pin_on
+        .map_or_else(String::new, |p| format!(", pin_on: {p}"));
     yaml += &format!(
         r#"
 auth:
@@ -175,12 +181,12 @@ connections:
   - name: {CONN}
     port: {port}
     database: {database}
-{backend_tls}    pool: {{ mode: {mode}, size: {size}, timeout: {timeout}, connect_timeout: 5s }}
+{backend_tls}    pool: {{ mode: {mode}, size: {size}, timeout: {timeout}, connect_timeout: 5s{pin_on} }}
     users: [{{ name: app, user: {APP_USER}, password: {password} }}]
   - name: otherdb
     port: {port}
     database: {database}
-{backend_tls}    pool: {{ mode: transaction, size: 2 }}
+{backend_tls}    pool: {{ mode: transaction, size: 2{pin_on} }}
     users: [{{ name: app, user: {APP_USER}, password: {password} }}]
 roles:
   - name: analyst

@@ -16,9 +16,11 @@ use crate::sql::{self, fold_ident as fold, is_false};
 
 mod collect;
 mod names;
+mod session;
 
 use self::collect::Collector;
 use self::names::*;
+pub use self::session::{session_state, SessionState};
 
 /// Largest statement text analysed; longer text is [`Analysis::Unparsed`] (fail closed).
 /// 1 MiB is far above any hand-written or ORM statement and bounds parse time and memory.
@@ -221,6 +223,9 @@ pub struct StatementFacts {
     /// Something in the statement the analyser could not read (an unusual name form, a
     /// nested statement in an unexpected place): the statement is judged as unknown.
     pub opaque: Option<&'static str>,
+    /// State the statement leaves on its server connection past its transaction (what
+    /// transaction pooling must pin or refuse); empty for nearly every statement.
+    pub session_state: Vec<SessionState>,
 }
 
 impl StatementFacts {
@@ -244,6 +249,7 @@ impl StatementFacts {
             merge: false,
             sets_config: false,
             opaque: None,
+            session_state: Vec::new(),
         }
     }
 
@@ -787,6 +793,7 @@ fn statement_facts(stmt: &Statement) -> StatementFacts {
     // The walk only collects; `Break` is never returned.
     let _ = stmt.visit(&mut c);
     c.finish(&mut f);
+    f.session_state = session::of_statement(stmt, &f);
     f
 }
 

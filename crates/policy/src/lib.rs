@@ -19,8 +19,8 @@ pub mod snapshot;
 mod sql;
 
 pub use analyze::{
-    analyze, analyze_with, Analysis, CopyEndpoint, CopyFacts, Kind, Limits, Name, StatementFacts,
-    MAX_SQL_BYTES, RECURSION_LIMIT,
+    analyze, analyze_with, session_state, Analysis, CopyEndpoint, CopyFacts, Kind, Limits, Name,
+    SessionState, StatementFacts, MAX_SQL_BYTES, RECURSION_LIMIT,
 };
 pub use cache::VerdictCache;
 pub use evaluate::{judge, judge_statement, judge_with, Verdict, BUILTIN_DENIED_FUNCTIONS};

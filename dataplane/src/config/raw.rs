@@ -99,6 +99,8 @@ pub struct Pool {
     pub max_lifetime: Option<String>,
     #[serde(default)]
     pub connect_timeout: Option<String>,
+    #[serde(default)]
+    pub pin_on: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +124,28 @@ pub struct Role {
     pub connections: HashMap<String, String>,
     #[serde(default)]
     pub policy: Option<String>,
+}
+
+/// `pool.pin_on`: kind names, every kind when absent.
+fn pin_on(
+    field: &str,
+    v: Option<Vec<String>>,
+) -> Result<Vec<sluice_policy::SessionState>, ConfigError> {
+    use sluice_policy::SessionState;
+    let Some(names) = v else {
+        return Ok(SessionState::ALL.to_vec());
+    };
+    let mut kinds = Vec::with_capacity(names.len());
+    for n in names {
+        let kind = SessionState::from_name(&n).ok_or_else(|| {
+            let known: Vec<&str> = SessionState::ALL.iter().map(|k| k.as_str()).collect();
+            ConfigError::new(field, format!("`{n}` is not one of {}", known.join(", ")))
+        })?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(kinds)
 }
 
 fn dur(field: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
@@ -370,11 +394,19 @@ pub(super) fn connections(
             return Err(ConfigError::new(f("pool.size"), "must be at least 1"));
         }
         let mode = p.mode.unwrap_or(PoolMode::Transaction);
+        let pin_on = pin_on(&f("pool.pin_on"), p.pin_on)?;
+        let reset_query = p.reset_query.unwrap_or_else(|| "DISCARD ALL".into());
+        if mode == PoolMode::Transaction && !pin_on.is_empty() && reset_query.trim().is_empty() {
+            return Err(ConfigError::new(
+                f("pool.reset_query"),
+                "a transaction pool that pins clients (pool.pin_on) needs a reset query to clean a pinned server connection for the next client (DISCARD ALL, the default)",
+            ));
+        }
         let pool = PoolConfig {
             mode,
             size,
             timeout: dur(&f("pool.timeout"), &p.timeout, Duration::from_secs(10))?,
-            reset_query: p.reset_query.unwrap_or_else(|| "DISCARD ALL".into()),
+            reset_query,
             check_after: dur(
                 &f("pool.check_after"),
                 &p.check_after,
@@ -390,6 +422,7 @@ pub(super) fn connections(
                 &p.connect_timeout,
                 Duration::from_secs(5),
             )?,
+            pin_on,
         };
         if c.users.is_empty() {
             return Err(ConfigError::new(

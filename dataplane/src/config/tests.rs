@@ -55,6 +55,40 @@ fn parses_minimal() {
 }
 
 #[test]
+fn pin_on_defaults_to_every_kind_and_is_checked() {
+    use sluice_policy::SessionState;
+    let c = Config::from_yaml(MINIMAL, Path::new("."), &env).unwrap();
+    let pool = &c.connection("demo").unwrap().pool;
+    assert_eq!(pool.pin_on, SessionState::ALL.to_vec());
+
+    let some = MINIMAL.replace("timeout: 250ms", "timeout: 250ms, pin_on: [listen, listen]");
+    let c = Config::from_yaml(&some, Path::new("."), &env).unwrap();
+    assert_eq!(
+        c.connection("demo").unwrap().pool.pin_on,
+        [SessionState::Listen]
+    );
+
+    let bad = MINIMAL.replace("timeout: 250ms", "timeout: 250ms, pin_on: [temp]");
+    let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
+    assert_eq!(e.field, "connections[0].pool.pin_on");
+    assert!(
+        e.message
+            .contains("`temp` is not one of listen, temp_table"),
+        "{e}"
+    );
+
+    // A pinned server is cleaned by the reset query before the next client gets it.
+    let bad = MINIMAL.replace("timeout: 250ms", "timeout: 250ms, reset_query: ''");
+    let e = Config::from_yaml(&bad, Path::new("."), &env).unwrap_err();
+    assert_eq!(e.field, "connections[0].pool.reset_query");
+    let none = MINIMAL.replace(
+        "timeout: 250ms",
+        "timeout: 250ms, reset_query: '', pin_on: []",
+    );
+    Config::from_yaml(&none, Path::new("."), &env).unwrap();
+}
+
+#[test]
 fn unset_env_is_an_error() {
     let e = Config::from_yaml(MINIMAL, Path::new("."), &|_| None).unwrap_err();
     assert!(e.to_string().contains("DEMO_TOKEN"), "{e}");

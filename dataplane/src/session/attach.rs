@@ -11,7 +11,6 @@ use sluice_pgwire::{backend as bmsg, encode, sqlstate};
 use super::relay::shutdown_fd;
 use super::Session;
 use crate::backend::{ServerConn, ServerRead, ServerState, ServerWrite};
-use crate::config::PoolMode;
 use crate::error::Fatal;
 use crate::tracker::{Delivery, Request};
 
@@ -142,7 +141,7 @@ impl Session {
     fn releasable(&self, st: &super::State) -> bool {
         st.tracker.is_idle()
             && st.server.ready == Some(b'I')
-            && (self.mode == PoolMode::Transaction || st.out.closing)
+            && (!self.keeps_server(st) || st.out.closing)
     }
 
     /// Returns the attached server to the pool if it is parked, writable and idle.
@@ -170,9 +169,11 @@ impl Session {
             }
         };
         let reset_sent = std::mem::take(&mut st.server.reset_sent);
+        // A pinned server goes back reset, as in session pooling.
+        let keeps_server = self.keeps_server(&st);
         drop(st);
         self.slot.set(None);
-        if self.mode == PoolMode::Session && !reset_sent {
+        if keeps_server && !reset_sent {
             let pool = self.pool.clone();
             monoio::spawn(async move { pool.release_after_reset(conn).await });
         } else {
@@ -273,22 +274,23 @@ impl Session {
         }
     }
 
-    /// Session mode, client gone, server idle with its reader still reading (blocked on a
-    /// read it must not drop): send a ROLLBACK when the client left a transaction open, then
-    /// the reset query (or an empty one), so the reader gets answers, swallows them and parks,
-    /// and the connection goes back to the pool clean. Returns false if there was nothing to
-    /// do.
+    /// Session mode or a pinned client, client gone, server idle with its reader still
+    /// reading (blocked on a read it must not drop): send a ROLLBACK when the client left a
+    /// transaction open, then the reset query (or an empty one), so the reader gets answers,
+    /// swallows them and parks, and the connection goes back to the pool clean. Returns false
+    /// if there was nothing to do.
     async fn reset_through_reader(self: &Rc<Self>) -> bool {
         let (generation, write, rollback) = {
             let mut guard = self.st.borrow_mut();
             let st = &mut *guard;
             let idle = st.tracker.is_idle() && st.server.ready.is_some();
             let rollback = st.server.ready != Some(b'I');
+            let keeps_server = self.keeps_server(st);
             let generation = st.server.generation;
             let Some(a) = st.server.attached.as_mut().filter(|a| a.parked.is_none()) else {
                 return false;
             };
-            if self.mode != PoolMode::Session || !idle {
+            if !keeps_server || !idle {
                 return false;
             }
             let Some(w) = a.write.take() else {

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use sluice_pgwire::encode::{self, ErrorResponse};
 use sluice_pgwire::sqlstate;
 use sluice_policy::lineage::MaskPlan;
-use sluice_policy::{Analysis, Kind, Policy, StatementFacts, Verdict, VerdictCache};
+use sluice_policy::{Analysis, Kind, Policy, SessionState, StatementFacts, Verdict, VerdictCache};
 
 use super::{Session, State};
 
@@ -47,6 +47,9 @@ pub(super) struct Judgement {
     /// Protocol-level statements the text ends, in order (SQL-level and protocol-level
     /// prepared statements share one namespace on the server).
     pub(super) ended: Vec<Ended>,
+    /// Session state the text leaves on its server connection (see [`super::pin`]). Texts
+    /// with any are never cached, so a cached verdict means none.
+    pub(super) session_state: Vec<SessionState>,
 }
 
 /// A verdict on a text.
@@ -116,13 +119,26 @@ impl Judge {
                 verdict: Judged::Policy(v),
                 plan_key,
                 ended: Vec::new(),
+                session_state: Vec::new(),
             };
         }
         let analysis = sluice_policy::analyze(sql);
+        let session_state = sluice_policy::session_state(&analysis, sql);
         if is_stateful(&analysis) {
-            return self.judge_stateful(&analysis);
+            let mut judgement = self.judge_stateful(&analysis);
+            judgement.session_state = session_state;
+            return judgement;
         }
         let verdict = sluice_policy::judge(&self.policy, &analysis);
+        if !session_state.is_empty() {
+            // Judged every time: the session must see the state it creates.
+            return Judgement {
+                verdict: Judged::Policy(verdict),
+                plan_key: None,
+                ended: Vec::new(),
+                session_state,
+            };
+        }
         match shape {
             // Statements that differ only in constants share the verdict.
             Some(s) if literal_independent(&analysis) => {
@@ -135,6 +151,7 @@ impl Judge {
             verdict: Judged::Policy(verdict),
             plan_key,
             ended: Vec::new(),
+            session_state: Vec::new(),
         }
     }
 
@@ -144,6 +161,7 @@ impl Judge {
             verdict: Judged::Reserved,
             plan_key: None,
             ended: Vec::new(),
+            session_state: Vec::new(),
         };
         if let Analysis::Statements(v) = analysis {
             if v.iter()
@@ -273,6 +291,8 @@ impl Session {
             Judged::Reserved => Some(self.denial(RESERVED.0, RESERVED.1)),
             Judged::Policy(verdict) => self.verdict_response(st, sql, verdict),
         };
+        // What the policy allows may still need a server connection kept for the client.
+        let response = response.or_else(|| self.pin_or_refuse(st, sql, &judgement.session_state));
         (response, judgement.plan_key)
     }
 

@@ -16,12 +16,15 @@
 //! No read is ever dropped while in flight: a reader stops only between reads.
 //!
 //! What the policy says about a statement is [`judge`]'s; holding a statement for an
-//! approver is [`review`]'s, and the session's audit records are [`audit`]'s.
+//! approver is [`review`]'s, and the session's audit records are [`audit`]'s. Keeping the
+//! server of a transaction-pooled client whose statements left session state on it is
+//! [`pin`]'s.
 
 mod attach;
 mod audit;
 mod client;
 mod judge;
+mod pin;
 mod relay;
 mod review;
 mod server;
@@ -101,6 +104,9 @@ struct State {
     judge: Judge,
     /// A statement held for review, and the outcome of the last review.
     review: ReviewState,
+    /// Transaction pooling: set once a statement left session state on the server, which the
+    /// session then keeps until it ends ([`pin`]).
+    pinned: Option<pin::Pinned>,
     /// Audit records of requests the server is answering, by request tag.
     audits: HashMap<u64, Audit>,
     /// Request tags when the masker does not hand them out (from [`OWN_TAGS`] up).
@@ -201,6 +207,7 @@ pub(crate) async fn run(
             stmts: Statements::default(),
             judge: Judge::new(policy),
             review: ReviewState::default(),
+            pinned: None,
             audits: HashMap::new(),
             next_tag: OWN_TAGS,
         }),

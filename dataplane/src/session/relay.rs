@@ -291,12 +291,13 @@ impl Session {
                 if st.server.generation != generation {
                     return;
                 }
+                // Session mode (and a pinned client) keeps reading an idle server while its
+                // client is there, so notifications and server-initiated messages reach the
+                // client at once.
+                let may_park = !self.keeps_server(st) || st.out.closing;
                 let Some(a) = st.server.attached.as_mut() else {
                     return;
                 };
-                // Session mode keeps reading an idle server while its client is there, so
-                // notifications and server-initiated messages reach the client at once.
-                let may_park = self.mode == crate::config::PoolMode::Transaction || st.out.closing;
                 if may_park
                     && skip == 0
                     && buf.is_empty()

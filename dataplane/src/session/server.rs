@@ -132,7 +132,14 @@ impl Session {
                 }
             }
             let verdict = st.tracker.on_server(h.tag, &mut synth, &mut unprepared);
-            st.server.ready = None;
+            // Messages that may come at any time (a notification to an idle listener) leave
+            // the server as idle as it was.
+            if !matches!(
+                h.tag,
+                bmsg::NOTICE_RESPONSE | bmsg::PARAMETER_STATUS | bmsg::NOTIFICATION
+            ) {
+                st.server.ready = None;
+            }
             let mut param = None;
             if inspect {
                 param = self.inspect(st, &buf[pos..pos + total])?;
