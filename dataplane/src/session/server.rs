@@ -154,25 +154,7 @@ impl Session {
             if mask && whole {
                 verdict = mask_message(st, job, h.tag, &mut buf[pos..pos + total], verdict);
             }
-            if let (Some(status), Some(mk)) = (st.server.ready, st.masker.as_mut()) {
-                if st.tracker.is_idle() {
-                    mk.idle(status);
-                }
-            }
-            if st.server.ready == Some(b'I') && st.tracker.is_idle() {
-                // Portals do not outlive a transaction.
-                st.stmts.portal_sql.clear();
-            }
-            if job != 0 && !st.audits.is_empty() {
-                self.audit_response(st, job, h.tag, &buf[pos..pos + present], whole);
-            }
-            // After the masker and the audit saw the message: requests that failed or were
-            // skipped.
-            settle_failed(st);
-            if job >= OWN_TAGS && !st.stmts.parse_tags.is_empty() && !st.tracker.has_job(job) {
-                // The Parse was answered (ParseComplete): its name is the server's now.
-                st.stmts.parse_tags.remove(&job);
-            }
+            self.after_message(st, job, h.tag, &buf[pos..pos + present], whole);
             let forward = verdict == Verdict::Forward;
             match verdict {
                 Verdict::Forward => {
@@ -209,6 +191,31 @@ impl Session {
             self.push_out(&mut st.out, c);
         }
         Ok(reload)
+    }
+
+    /// What each server message settles once the masker has seen it: the masker's view of an
+    /// idle server, portals at the end of a transaction, the audit of request `job`, requests
+    /// that failed or were skipped, and Parses answered.
+    fn after_message(&self, st: &mut State, job: u64, tag: u8, msg: &[u8], whole: bool) {
+        if let (Some(status), Some(mk)) = (st.server.ready, st.masker.as_mut()) {
+            if st.tracker.is_idle() {
+                mk.idle(status);
+            }
+        }
+        if st.server.ready == Some(b'I') && st.tracker.is_idle() {
+            // Portals do not outlive a transaction.
+            st.stmts.portal_sql.clear();
+        }
+        if job != 0 && !st.audits.is_empty() {
+            self.audit_response(st, job, tag, msg, whole);
+        }
+        // After the masker and the audit saw the message: requests that failed or were
+        // skipped.
+        settle_failed(st);
+        if job >= OWN_TAGS && !st.stmts.parse_tags.is_empty() && !st.tracker.has_job(job) {
+            // The Parse was answered (ParseComplete): its name is the server's now.
+            st.stmts.parse_tags.remove(&job);
+        }
     }
 
     /// Reloads the catalog that could not resolve a held RowDescription, and has the masker
