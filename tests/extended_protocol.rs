@@ -324,3 +324,40 @@ fn bind_with_40000_parameters() {
     let got = a.round_trip(&[bind("", "big", &values), execute(""), sync()]);
     assert_eq!(got, ["2", "D:40000", "C", "Z"]);
 }
+
+/// In transaction pooling a client may describe only statements it parsed: the pooled server's
+/// unnamed statement, or one under a guessed server name, belongs to another client.
+#[test]
+fn describe_of_another_clients_statement_is_refused() {
+    let gw = setup("ext_describe_foreign", "transaction", 1);
+    let mut a = Raw::connect(gw.port());
+    let got = a.round_trip(&[
+        parse("", "SELECT label FROM items WHERE id = $1", &[23]),
+        parse(
+            "named_a",
+            "SELECT label, id FROM items WHERE id = $1",
+            &[23],
+        ),
+        describe_stmt("named_a"),
+        sync(),
+    ]);
+    assert_eq!(got, ["1", "1", "t", "T", "Z"]);
+    let mut c = Raw::connect(gw.port());
+    let got = c.round_trip(&[describe_stmt(""), sync()]);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].starts_with("E:26000"), "{got:?}");
+    for guess in [
+        "sluice_0_1",
+        "sluice_0_2",
+        "sluice_1_1",
+        "sluice_1_2",
+        "named_a",
+    ] {
+        let got = c.round_trip(&[describe_stmt(guess), sync()]);
+        assert_eq!(got.len(), 2, "{guess}: {got:?}");
+        assert!(got[0].starts_with("E:26000"), "{guess}: {got:?}");
+    }
+    // The client's own statements still describe as before.
+    let got = c.round_trip(&[parse("", "SELECT 1", &[]), describe_stmt(""), sync()]);
+    assert_eq!(got, ["1", "t", "T", "Z"]);
+}

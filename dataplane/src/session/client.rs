@@ -465,6 +465,14 @@ impl Session {
         } else {
             Request::DescribePortal
         };
+        if txn && kind == b'S' && !st.stmts.parsed.contains_key(name) {
+            // A pooled server may hold other clients' statements (the unnamed one, or one
+            // under a name a client could guess): describing them would show their types.
+            let mut b = BytesMut::with_capacity(32);
+            encode::describe(&mut b, b'S', DENIED_STATEMENT);
+            st.tracker.push_replacing(request, no_such_statement(name));
+            return Send::Instead(b);
+        }
         let mut send = Send::AsIs;
         if txn && kind == b'S' && name.is_empty() {
             let mut b = BytesMut::new();
