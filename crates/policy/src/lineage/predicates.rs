@@ -1,8 +1,8 @@
 //! `predicates: deny` on a masking rule: statements that choose, order, group or join rows by a column it masks are refused.
 
 use sqlparser::ast::{
-    Distinct, Expr, GroupByExpr, JoinConstraint, JoinOperator, NamedWindowExpr, OrderBy,
-    OrderByKind, Select, TableFactor, TableWithJoins, Value, WindowSpec,
+    Distinct, Expr, GroupByExpr, JoinConstraint, NamedWindowExpr, OrderBy, OrderByKind, Select,
+    TableFactor, TableWithJoins, Value, WindowSpec,
 };
 
 use super::scope::*;
@@ -124,7 +124,7 @@ impl<'c> Ctx<'c> {
         self.check_nested_join(&twj.relation, scope)?;
         for j in &twj.joins {
             self.check_nested_join(&j.relation, scope)?;
-            let Some(c) = constraint(&j.join_operator) else {
+            let Some(c) = super::query::constraint(&j.join_operator) else {
                 continue;
             };
             match c {
@@ -186,27 +186,5 @@ pub(super) fn with_output<'s>(scope: &Scope<'s>, output: &Shape) -> Scope<'s> {
     Scope {
         items: scope.items.iter().cloned().chain([out]).collect(),
         parent: scope.parent,
-    }
-}
-
-fn constraint(op: &JoinOperator) -> Option<&JoinConstraint> {
-    match op {
-        JoinOperator::Join(c)
-        | JoinOperator::Inner(c)
-        | JoinOperator::Left(c)
-        | JoinOperator::LeftOuter(c)
-        | JoinOperator::Right(c)
-        | JoinOperator::RightOuter(c)
-        | JoinOperator::FullOuter(c)
-        | JoinOperator::CrossJoin(c)
-        | JoinOperator::Semi(c)
-        | JoinOperator::LeftSemi(c)
-        | JoinOperator::RightSemi(c)
-        | JoinOperator::Anti(c)
-        | JoinOperator::LeftAnti(c)
-        | JoinOperator::RightAnti(c)
-        | JoinOperator::StraightJoin(c)
-        | JoinOperator::AsOf { constraint: c, .. } => Some(c),
-        _ => None,
     }
 }

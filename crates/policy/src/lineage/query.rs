@@ -646,7 +646,19 @@ pub(super) enum Merge {
 }
 
 pub(super) fn join_constraint(op: &JoinOperator) -> Merge {
-    let c = match op {
+    let Some(c) = constraint(op) else {
+        return Merge::None;
+    };
+    match c {
+        JoinConstraint::Using(names) => Merge::Using(names.iter().filter_map(last_name).collect()),
+        JoinConstraint::Natural => Merge::Natural,
+        JoinConstraint::On(_) | JoinConstraint::None => Merge::None,
+    }
+}
+
+/// A join's constraint (ON, USING, NATURAL or none), for every operator that has one.
+pub(super) fn constraint(op: &JoinOperator) -> Option<&JoinConstraint> {
+    match op {
         JoinOperator::Join(c)
         | JoinOperator::Inner(c)
         | JoinOperator::Left(c)
@@ -662,13 +674,8 @@ pub(super) fn join_constraint(op: &JoinOperator) -> Merge {
         | JoinOperator::LeftAnti(c)
         | JoinOperator::RightAnti(c)
         | JoinOperator::StraightJoin(c)
-        | JoinOperator::AsOf { constraint: c, .. } => c,
-        _ => return Merge::None,
-    };
-    match c {
-        JoinConstraint::Using(names) => Merge::Using(names.iter().filter_map(last_name).collect()),
-        JoinConstraint::Natural => Merge::Natural,
-        JoinConstraint::On(_) | JoinConstraint::None => Merge::None,
+        | JoinOperator::AsOf { constraint: c, .. } => Some(c),
+        _ => None,
     }
 }
 
