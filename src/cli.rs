@@ -12,6 +12,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice_dataplane::{Config, Dataplane};
 
+use crate::signals::{Signal, Signals};
+
 /// Sluice: an identity-aware PostgreSQL gateway for AI agents and automation.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about, long_about = None)]
@@ -94,9 +96,26 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How long a stopping data plane waits for the control plane to take its audit records
+/// before it spools them.
+pub const AUDIT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `sluice dataplane`: runs until SIGTERM or SIGINT, then drains; SIGHUP reloads the file.
 fn run_dataplane(path: &std::path::Path) -> anyhow::Result<()> {
+    let signals = Signals::block().context("blocking signals")?;
     let config = Config::from_file(path)?;
+    let drain_timeout = config.limits.drain_timeout;
     let dp = Dataplane::start(config).context("starting the data plane")?;
-    dp.wait();
+    while signals.wait() == Signal::Reload {
+        match dp.reload_file(path) {
+            Ok(version) => {
+                tracing::info!(version, path = %path.display(), "configuration reloaded")
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "configuration not reloaded; the version in force stays")
+            }
+        }
+    }
+    dp.shutdown(drain_timeout, AUDIT_GRACE);
     Ok(())
 }

@@ -13,6 +13,8 @@ use sluice_controlplane::up::{ApiTls, Served, UpArgs};
 use sluice_dataplane::config::ControlPlaneSettings;
 use sluice_dataplane::{Config, Dataplane};
 
+use crate::signals::{Signal, Signals};
+
 /// The data plane's settings when `sluice up` gets no `--config`.
 pub const DEFAULT_DATAPLANE_CONFIG: &str = "listen: 127.0.0.1:6432\n";
 
@@ -81,6 +83,17 @@ impl Up {
         true
     }
 
+    /// Graceful shutdown: the data plane drains (see [`Dataplane::shutdown`]) and ships its
+    /// audit records to the control plane, which then stops, and so does the data plane's
+    /// snapshot client.
+    pub fn shutdown(self, drain_timeout: Duration) -> sluice_dataplane::runtime::Drained {
+        let drained = self
+            .dataplane
+            .shutdown(drain_timeout, crate::cli::AUDIT_GRACE);
+        self.stop();
+        drained
+    }
+
     /// Stops the control plane, then the data plane's snapshot client (whose long-poll the
     /// first step cut short). The data plane's cores run until the process ends.
     pub fn stop(self) {
@@ -89,7 +102,8 @@ impl Up {
     }
 }
 
-/// `sluice up [--config FILE] [--tls-cert FILE --tls-key FILE]` until Ctrl-C.
+/// `sluice up [--config FILE] [--tls-cert FILE --tls-key FILE]` until SIGTERM or SIGINT, then
+/// a graceful shutdown.
 pub fn run(args: UpArgs, tls: ApiTls) -> anyhow::Result<()> {
     let (text, base) = match &args.config {
         Some(path) => (
@@ -98,19 +112,20 @@ pub fn run(args: UpArgs, tls: ApiTls) -> anyhow::Result<()> {
         ),
         None => (DEFAULT_DATAPLANE_CONFIG.to_owned(), ".".into()),
     };
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = stop_tx.send(());
-    })
-    .context("installing the Ctrl-C handler")?;
+    let signals = Signals::block().context("blocking signals")?;
     let up = Up::start_with_tls(&args, &tls, &text, &base, &|k| std::env::var(k).ok())?;
     eprintln!(
         "sluice data plane on {} (snapshot v{}); `sluice apply -f configs/policy.yaml` configures both",
         up.dataplane.local_addr(),
         up.dataplane.shared().snapshot_version()
     );
-    let _ = stop_rx.recv();
-    eprintln!("stopping ...");
-    up.stop();
+    while signals.wait() == Signal::Reload {
+        tracing::info!(
+            "SIGHUP ignored: `sluice up` takes its policy from its control plane (`sluice apply`)"
+        );
+    }
+    eprintln!("stopping: draining the data plane ...");
+    let drain_timeout = up.dataplane.shared().config.limits.drain_timeout;
+    up.shutdown(drain_timeout);
     Ok(())
 }

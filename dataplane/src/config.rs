@@ -155,6 +155,9 @@ pub struct Limits {
     pub startup_timeout: Duration,
     /// Most client connections per core; more are refused with 53300.
     pub max_client_connections_per_core: usize,
+    /// On SIGTERM, how long sessions have to finish their transaction before the gateway
+    /// closes them (57P01).
+    pub drain_timeout: Duration,
 }
 
 /// Where the data plane gets its snapshots (connections, identity providers, roles, policies,
@@ -225,13 +228,19 @@ pub struct Config {
 impl Config {
     /// Reads, substitutes and validates a configuration file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        Self::from_file_as_version(path, 0)
+    }
+
+    /// Like [`Config::from_file`], for version `version` of the file (a reload: its
+    /// policies' cached verdicts must not be taken for the previous version's).
+    pub fn from_file_as_version(path: &Path, version: u64) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_owned()),
             field: String::new(),
             message: format!("cannot read: {e}"),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_yaml(&text, base, &|k| std::env::var(k).ok()).map_err(|mut e| {
+        Self::parse(&text, base, &|k| std::env::var(k).ok(), None, version).map_err(|mut e| {
             e.file = Some(path.to_owned());
             e
         })
@@ -244,7 +253,7 @@ impl Config {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        Self::parse(text, base_dir, env, None)
+        Self::parse(text, base_dir, env, None, 0)
     }
 
     /// Like [`Config::from_yaml`], for a data plane whose control plane the caller knows
@@ -256,7 +265,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         control_plane: ControlPlaneSettings,
     ) -> Result<Config, ConfigError> {
-        Self::parse(text, base_dir, env, Some(control_plane))
+        Self::parse(text, base_dir, env, Some(control_plane), 0)
     }
 
     fn parse(
@@ -264,6 +273,7 @@ impl Config {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
         control_plane: Option<ControlPlaneSettings>,
+        version: u64,
     ) -> Result<Config, ConfigError> {
         let text = substitute_env(text, env)?;
         let mut raw: raw::Config = serde_yaml_ng::from_str(&text).map_err(|e| {
@@ -276,7 +286,7 @@ impl Config {
         if control_plane.is_some() {
             raw.control_plane = None;
         }
-        let mut config = raw.validate(base_dir, control_plane.is_some())?;
+        let mut config = raw.validate(base_dir, control_plane.is_some(), version)?;
         if control_plane.is_some() {
             config.control_plane = control_plane;
         }

@@ -18,15 +18,27 @@ use crate::shared::{Live, Shared};
 /// Verdicts cached per core.
 const VERDICT_CACHE_SIZE: usize = 16 * 1024;
 
-/// What closes a session, with the reason.
-type KillFn = Rc<dyn Fn(&str)>;
+/// Why a session is asked to end from outside its tasks.
+#[derive(Clone, Copy, Debug)]
+pub enum Ending<'a> {
+    /// A snapshot withdrew its access, for this reason: it ends now.
+    Withdrawn(&'a str),
+    /// The data plane drains: the session ends now if it is idle, else at its next idle
+    /// point (once its transaction is over).
+    Drain,
+    /// The drain timeout ran out: it ends now, whatever it is doing.
+    DrainExpired,
+}
+
+/// What ends a session (see [`Ending`]).
+type KillFn = Rc<dyn Fn(Ending<'_>)>;
 
 /// A session known to its core, so a snapshot can close it.
 struct Registered {
     grant_id: Option<Arc<str>>,
     role: Arc<str>,
     connection: Arc<str>,
-    kill: Weak<dyn Fn(&str)>,
+    kill: Weak<dyn Fn(Ending<'_>)>,
 }
 
 #[derive(Default)]
@@ -188,7 +200,7 @@ impl CoreCtx {
         grant_id: Option<Arc<str>>,
         role: Arc<str>,
         connection: Arc<str>,
-        kill: Weak<dyn Fn(&str)>,
+        kill: Weak<dyn Fn(Ending<'_>)>,
     ) -> SessionRegistration {
         if let Some(reason) = self
             .live()
@@ -201,7 +213,7 @@ impl CoreCtx {
             let kill = kill.clone();
             monoio::spawn(async move {
                 if let Some(k) = kill.upgrade() {
-                    k(&reason);
+                    k(Ending::Withdrawn(&reason));
                 }
             });
         }
@@ -254,7 +266,30 @@ impl CoreCtx {
         }
         for (kill, reason) in doomed {
             tracing::info!(core = self.id, version = live.version, %reason, "closing a session");
-            kill(&reason);
+            kill(Ending::Withdrawn(&reason));
+        }
+        if self.shared.draining() {
+            self.drain_sessions();
+        }
+    }
+
+    /// Tells every session of this core that the data plane drains (or that the drain
+    /// timeout ran out), outside any borrow of the registry.
+    fn drain_sessions(&self) {
+        let ending = if self.shared.drain_expired() {
+            Ending::DrainExpired
+        } else {
+            Ending::Drain
+        };
+        let sessions: Vec<KillFn> = self
+            .sessions
+            .borrow()
+            .sessions
+            .values()
+            .filter_map(|s| s.kill.upgrade())
+            .collect();
+        for kill in sessions {
+            kill(ending);
         }
     }
 }

@@ -32,7 +32,22 @@ pub struct Dataplane {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     threads: Vec<JoinHandle<()>>,
+    /// A second handle on each core's listening socket, to stop accepting from outside.
+    listeners: Vec<std::net::TcpListener>,
 }
+
+/// How a graceful shutdown went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Client connections still open when the drain timeout ran out (then closed with
+    /// 57P01).
+    pub closed_at_timeout: i64,
+    /// Whether every audit record was acknowledged by the control plane or spooled.
+    pub audit_flushed: bool,
+}
+
+/// How long the cores have to close the sessions the drain timeout cut short.
+const AFTER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Dataplane {
     /// Binds one SO_REUSEPORT listener per core on `config.listen` (port 0 picks a free port
@@ -91,6 +106,11 @@ impl Dataplane {
         let config = shared.config.clone();
         let listeners = bind_listeners(config.listen, config.cores)?;
         let local_addr = listeners[0].local_addr()?;
+        let handles = listeners
+            .iter()
+            .map(std::net::TcpListener::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("cloning the listeners")?;
         let mut threads = Vec::with_capacity(config.cores);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         for (id, listener) in listeners.into_iter().enumerate() {
@@ -157,6 +177,7 @@ impl Dataplane {
             shared,
             local_addr,
             threads,
+            listeners: handles,
         })
     }
 
@@ -204,6 +225,91 @@ impl Dataplane {
         for t in self.threads {
             let _ = t.join();
         }
+    }
+
+    /// Reads the local configuration file again and puts it in force as a new snapshot
+    /// would be (new logins and each session's next statement follow it; sessions it
+    /// withdraws are closed). The process settings (listen, cores, TLS, limits, metrics)
+    /// keep the values the process started with. Refused for a data plane that takes its
+    /// snapshots from a control plane, and on any error (the version in force stays).
+    /// Returns the new version.
+    pub fn reload_file(&self, path: &Path) -> anyhow::Result<u64> {
+        if self.shared.config.control_plane.is_some() {
+            anyhow::bail!("the configuration comes from the control plane: nothing to reload");
+        }
+        let version = self.shared.snapshot_version() + 1;
+        let config = Config::from_file_as_version(path, version)?;
+        if config.control_plane.is_some() {
+            anyhow::bail!("a control_plane section takes a restart");
+        }
+        self.shared.install(Applied {
+            version,
+            content_hash: String::new(),
+            config: Arc::new(config),
+            grants: Arc::default(),
+        })?;
+        Ok(version)
+    }
+
+    /// Graceful shutdown: stops accepting (the listeners close, so another data plane on
+    /// the same port takes the new clients), closes idle sessions and the others once
+    /// their transaction is over, then, after `drain_timeout`, every session left (57P01).
+    /// Once the cores are done, ships the audit records held (what the control plane does
+    /// not take within `audit_grace` is spooled). The snapshot client, if any, runs on.
+    pub fn shutdown(&self, drain_timeout: Duration, audit_grace: Duration) -> Drained {
+        let mut drained = Drained::default();
+        self.shared.start_drain();
+        for l in &self.listeners {
+            stop_accepting(l);
+        }
+        tracing::info!(
+            clients = self.shared.clients_open(),
+            timeout = ?drain_timeout,
+            "draining: no new clients; sessions close once idle"
+        );
+        if !self.wait_for_clients(drain_timeout) {
+            drained.closed_at_timeout = self.shared.clients_open();
+            tracing::warn!(
+                clients = drained.closed_at_timeout,
+                "drain timeout: closing the sessions still busy"
+            );
+            self.shared.expire_drain();
+            self.wait_for_clients(AFTER_TIMEOUT);
+        }
+        let deadline = std::time::Instant::now() + AFTER_TIMEOUT;
+        for t in &self.threads {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        drained.audit_flushed = self.shared.flush_audit(audit_grace);
+        self.stop_audit_shipper(audit_grace);
+        tracing::info!(?drained, "data plane stopped");
+        drained
+    }
+
+    /// Waits up to `timeout` for every client connection to close; false on timeout.
+    fn wait_for_clients(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.shared.clients_open() > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+}
+
+/// Shuts a listening socket down: the kernel takes it out of the port's SO_REUSEPORT group
+/// (new connections go to the other listeners on the port), and the accept in flight on it
+/// returns an error, which ends its core's accept loop.
+fn stop_accepting(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: shutdown(2) on a listening socket this data plane owns and has not closed (the
+    // handle is kept open until the data plane is dropped).
+    unsafe {
+        libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR);
     }
 }
 
@@ -346,11 +452,17 @@ fn run_core(
     let ctx = Rc::new(CoreCtx::new(id, shared));
     rt.block_on(async move {
         monoio::spawn(watch_swaps(ctx.clone(), wake));
-        accept_loop(ctx, listener).await
+        accept_loop(ctx.clone(), listener).await?;
+        // Draining: the core runs until its last client is gone.
+        while ctx.metrics.clients_active.get() > 0 {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     })
 }
 
-/// Runs [`CoreCtx::enforce`] after each swap (woken from the thread that swapped).
+/// Runs [`CoreCtx::enforce`] after each swap and each step of a drain (woken from the
+/// thread that swapped or drains).
 async fn watch_swaps(ctx: Rc<CoreCtx>, mut wake: futures::channel::mpsc::Receiver<()>) {
     while wake.next().await.is_some() {
         ctx.enforce();
@@ -369,6 +481,7 @@ async fn accept_loop(ctx: Rc<CoreCtx>, listener: std::net::TcpListener) -> anyho
                 }
                 monoio::spawn(crate::login::serve(ctx.clone(), tcp, peer));
             }
+            Err(_) if ctx.shared.draining() => return Ok(()),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(core = ctx.id, error = %e, "accept failed");

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -187,6 +187,14 @@ pub(crate) struct SnapshotCounters {
     pub(crate) sessions_closed: AtomicU64,
 }
 
+/// How far a graceful shutdown has gone: draining (no new clients; sessions end at their
+/// next idle point), then expired (the drain timeout ran out: every session ends now).
+#[derive(Default)]
+pub(crate) struct Drain {
+    started: AtomicBool,
+    expired: AtomicBool,
+}
+
 /// What all cores share, read-only on the hot path.
 pub struct Shared {
     /// The configuration the process started with. Its process-level settings (listen,
@@ -206,6 +214,7 @@ pub struct Shared {
     /// Wakes each core's watcher after a swap.
     pub(crate) wake_cores: Mutex<Vec<futures::channel::mpsc::Sender<()>>>,
     pub(crate) counters: SnapshotCounters,
+    drain: Drain,
     pub(crate) client: Mutex<Option<SnapshotClient>>,
     /// Audit records go here (each session clones the sink) when there is a control plane.
     pub(crate) audit_sink: std::sync::OnceLock<crate::audit::AuditSink>,
@@ -258,6 +267,7 @@ impl Shared {
             next_pool_id,
             wake_cores: Mutex::new(Vec::new()),
             counters: SnapshotCounters::default(),
+            drain: Drain::default(),
             client: Mutex::new(None),
             audit_sink: std::sync::OnceLock::new(),
             audit_shipper: Mutex::new(None),
@@ -324,6 +334,13 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::Release);
         drop(slot);
         self.counters.swaps.fetch_add(1, Ordering::Relaxed);
+        self.wake_cores();
+        tracing::info!(version, "snapshot in force");
+        Ok(())
+    }
+
+    /// Wakes each core's watcher (after a swap, or a step of a drain).
+    fn wake_cores(&self) {
         for tx in self
             .wake_cores
             .lock()
@@ -333,8 +350,35 @@ impl Shared {
             // A full channel already holds a wake-up.
             let _ = tx.try_send(());
         }
-        tracing::info!(version, "snapshot in force");
-        Ok(())
+    }
+
+    /// Whether the data plane is draining: it takes no new clients, and each session ends
+    /// at its next idle point.
+    pub fn draining(&self) -> bool {
+        self.drain.started.load(Ordering::Acquire)
+    }
+
+    /// Whether the drain timeout ran out: every session still open ends now.
+    pub(crate) fn drain_expired(&self) -> bool {
+        self.drain.expired.load(Ordering::Acquire)
+    }
+
+    /// Starts draining: each core closes its idle sessions, and the others at their next
+    /// idle point.
+    pub(crate) fn start_drain(&self) {
+        self.drain.started.store(true, Ordering::Release);
+        self.wake_cores();
+    }
+
+    /// The drain timeout ran out: each core closes every session it still runs.
+    pub(crate) fn expire_drain(&self) {
+        self.drain.expired.store(true, Ordering::Release);
+        self.wake_cores();
+    }
+
+    /// Client connections open on all cores (logging in or in a session).
+    pub fn clients_open(&self) -> i64 {
+        self.metrics.iter().map(|m| m.clients_active.get()).sum()
     }
 
     /// Prometheus text of all cores' metrics and of snapshot handling.

@@ -59,6 +59,8 @@ pub struct Limits {
     pub startup_timeout: Option<String>,
     #[serde(default)]
     pub max_client_connections_per_core: Option<usize>,
+    #[serde(default)]
+    pub drain_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -165,10 +167,12 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 
 impl Config {
     /// `external_control_plane`: the caller supplies the control plane (no connections needed).
+    /// `version` keys the policies' cached verdicts (a reloaded file gets a new one).
     pub fn validate(
         self,
         base: &Path,
         external_control_plane: bool,
+        version: u64,
     ) -> Result<super::Config, ConfigError> {
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             ConfigError::new(
@@ -211,7 +215,7 @@ impl Config {
         }
         let connections = connections(self.connections, base)?;
 
-        let policies = policies(self.policies)?;
+        let policies = policies(self.policies, version)?;
         let roles = roles(self.roles, &connections, &policies)?;
 
         let mut auth = self.auth;
@@ -287,6 +291,11 @@ fn limits(l: Limits) -> Result<super::Limits, ConfigError> {
             Duration::from_secs(15),
         )?,
         max_client_connections_per_core: l.max_client_connections_per_core.unwrap_or(10_000),
+        drain_timeout: dur(
+            "limits.drain_timeout",
+            &l.drain_timeout,
+            Duration::from_secs(30),
+        )?,
     })
 }
 
@@ -463,15 +472,15 @@ pub(super) fn connections(
 }
 
 /// `policies`, in sluice-policy's document format.
-fn policies(v: Option<serde_yaml_ng::Value>) -> Result<PolicySet, ConfigError> {
+fn policies(v: Option<serde_yaml_ng::Value>, version: u64) -> Result<PolicySet, ConfigError> {
     match v {
-        None => PolicySet::from_yaml("", 0),
+        None => PolicySet::from_yaml("", version),
         Some(v) => {
             let mut doc = serde_yaml_ng::Mapping::new();
             doc.insert("policies".into(), v);
             let text = serde_yaml_ng::to_string(&doc)
                 .map_err(|e| ConfigError::new("policies", e.to_string()))?;
-            PolicySet::from_yaml(&text, 0)
+            PolicySet::from_yaml(&text, version)
         }
     }
     .map_err(|e| match e {

@@ -45,7 +45,7 @@ use sluice_pgwire::sqlstate;
 use crate::backend::ServerConn;
 use crate::cancel::CancelSlot;
 use crate::config::PoolMode;
-use crate::ctx::CoreCtx;
+use crate::ctx::{CoreCtx, Ending};
 use crate::error::Fatal;
 use crate::masking::Masker;
 use crate::pool::Pool;
@@ -150,6 +150,9 @@ struct Session {
     audit: Option<crate::audit::AuditSink>,
     /// This session's id in audit records.
     session_id: String,
+    /// The client reader waits for the client's next message with nothing of it read: with
+    /// no request outstanding, the session is idle.
+    awaiting_client: Cell<bool>,
 }
 
 /// What names a client as a server connection's owner: its gateway pid and cancel secret
@@ -220,6 +223,7 @@ pub(crate) async fn run(
         token_id,
         audit,
         session_id: format!("{}-{pid}", ctx.id),
+        awaiting_client: Cell::new(false),
     });
     if let Some(server) = server {
         session.attach(server);
@@ -227,9 +231,10 @@ pub(crate) async fn run(
     // A snapshot that withdraws this session's access (a revoked grant, a removed role or
     // connection) ends it.
     let weak = Rc::downgrade(&session);
-    let kill: Rc<dyn Fn(&str)> = Rc::new(move |reason: &str| {
+    // So does the data plane's drain, at the session's next idle point.
+    let kill: Rc<dyn Fn(Ending<'_>)> = Rc::new(move |ending: Ending<'_>| {
         if let Some(s) = weak.upgrade() {
-            s.terminate(reason);
+            s.end(ending);
         }
     });
     // A just-in-time grant ends with its expiry, open sessions included.
@@ -253,7 +258,44 @@ pub(crate) async fn run(
     ctx.shared.cancel.unregister(pid);
 }
 
+/// What a draining gateway tells the clients it closes.
+const DRAINED: &str = "the gateway is shutting down";
+/// What it tells those still busy when its drain timeout ran out.
+const DRAIN_EXPIRED: &str =
+    "the gateway is shutting down and its drain timeout ran out before the session was idle";
+
 impl Session {
+    /// Asked to end from outside (see [`Ending`]).
+    fn end(&self, ending: Ending<'_>) {
+        match ending {
+            Ending::Withdrawn(reason) => self.terminate(reason),
+            Ending::Drain => self.close_if_drained(),
+            Ending::DrainExpired => self.terminate(DRAIN_EXPIRED),
+        }
+    }
+
+    /// Whether the session is idle: the client reader waits for a message, no request is
+    /// outstanding, and the server (if one is held) is outside a transaction.
+    fn is_idle(&self) -> bool {
+        let st = self.st.borrow();
+        self.awaiting_client.get()
+            && !st.out.closing
+            && st.tracker.is_idle()
+            && st.server.ready == Some(b'I')
+    }
+
+    /// While the data plane drains: ends the session if it is idle (its transaction, if it
+    /// had one, is over). Called when the drain starts and at each idle point after.
+    fn close_if_drained(&self) {
+        if self.ctx.shared.draining() && self.is_idle() {
+            self.terminate(if self.ctx.shared.drain_expired() {
+                DRAIN_EXPIRED
+            } else {
+                DRAINED
+            });
+        }
+    }
+
     /// Ends the session from outside its tasks (its access was withdrawn): a FATAL error to
     /// the client, then the client socket's read side shut so the client reader stops.
     fn terminate(&self, reason: &str) {

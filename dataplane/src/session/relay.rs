@@ -171,7 +171,12 @@ impl Session {
                 return;
             }
             if buf.is_empty() || (copy_skip == 0 && self.need_more(&buf)) {
-                match fill(&mut read, &mut buf).await {
+                self.awaiting_client.set(buf.is_empty() && copy_skip == 0);
+                // An idle point: a draining gateway closes the session here.
+                self.close_if_drained();
+                let filled = fill(&mut read, &mut buf).await;
+                self.awaiting_client.set(false);
+                match filled {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 }
@@ -284,6 +289,11 @@ impl Session {
                     self.server_lost(generation, &format!("protocol error: {e}"));
                     return;
                 }
+            }
+            if skip == 0 && buf.is_empty() {
+                // An idle point once the server's answers are queued (the client reader
+                // already waits): a draining gateway closes the session here.
+                self.close_if_drained();
             }
             {
                 let mut guard = self.st.borrow_mut();
