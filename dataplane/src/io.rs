@@ -22,10 +22,24 @@ pub enum ReadError {
     Protocol(#[from] ProtocolError),
 }
 
+/// Bytes asked of the read an idle client's session waits on: the buffer stays posted to
+/// the kernel for as long as the client is idle, so it is what an idle client costs. Most
+/// requests fit; a larger one is read on with [`READ_SIZE`].
+pub const IDLE_READ_SIZE: usize = 1024;
+
 /// Reads more bytes into `buf` (appending). Returns the number read; 0 means end of stream.
 pub async fn fill<R: AsyncReadRent>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_SIZE / 4 {
-        buf.reserve(READ_SIZE);
+    fill_up_to(r, buf, READ_SIZE).await
+}
+
+/// Like [`fill`], reserving `size` bytes when the buffer has less room than a quarter of it.
+pub async fn fill_up_to<R: AsyncReadRent>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    size: usize,
+) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < size / 4 {
+        buf.reserve(size);
     }
     // monoio reads into a buffer from its start: give it the spare capacity as a slice so
     // the read appends instead of overwriting what is buffered.

@@ -15,7 +15,7 @@ use sluice_pgwire::frontend;
 
 use super::Session;
 use crate::backend::{ServerRead, ServerWrite};
-use crate::io::{fill, write_all};
+use crate::io::{fill, fill_up_to, write_all, IDLE_READ_SIZE};
 use crate::stream::ClientStream;
 
 /// Queued bytes for the client above which the readers stop reading.
@@ -174,7 +174,16 @@ impl Session {
                 self.awaiting_client.set(buf.is_empty() && copy_skip == 0);
                 // An idle point: a draining gateway closes the session here.
                 self.close_if_drained();
-                let filled = fill(&mut read, &mut buf).await;
+                let filled = if self.awaiting_client.get() {
+                    // Waiting for the next request: a small buffer, not a large one kept
+                    // by the read for as long as the client is idle.
+                    if buf.capacity() > IDLE_READ_SIZE {
+                        buf = BytesMut::new();
+                    }
+                    fill_up_to(&mut read, &mut buf, IDLE_READ_SIZE).await
+                } else {
+                    fill(&mut read, &mut buf).await
+                };
                 self.awaiting_client.set(false);
                 match filled {
                     Ok(0) | Err(_) => return,
