@@ -17,6 +17,8 @@ use crate::shared::{Live, Shared};
 
 /// Verdicts cached per core.
 const VERDICT_CACHE_SIZE: usize = 16 * 1024;
+/// Rejected-token log lines per core and second; the others are counted in one line.
+const AUTH_LOG_LINES_PER_SECOND: u32 = 10;
 
 /// Why a session is asked to end from outside its tasks.
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +88,8 @@ pub struct CoreCtx {
     pub verdicts: RefCell<sluice_policy::VerdictCache>,
     /// The backend catalogs masking resolves columns with, by connection.
     pub catalogs: Catalogs,
+    /// Log lines for rejected tokens (a client can send them at any rate).
+    pub auth_log: crate::loglimit::LogLimiter,
 }
 
 impl CoreCtx {
@@ -106,6 +110,10 @@ impl CoreCtx {
             statements: RefCell::new(StatementRegistry::new(id)),
             verdicts: RefCell::new(sluice_policy::VerdictCache::new(VERDICT_CACHE_SIZE)),
             catalogs: Catalogs::default(),
+            auth_log: crate::loglimit::LogLimiter::new(
+                AUTH_LOG_LINES_PER_SECOND,
+                std::time::Duration::from_secs(1),
+            ),
             shared,
         }
     }

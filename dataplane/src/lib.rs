@@ -15,6 +15,7 @@ pub mod ctx;
 pub mod error;
 pub mod io;
 mod login;
+pub mod loglimit;
 mod masking;
 pub mod metrics;
 pub mod pool;

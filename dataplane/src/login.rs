@@ -21,6 +21,7 @@ use crate::config::{Connection, PoolMode, Role};
 use crate::ctx::CoreCtx;
 use crate::error::{BackendError, Fatal};
 use crate::io::{read_frame, write_all, ReadError};
+use crate::loglimit::Admit;
 use crate::pool::Pool;
 use crate::session::{self, LoggedIn};
 use crate::shared::Live;
@@ -328,7 +329,16 @@ async fn authenticate(
         Ok(id) => id,
         Err(e) => {
             m.auth_failures.inc();
-            tracing::warn!(%peer, token = %fingerprint(token), error = %e, "client token rejected");
+            if let Admit::Log { suppressed } = ctx.auth_log.admit(std::time::Instant::now()) {
+                if suppressed > 0 {
+                    tracing::warn!(
+                        core = ctx.id,
+                        suppressed,
+                        "client tokens rejected and not logged in the last second (sluice_auth_failures_total counts them all)"
+                    );
+                }
+                tracing::warn!(%peer, token = %fingerprint(token), error = %e, "client token rejected");
+            }
             return Err(Fatal::new(
                 sqlstate::INVALID_PASSWORD,
                 format!("token authentication failed: {e}"),
