@@ -500,3 +500,43 @@ fn exhausted_session_pool_gives_53300_after_its_timeout() {
         );
     });
 }
+
+#[test]
+fn a_client_arriving_while_the_backend_restarts_waits_for_it_within_the_pool_timeout() {
+    let mut cluster = start_pg(shared_options());
+    prepare_backend(&cluster);
+    let gw = start_gateway(
+        cluster.port(),
+        GatewayOptions {
+            size: 4,
+            timeout: "8s",
+            ..GatewayOptions::default()
+        },
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let c = connect(&gw.conn_str(AGENT_TOKEN)).await;
+        c.simple_query("SELECT 1").await.unwrap();
+    });
+    cluster.stop().unwrap();
+    let back = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        cluster.start_again().unwrap();
+        cluster
+    });
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        // Logging in needs a server connection: the client waits until the backend is back.
+        let c = connect(&gw.conn_str(AGENT_TOKEN)).await;
+        let row = within(
+            10,
+            "a query after the restart",
+            c.query_one("SELECT 7", &[]),
+        )
+        .await
+        .expect("the client that waited for the backend");
+        assert_eq!(row.get::<_, i32>(0), 7);
+    });
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    let _cluster = back.join().unwrap();
+}

@@ -54,6 +54,17 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// Whether the backend is briefly away rather than broken or misconfigured: it refuses
+    /// connections or drops them during login, or says it is starting up or shutting down
+    /// (57P03), as while it restarts. Connecting again later may work.
+    pub fn backend_away(&self) -> bool {
+        match self {
+            BackendError::Connect { .. } | BackendError::Io(_) => true,
+            BackendError::Refused { code, .. } => code == sqlstate::CANNOT_CONNECT_NOW,
+            _ => false,
+        }
+    }
+
     /// SQLSTATE for the client.
     pub fn sqlstate(&self) -> &'static str {
         match self {

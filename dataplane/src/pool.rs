@@ -26,6 +26,11 @@ type Handoff = Option<ServerConn>;
 /// restart the dead ones have sat longer than this and are caught before a client gets one.
 const PEEK_AFTER: Duration = Duration::from_millis(10);
 
+/// The first wait before connecting again to a backend that is away; it doubles up to
+/// [`CONNECT_RETRY_MAX`].
+const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(50);
+const CONNECT_RETRY_MAX: Duration = Duration::from_millis(500);
+
 /// One core's pool for one (connection, backend user).
 pub struct Pool {
     target: Target,
@@ -84,15 +89,13 @@ impl Pool {
             }
             if self.open.get() < self.max {
                 self.open.set(self.open.get() + 1);
-                self.metrics.server_connects.inc();
-                match ServerConn::connect(&self.target, self.epoch.get()).await {
-                    Ok(conn) => return Ok(conn),
+                return match self.connect_until(deadline).await {
+                    Ok(conn) => Ok(conn),
                     Err(e) => {
-                        self.metrics.server_connect_errors.inc();
                         self.slot_freed();
-                        return Err(e);
+                        Err(e)
                     }
-                }
+                };
             }
             self.metrics.pool_waits.inc();
             let (tx, rx) = oneshot::channel();
@@ -110,6 +113,29 @@ impl Pool {
                     });
                 }
             }
+        }
+    }
+
+    /// Opens a server connection, trying again while the backend is briefly away (it
+    /// refuses connections, or says it is starting up or shutting down, as during a
+    /// restart) until `deadline`: a client whose transaction has not started waits for the
+    /// backend to come back, up to the pool's timeout, instead of failing at once.
+    async fn connect_until(&self, deadline: Instant) -> Result<ServerConn, BackendError> {
+        let mut backoff = CONNECT_RETRY_FIRST;
+        loop {
+            self.metrics.server_connects.inc();
+            let e = match ServerConn::connect(&self.target, self.epoch.get()).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => e,
+            };
+            self.metrics.server_connect_errors.inc();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !e.backend_away() || left < backoff {
+                return Err(e);
+            }
+            tracing::debug!(backend = %self.target.addr, error = %e, "backend away; connecting again");
+            monoio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(CONNECT_RETRY_MAX);
         }
     }
 
