@@ -138,11 +138,18 @@ fn sigterm_lets_the_open_transaction_commit_then_closes_with_57p01_and_exits_0()
     rt.block_on(async {
         let busy = connect(&plane.conn_str()).await;
         let idle = connect(&plane.conn_str()).await;
+        idle.simple_query("SELECT 1").await.unwrap();
         busy.batch_execute("BEGIN; INSERT INTO drain_commit VALUES (1)")
             .await
             .unwrap();
+        // A client that has only just logged in gets to run its first request.
+        let fresh = connect(&plane.conn_str()).await;
         plane.signal(libc::SIGTERM);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        fresh
+            .batch_execute("INSERT INTO drain_commit VALUES (3)")
+            .await
+            .expect("the first request of a client that logged in just before the drain");
         // The idle session is closed at once, with the reason.
         let e = idle.simple_query("SELECT 1").await.unwrap_err();
         assert!(
@@ -173,7 +180,7 @@ fn sigterm_lets_the_open_transaction_commit_then_closes_with_57p01_and_exits_0()
         .exit_within(Duration::from_secs(10))
         .expect("the data plane exits once drained");
     assert!(status.success(), "exit status {status:?}\n{}", plane.log());
-    assert_eq!(count("drain_commit"), "2", "the transaction committed");
+    assert_eq!(count("drain_commit"), "3", "the transaction committed");
 }
 
 #[test]

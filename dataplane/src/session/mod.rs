@@ -153,6 +153,12 @@ struct Session {
     /// The client reader waits for the client's next message with nothing of it read: with
     /// no request outstanding, the session is idle.
     awaiting_client: Cell<bool>,
+    /// When the session started, and whether the client has sent anything since: a client
+    /// that just logged in has its first request on the way, and a drain lets it run.
+    started: std::time::Instant,
+    sent_anything: Cell<bool>,
+    /// A drain's second look at a client that had sent nothing yet is scheduled.
+    drain_recheck: Cell<bool>,
 }
 
 /// What names a client as a server connection's owner: its gateway pid and cancel secret
@@ -224,6 +230,9 @@ pub(crate) async fn run(
         audit,
         session_id: format!("{}-{pid}", ctx.id),
         awaiting_client: Cell::new(false),
+        started: std::time::Instant::now(),
+        sent_anything: Cell::new(false),
+        drain_recheck: Cell::new(false),
     });
     if let Some(server) = server {
         session.attach(server);
@@ -258,6 +267,10 @@ pub(crate) async fn run(
     ctx.shared.cancel.unregister(pid);
 }
 
+/// How long a draining gateway waits for the first request of a client that has just
+/// logged in (it most likely sent it already) before it closes the session as idle.
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a draining gateway tells the clients it closes.
 const DRAINED: &str = "the gateway is shutting down";
 /// What it tells those still busy when its drain timeout ran out.
@@ -266,7 +279,7 @@ const DRAIN_EXPIRED: &str =
 
 impl Session {
     /// Asked to end from outside (see [`Ending`]).
-    fn end(&self, ending: Ending<'_>) {
+    fn end(self: &Rc<Self>, ending: Ending<'_>) {
         match ending {
             Ending::Withdrawn(reason) => self.terminate(reason),
             Ending::Drain => self.close_if_drained(),
@@ -285,15 +298,35 @@ impl Session {
     }
 
     /// While the data plane drains: ends the session if it is idle (its transaction, if it
-    /// had one, is over). Called when the drain starts and at each idle point after.
-    fn close_if_drained(&self) {
-        if self.ctx.shared.draining() && self.is_idle() {
-            self.terminate(if self.ctx.shared.drain_expired() {
-                DRAIN_EXPIRED
-            } else {
-                DRAINED
-            });
+    /// had one, is over). Called when the drain starts and at each idle point after. A
+    /// client that has sent nothing since it logged in is given [`FIRST_REQUEST_GRACE`]
+    /// for its first request (then looked at again).
+    fn close_if_drained(self: &Rc<Self>) {
+        if !self.ctx.shared.draining() || !self.is_idle() {
+            return;
         }
+        let waited = self.started.elapsed();
+        if !self.sent_anything.get()
+            && waited < FIRST_REQUEST_GRACE
+            && !self.ctx.shared.drain_expired()
+        {
+            if !self.drain_recheck.replace(true) {
+                let weak = Rc::downgrade(self);
+                let left = FIRST_REQUEST_GRACE - waited;
+                monoio::spawn(async move {
+                    monoio::time::sleep(left).await;
+                    if let Some(s) = weak.upgrade() {
+                        s.close_if_drained();
+                    }
+                });
+            }
+            return;
+        }
+        self.terminate(if self.ctx.shared.drain_expired() {
+            DRAIN_EXPIRED
+        } else {
+            DRAINED
+        });
     }
 
     /// Ends the session from outside its tasks (its access was withdrawn): a FATAL error to

@@ -187,7 +187,7 @@ impl Session {
                 self.awaiting_client.set(false);
                 match filled {
                     Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                    Ok(_) => self.sent_anything.set(true),
                 }
                 continue;
             }
