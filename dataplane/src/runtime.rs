@@ -283,7 +283,8 @@ impl Dataplane {
             }
         }
         drained.audit_flushed = self.shared.flush_audit(audit_grace);
-        self.stop_audit_shipper(audit_grace);
+        // What the control plane did not take within the grace goes to the spool now.
+        self.stop_audit_shipper(Duration::ZERO);
         tracing::info!(?drained, "data plane stopped");
         drained
     }
