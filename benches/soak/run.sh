@@ -19,14 +19,14 @@
 #   idle             IDLE (10000) idle logged-in clients: RSS per client, login rate, and
 #                    pgbench select-only c=64 beside them vs without them
 #   storm            1,000 bad tokens a second while pgbench -C logs good clients in
-#   spool_full       needs a control plane with its audit spool on a tmpfs: not run here
-#                    (see RELIABILITY.md)
+#   spool_full       after `audit`: the same SIGTERM with the audit spool on a 1 MiB tmpfs
+#                    (needs root): records run vs stored, loss markers
 #
 # Needs PostgreSQL server binaries and pgbench, python3, cargo (unless SLUICE_BIN is given).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
-SCENARIOS=${SCENARIOS:-"rolling backend_restart backend_pause dp_kill audit slowread slowloris idle storm"}
+SCENARIOS=${SCENARIOS:-"rolling backend_restart backend_pause dp_kill audit spool_full slowread slowloris idle storm"}
 IDLE=${IDLE:-10000}
 SCALE=${SCALE:-5}
 CLIENTS=${CLIENTS:-8}
@@ -39,6 +39,7 @@ ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d /tmp/sluice-soak.XXXXXX)
 chmod 755 "$work"
 pids=()
+MOUNTS=()
 results=$work/results.txt
 : >"$results"
 cleanup() {
@@ -48,6 +49,7 @@ cleanup() {
         for c in $(ps -o pid= --ppid "$(head -1 "$work/data/postmaster.pid")" 2>/dev/null); do kill -CONT "$c" 2>/dev/null || true; done
     fi
     stop_postgres "$work"
+    for m in "${MOUNTS[@]}"; do umount "$m" 2>/dev/null || true; done
     if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -353,6 +355,31 @@ wait_spool_empty() {
         sleep 0.1
     done
     sleep 2
+}
+
+# spool_full: as the SIGTERM half of `audit`, with the data plane's audit spool on a 1 MiB
+# tmpfs (mounting needs root): what does not fit is dropped, counted and reported.
+scenario_spool_full() {
+    if [ "$(id -u)" -ne 0 ]; then line "spool_full: skipped (mounting a tmpfs needs root)"; return; fi
+    local port; port=$(free_port)
+    UP_API=$(free_port)
+    rm -rf "$work/up"
+    mkdir -p "$work/up/dataplane/audit-spool"
+    mount -t tmpfs -o size=1m,mode=0700 tmpfs "$work/up/dataplane/audit-spool"
+    MOUNTS+=("$work/up/dataplane/audit-spool")
+    sed "s/^listen: .*/listen: 127.0.0.1:$port/" "$work/up.yaml" >"$work/up.yaml.new" && mv "$work/up.yaml.new" "$work/up.yaml"
+    start_up spool-1
+    SLUICE_SERVER=http://127.0.0.1:$UP_API SLUICE_TOKEN=$(cat "$work/up/admin.token") "$SLUICE" apply -f "$work/doc.yaml" >/dev/null
+    until_ok "$port" >/dev/null
+    local run; run=$(bench "$port" -S -c "$CLIENTS" -j 2 -T 5)
+    kill -TERM "$UP_PID"; wait_exit "$UP_PID" 30; local code=$EXIT
+    local stopped; stopped=$(sed 's/\x1b\[[0-9;]*m//g' "$work/spool-1.log" | grep -E "spool|dropped" | tail -3 | cut -c1-200 | tr '\n' ' ')
+    start_up spool-2
+    wait_spool_empty
+    kill -TERM "$UP_PID"; wait_exit "$UP_PID" 30
+    local stored; read -r stored _ <<<"$(stored_audit)"
+    local markers; markers=$(python3 -c "import sqlite3; print(sqlite3.connect('$work/up/sluice.db').execute(\"select count(*), coalesce(sum(row_count),0) from audit_records where identity='sluice:audit'\").fetchone())")
+    line "spool_full (1 MiB tmpfs spool, sluice up): statements=${run%% *} stored=$stored loss_markers(count,records)=$markers exit=$code log: $stopped"
 }
 
 for s in $SCENARIOS; do
