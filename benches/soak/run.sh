@@ -291,13 +291,14 @@ start_up() {
     echo "sluice up did not start:" >&2; tail -5 "$work/$1.log" >&2; exit 1
 }
 
-# stored_audit: audit records of pgbench's SELECT in the store, and how many are repeats.
+# stored_audit: audit records of pgbench's SELECT in the store, and how many repeat another
+# (same session, millisecond, text and duration: pgbench may draw the same account twice).
 stored_audit() {
     python3 - "$work/up/sluice.db" <<'EOF'
 import sqlite3, sys
 db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
 n, distinct = db.execute(
-    "select count(*), count(distinct coalesce(session_id,'') || '/' || at_ms || '/' || statement) "
+    "select count(*), count(distinct coalesce(session_id,'') || '/' || at_ms || '/' || statement || '/' || coalesce(duration_us,-1)) "
     "from audit_records where statement like '%abalance%'").fetchone()
 print(n, n - distinct)
 EOF
