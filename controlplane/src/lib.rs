@@ -1,7 +1,7 @@
 //! The Sluice control plane: the HTTP API users configure Sluice through, the store behind it
 //! (SQLite embedded, PostgreSQL for production), compiled snapshots pushed to data planes by
-//! long-poll, just-in-time grants signed with Ed25519, the review (human approval) queue, and
-//! the audit-record collector.
+//! long-poll, just-in-time grants signed with Ed25519, the review (human approval) queue,
+//! webhook notifications, and the audit-record collector.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -12,6 +12,7 @@ pub mod document;
 pub mod grants;
 pub mod inprocess;
 pub mod metrics;
+pub mod notify;
 pub mod reviews;
 pub mod service;
 /// The snapshot format lives in the shared crate; re-exported at its old path.
