@@ -28,6 +28,11 @@ roles:
 policies:
   - name: reader
     classes: { allow: [read] }
+notifications:
+  - name: chat
+    url: http://127.0.0.1:9/nobody-listens
+    events: [grant.issued]
+    format: slack
 ";
 
 fn start(dir: &std::path::Path) -> InProcess {
@@ -210,6 +215,16 @@ fn client_commands_print_tables_for_people_and_json_or_yaml_for_scripts() {
         ]
     );
     assert!(rows[1..].iter().all(|r| r[4] == "active"), "{rows:?}");
+
+    // deliveries: the two grants' notifications, sent to nobody
+    let rows = cells(&ok(&base, &["get", "deliveries"]));
+    assert_eq!(
+        rows[0],
+        ["ID", "EVENT", "WEBHOOK", "SUBJECT", "STATUS", "ATTEMPTS", "HTTP", "AGE"]
+    );
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[1][1..3], ["grant.issued", "chat"]);
+    assert_eq!(rows[1][3], grant["id"].as_str().unwrap());
 
     // nodes
     post(

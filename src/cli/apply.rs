@@ -15,11 +15,12 @@ const CHANGES: &[Column] = &[
 ];
 
 /// The diff's kinds, by their key and the singular a row names.
-const KINDS: [(&str, &str); 4] = [
+const KINDS: [(&str, &str); 5] = [
     ("connections", "connection"),
     ("identity_providers", "identity-provider"),
     ("roles", "role"),
     ("policies", "policy"),
+    ("notifications", "notification"),
 ];
 
 /// The rows of a `Diff` object.

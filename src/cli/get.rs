@@ -21,6 +21,8 @@ pub enum Kind {
     Nodes,
     Reviews,
     ApiAudit,
+    /// Webhook deliveries.
+    Deliveries,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
             Kind::Nodes => "/v1/nodes",
             Kind::Reviews => "/v1/reviews",
             Kind::ApiAudit => "/v1/api-audit",
+            Kind::Deliveries => "/v1/notifications/deliveries",
         }
     }
 
@@ -55,6 +58,7 @@ impl Kind {
             Kind::Nodes => NODES,
             Kind::Reviews => REVIEWS,
             Kind::ApiAudit => API_AUDIT,
+            Kind::Deliveries => DELIVERIES,
         }
     }
 }
@@ -130,6 +134,7 @@ const DOCUMENT: &[Column] = &[
     }),
     col("ROLES", |v| count(&v["document"], "roles")),
     col("POLICIES", |v| count(&v["document"], "policies")),
+    col("NOTIFICATIONS", |v| count(&v["document"], "notifications")),
 ];
 
 const DOCUMENTS: &[Column] = &[
@@ -197,6 +202,19 @@ const API_AUDIT: &[Column] = &[
     col("ACTION", |v| text(v, "action")),
     col("TARGET", |v| text(v, "target")),
     wide("DETAIL", |v| text(v, "detail")),
+];
+
+const DELIVERIES: &[Column] = &[
+    col("ID", |v| text(v, "id")),
+    col("EVENT", |v| text(v, "event")),
+    col("WEBHOOK", |v| text(v, "webhook")),
+    col("SUBJECT", |v| text(v, "subject")),
+    col("STATUS", |v| text(v, "status")),
+    col("ATTEMPTS", |v| text(v, "attempts")),
+    col("HTTP", |v| text(v, "last_http_status")),
+    col("AGE", |v| age(v, "created_at_ms")),
+    wide("ERROR", |v| text(v, "last_error")),
+    wide("URL", |v| text(v, "url")),
 ];
 
 /// A grant's state now: revoked, expired or active.
