@@ -112,6 +112,9 @@ pub struct Settings {
     pub notify_backoff: Duration,
     /// Attempts at a webhook delivery before it is marked `failed`.
     pub notify_attempts: u32,
+    /// `host:port` of a syslog receiver (TCP) that audit records and API-audit rows are
+    /// exported to.
+    pub syslog: Option<String>,
 }
 
 impl Default for Settings {
@@ -129,6 +132,7 @@ impl Default for Settings {
             review_recheck: Duration::from_secs(2),
             notify_backoff: Duration::from_secs(1),
             notify_attempts: 8,
+            syslog: None,
         }
     }
 }
@@ -308,6 +312,9 @@ impl ControlPlane {
             settings,
         });
         notify::spawn(Arc::downgrade(&cp), cp.deliveries.clone());
+        if let Some(addr) = cp.settings.syslog.clone() {
+            crate::siem::spawn(Arc::downgrade(&cp), addr);
+        }
         Ok(cp)
     }
 
