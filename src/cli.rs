@@ -1,7 +1,11 @@
 //! Command-line interface: the `sluice` command's arguments and its subcommands.
 
 mod api;
+mod apply;
+mod audit;
 mod control;
+mod get;
+mod output;
 mod review;
 
 use std::net::SocketAddr;
@@ -9,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use sluice_dataplane::{Config, Dataplane};
 
 use crate::signals::{Signal, Signals};
@@ -56,6 +60,10 @@ enum Command {
     /// clients of its API.
     #[command(flatten)]
     Control(control::ControlCommand),
+    /// Print a shell completion script: `source <(sluice completion bash)`, or write it where
+    /// the shell looks (zsh: a `_sluice` file on `$fpath`; fish:
+    /// `~/.config/fish/completions/sluice.fish`).
+    Completion { shell: clap_complete::Shell },
 }
 
 /// Parses arguments and runs the subcommand.
@@ -86,11 +94,16 @@ pub fn main() -> ExitCode {
             pg_port,
         } => crate::demo::run(listen, api_listen, pg_port),
         Command::Control(cmd) => control::run(cmd),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice: {e:#}");
+            // One line: the causes joined by `: `, never a debug dump.
+            eprintln!("sluice: {}", output::one_line(format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

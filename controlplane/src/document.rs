@@ -1,4 +1,5 @@
-//! The declarative document users apply: connections, identity providers, roles, policies.
+//! The declarative document users apply: connections, identity providers, roles, policies,
+//! notifications.
 //!
 //! [`parse`] reads JSON or YAML strictly (unknown fields are errors, with their path);
 //! [`Document::validate`] checks the whole document and returns every problem with its path,
@@ -10,6 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
+
+mod notifications;
+pub use notifications::{Event, NotificationSpec, PayloadFormat};
 
 /// Backend passwords by connection name, then backend user name.
 pub type Credentials = BTreeMap<String, BTreeMap<String, String>>;
@@ -30,6 +34,9 @@ pub struct Document {
     /// Statement, table, row-limit and masking rules (evaluated by the data plane).
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
+    /// Webhooks told about reviews, grants and denied statements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationSpec>,
 }
 
 /// One backend (the name is what clients send as their database).
@@ -450,6 +457,7 @@ impl Document {
                 }
             }
         }
+        notifications::validate(&self.notifications, &mut errors);
         if errors.is_empty() {
             Ok(creds)
         } else {
@@ -463,6 +471,7 @@ impl Document {
         self.identity_providers.sort_by(|a, b| a.name.cmp(&b.name));
         self.roles.sort_by(|a, b| a.name.cmp(&b.name));
         self.policies.sort_by(|a, b| a.name.cmp(&b.name));
+        self.notifications.sort_by(|a, b| a.name.cmp(&b.name));
         for c in &mut self.connections {
             c.users.sort_by(|a, b| a.name.cmp(&b.name));
         }
@@ -515,6 +524,8 @@ pub struct Diff {
     pub identity_providers: KindDiff,
     pub roles: KindDiff,
     pub policies: KindDiff,
+    #[serde(default)]
+    pub notifications: KindDiff,
 }
 
 /// Added, removed and changed resources of one kind.
@@ -542,6 +553,7 @@ impl Diff {
             &self.identity_providers,
             &self.roles,
             &self.policies,
+            &self.notifications,
         ]
         .iter()
         .all(|k| k.added.is_empty() && k.removed.is_empty() && k.changed.is_empty())
@@ -612,6 +624,12 @@ impl Diff {
             ),
             roles: kind(&old.roles, &new.roles, |c| &c.name, |_| vec![]),
             policies: kind(&old.policies, &new.policies, |c| &c.name, |_| vec![]),
+            notifications: kind(
+                &old.notifications,
+                &new.notifications,
+                |c| &c.name,
+                |_| vec![],
+            ),
         }
     }
 }

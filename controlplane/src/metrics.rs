@@ -1,5 +1,5 @@
 //! Prometheus text metrics for the control plane: requests by route and status, audit
-//! records ingested, applies, reviews filed and decided, and the current snapshot version. Owned by the control plane
+//! records ingested, applies, reviews filed and decided, webhook attempts, and the current snapshot version. Owned by the control plane
 //! (no globals), rendered at `/metrics`.
 
 use std::collections::BTreeMap;
@@ -16,6 +16,7 @@ pub struct Metrics {
     pub applies: AtomicU64,
     pub reviews_created: AtomicU64,
     pub review_decisions: AtomicU64,
+    deliveries: [AtomicU64; 3],
     snapshot_version: AtomicU64,
 }
 
@@ -25,6 +26,17 @@ impl Metrics {
         let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry((method.to_owned(), route.to_owned(), status))
             .or_insert(0) += 1;
+    }
+
+    /// Counts one webhook delivery attempt by its outcome.
+    pub fn count_delivery(&self, attempt: &crate::store::notifications::Attempt) {
+        use crate::store::notifications::Attempt;
+        let i = match attempt {
+            Attempt::Delivered { .. } => 0,
+            Attempt::Retry { .. } => 1,
+            Attempt::Failed { .. } => 2,
+        };
+        self.deliveries[i].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_snapshot_version(&self, v: u64) {
@@ -84,11 +96,21 @@ impl Metrics {
             "Approvals and denials recorded.",
             self.review_decisions.load(Ordering::Relaxed),
         );
-        gauge(
-            "sluice_cp_snapshot_version",
-            "gauge",
-            "Version of the current snapshot.",
-            self.snapshot_version.load(Ordering::Relaxed),
+        out.push_str("# HELP sluice_cp_webhook_attempts_total Webhook delivery attempts, by outcome (retry: failed, to be tried again; failed: attempts used up).\n# TYPE sluice_cp_webhook_attempts_total counter\n");
+        for (outcome, n) in ["delivered", "retry", "failed"]
+            .iter()
+            .zip(&self.deliveries)
+        {
+            let _ = writeln!(
+                out,
+                "sluice_cp_webhook_attempts_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_cp_snapshot_version Version of the current snapshot.\n# TYPE sluice_cp_snapshot_version gauge\nsluice_cp_snapshot_version {}",
+            self.snapshot_version.load(Ordering::Relaxed)
         );
         out
     }

@@ -38,6 +38,8 @@ pub use sluice_client::wire::review::{
     MAX_COMMENT_CHARS, MAX_MIN_APPROVERS, MAX_STATEMENT_BYTES,
 };
 
+use crate::document::Event;
+use crate::notify;
 use crate::service::{audit_change, ControlPlane, Principal, ServiceError};
 use crate::store::reviews::{self as rows, ReviewRow};
 use crate::store::{now_ms, StoreError};
@@ -222,11 +224,22 @@ impl ControlPlane {
             "expires_at": row.expires_at, "statement_hash": row.statement_hash,
         });
         audit_change(&mut w, who, "review.create", &row.id, detail).await?;
+        let review = review_of(row, Vec::new(), now);
+        let told = notify::enqueue(
+            &mut w,
+            Event::ReviewCreated,
+            &review.id,
+            &serde_json::to_value(&review).unwrap_or_default(),
+        )
+        .await?;
         w.commit().await?;
+        if told {
+            self.deliveries.wake();
+        }
         self.metrics
             .reviews_created
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok((review_of(row, Vec::new(), now), true))
+        Ok((review, true))
     }
 
     /// One review as it stands now.
@@ -395,7 +408,18 @@ impl ControlPlane {
             DecisionKind::Deny => "review.deny",
         };
         audit_change(&mut w, who, action, id, detail).await?;
+        let told = match (new_status, rows::review(&mut w.tx, id).await?) {
+            (Some(_), Some(decided)) => {
+                let review = review_of(decided, decisions, now);
+                let data = serde_json::to_value(&review).unwrap_or_default();
+                notify::enqueue(&mut w, Event::ReviewDecided, id, &data).await?
+            }
+            _ => false,
+        };
         w.commit().await?;
+        if told {
+            self.deliveries.wake();
+        }
         self.metrics
             .review_decisions
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

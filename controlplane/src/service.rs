@@ -15,6 +15,7 @@ use crate::crypto::{self, MasterKey};
 use crate::document::{self, Credentials, Diff, Document, FieldError};
 use crate::grants::{GrantClaims, GrantSigner};
 use crate::metrics::Metrics;
+use crate::notify::{self, Deliveries};
 use crate::reviews::ReviewHub;
 use crate::snapshot::{GrantIssuer, Snapshot};
 use crate::store::{self, now_ms, ApiToken, DocumentRow, Grant, Node, Store, StoreError, WriteTx};
@@ -106,6 +107,14 @@ pub struct Settings {
     /// How often a review long-poll re-reads the store besides being woken in-process (how
     /// soon it sees a decision taken on another replica).
     pub review_recheck: Duration,
+    /// Wait before the second attempt at a webhook delivery; doubled for each further one
+    /// (at most 10 min).
+    pub notify_backoff: Duration,
+    /// Attempts at a webhook delivery before it is marked `failed`.
+    pub notify_attempts: u32,
+    /// `host:port` of a syslog receiver (TCP) that audit records and API-audit rows are
+    /// exported to.
+    pub syslog: Option<String>,
 }
 
 impl Default for Settings {
@@ -121,6 +130,9 @@ impl Default for Settings {
             max_review_window: Duration::from_secs(24 * 3600),
             review_approval_ttl: Duration::from_secs(3600),
             review_recheck: Duration::from_secs(2),
+            notify_backoff: Duration::from_secs(1),
+            notify_attempts: 8,
+            syslog: None,
         }
     }
 }
@@ -185,6 +197,7 @@ pub struct ControlPlane {
     admin_digest: Option<String>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     pub(crate) reviews: ReviewHub,
+    pub(crate) deliveries: Arc<Deliveries>,
     pub metrics: Metrics,
     pub settings: Settings,
 }
@@ -287,16 +300,22 @@ impl ControlPlane {
         let metrics = Metrics::default();
         metrics.set_snapshot_version(current.version);
         let (tx, _) = watch::channel(Arc::new(current));
-        Ok(Arc::new(ControlPlane {
+        let cp = Arc::new(ControlPlane {
             store,
             key,
             signer,
             admin_digest,
             snapshot: tx,
             reviews: ReviewHub::default(),
+            deliveries: Arc::default(),
             metrics,
             settings,
-        }))
+        });
+        notify::spawn(Arc::downgrade(&cp), cp.deliveries.clone());
+        if let Some(addr) = cp.settings.syslog.clone() {
+            crate::siem::spawn(Arc::downgrade(&cp), addr);
+        }
+        Ok(cp)
     }
 
     pub fn store(&self) -> &Store {
@@ -674,7 +693,17 @@ impl ControlPlane {
         store::insert_grant(&mut w.tx, &g).await?;
         let detail = serde_json::json!({"identity": g.identity, "connection": g.connection, "role": g.role, "expires_at": g.expires_at});
         audit_change(&mut w, who, "grant.issue", &g.id, detail).await?;
+        let told = notify::enqueue(
+            &mut w,
+            document::Event::GrantIssued,
+            &g.id,
+            &serde_json::to_value(&g).unwrap_or_default(),
+        )
+        .await?;
         w.commit().await?;
+        if told {
+            self.deliveries.wake();
+        }
         Ok(GrantIssued {
             id: g.id,
             token,
@@ -781,7 +810,11 @@ impl ControlPlane {
         }
         let mut w = self.store.write().await?;
         let fresh = store::insert_audit_batch(&mut w.tx, batch, now_ms()).await?;
+        let told = fresh && self.tell_denials(&mut w, batch).await?;
         w.commit().await?;
+        if told {
+            self.deliveries.wake();
+        }
         let stored = if fresh { batch.records.len() } else { 0 };
         self.metrics
             .audit_records
@@ -794,6 +827,24 @@ impl ControlPlane {
             stored,
             duplicate: !fresh,
         })
+    }
+}
+
+impl ControlPlane {
+    /// Queues `statement.denied` for each denied statement of a newly stored batch.
+    async fn tell_denials(&self, w: &mut WriteTx, batch: &AuditBatch) -> Result<bool, StoreError> {
+        let denied: Vec<(String, serde_json::Value)> = batch
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.verdict == "deny")
+            .map(|(i, r)| {
+                let mut data = serde_json::to_value(r).unwrap_or_default();
+                data["node_id"] = batch.node_id.clone().into();
+                (format!("{}#{i}", batch.batch_id), data)
+            })
+            .collect();
+        notify::enqueue_many(w, document::Event::StatementDenied, &denied).await
     }
 }
 

@@ -267,6 +267,9 @@ async fn start_control_plane(
     let settings = Settings {
         issuer: args.issuer.clone(),
         admin_token: admin_token.clone(),
+        syslog: std::env::var("SLUICE_SYSLOG")
+            .ok()
+            .filter(|a| !a.is_empty()),
         ..Settings::default()
     };
     let cp = ControlPlane::start(store, key, settings).await?;

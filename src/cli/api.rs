@@ -68,8 +68,8 @@ impl Api {
         self.post(path, Some(("application/json", &bytes)))
     }
 
-    /// A non-2xx answer becomes an error carrying the server's `error` object (pretty), or its
-    /// text when it is not JSON.
+    /// A non-2xx answer becomes an [`ApiError`]: one line with the server's message and
+    /// the HTTP status.
     fn answer(
         &self,
         method: &str,
@@ -77,16 +77,77 @@ impl Api {
         answer: Result<sluice_client::Answer, sluice_client::ClientError>,
     ) -> Result<String> {
         let answer = answer.with_context(|| format!("{method} {}{path}", self.client.server()))?;
-        let text = answer.text();
         if !answer.is_success() {
-            let msg = sluice_client::wire::error::error_object(&answer.body)
-                .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
-                .unwrap_or(text);
-            bail!("{method} {path}: {}\n{msg}", answer.status_line());
+            return Err(ApiError::of(method, path, &answer).into());
         }
-        Ok(text)
+        Ok(answer.text())
     }
 }
+
+/// An error answer of the API, printed on one line: `MESSAGE (DETAILS) (HTTP STATUS, METHOD
+/// PATH)`.
+#[derive(Debug)]
+pub struct ApiError {
+    method: String,
+    path: String,
+    status: String,
+    message: String,
+}
+
+impl ApiError {
+    fn of(method: &str, path: &str, answer: &sluice_client::Answer) -> ApiError {
+        let error = sluice_client::wire::error::error_object(&answer.body).unwrap_or_default();
+        let mut message = error["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| super::output::cut(answer.text().trim(), 200));
+        if message.is_empty() {
+            message = error["code"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_owned();
+        }
+        let details: Vec<String> = error["details"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|f| {
+                        let (p, m) = (
+                            f["path"].as_str().unwrap_or(""),
+                            f["message"].as_str().unwrap_or(""),
+                        );
+                        if p.is_empty() {
+                            m.to_owned()
+                        } else {
+                            format!("{p}: {m}")
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !details.is_empty() {
+            message = format!("{message}: {}", details.join("; "));
+        }
+        ApiError {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            status: answer.status_line(),
+            message: super::output::one_line(message),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (HTTP {}, {} {})",
+            self.message, self.status, self.method, self.path
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 /// The CA bundle at `path`, with the messages the CLI has always given.
 fn trust_of(path: &Path) -> Result<Trust> {

@@ -3,15 +3,17 @@
 //! `review` in its own module).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
-use sluice_client::wire::audit::AuditPage;
+use clap::{Args, Subcommand};
 use sluice_controlplane::up::{ApiTls, UpArgs};
 
-use super::api::{content_type, urlencode, Api, ClientArgs};
+use super::api::{content_type, Api, ClientArgs};
+use super::apply::{print_diff, print_outcome};
+use super::audit::TailArgs;
+use super::get::{self, Kind};
+use super::output::{self, col, print_value, text, Column, OutputArgs};
 use super::review::ReviewCommand;
 
 /// Control-plane commands: `up` serves the API (with a data plane beside it); the others are
@@ -34,11 +36,15 @@ pub enum ControlCommand {
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
         client: ClientArgs,
     },
     /// Show what the control plane holds.
     Get {
         kind: Kind,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -47,11 +53,15 @@ pub enum ControlCommand {
         #[arg(short = 'f', long)]
         file: PathBuf,
         #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
         client: ClientArgs,
     },
     /// Make an earlier document version current again (as a new version).
     Rollback {
         version: u64,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -65,6 +75,8 @@ pub enum ControlCommand {
         role: String,
         #[arg(long, default_value = "15m")]
         ttl: String,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -83,55 +95,8 @@ pub enum ControlCommand {
 /// `sluice audit ...`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Print the latest records, then follow new ones.
-    Tail {
-        #[arg(long)]
-        identity: Option<String>,
-        #[arg(long)]
-        connection: Option<String>,
-        #[arg(long)]
-        verdict: Option<String>,
-        /// How many past records to print first.
-        #[arg(short = 'n', long, default_value_t = 20)]
-        lines: u32,
-        /// Print and exit instead of following.
-        #[arg(long)]
-        no_follow: bool,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-}
-
-/// What `sluice get` shows.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Kind {
-    Connections,
-    IdentityProviders,
-    Roles,
-    Policies,
-    Document,
-    Documents,
-    Snapshot,
-    Grants,
-    Nodes,
-    ApiAudit,
-}
-
-impl Kind {
-    fn path(self) -> &'static str {
-        match self {
-            Kind::Connections => "/v1/connections",
-            Kind::IdentityProviders => "/v1/identity-providers",
-            Kind::Roles => "/v1/roles",
-            Kind::Policies => "/v1/policies",
-            Kind::Document => "/v1/document",
-            Kind::Documents => "/v1/documents",
-            Kind::Snapshot => "/v1/snapshot/current",
-            Kind::Grants => "/v1/grants",
-            Kind::Nodes => "/v1/nodes",
-            Kind::ApiAudit => "/v1/api-audit",
-        }
-    }
+    /// Print the latest records; with -f, follow new ones until Ctrl-C.
+    Tail(TailArgs),
 }
 
 /// `sluice up` options.
@@ -198,91 +163,72 @@ pub fn run(cmd: ControlCommand) -> Result<()> {
         ControlCommand::Apply {
             file,
             dry_run,
+            output,
             client,
         } => {
-            let body =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let q = if dry_run { "?dry_run=true" } else { "" };
-            let out = Api::new(client)?
-                .post(&format!("/v1/apply{q}"), Some((content_type(&file), &body)))?;
-            println!("{out}");
-            Ok(())
+            let answer = post_file(client, &format!("/v1/apply{q}"), &file)?;
+            print_outcome(&serde_json::from_str(&answer)?, output.output)
         }
-        ControlCommand::Diff { file, client } => {
-            let body =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let out = Api::new(client)?
-                .post("/v1/apply?dry_run=true", Some((content_type(&file), &body)))?;
-            let v: serde_json::Value = serde_json::from_str(&out)?;
-            println!("{}", serde_json::to_string_pretty(&v["diff"])?);
-            Ok(())
+        ControlCommand::Diff {
+            file,
+            output,
+            client,
+        } => {
+            let answer = post_file(client, "/v1/apply?dry_run=true", &file)?;
+            let v: serde_json::Value = serde_json::from_str(&answer)?;
+            print_diff(&v["diff"], output.output)
         }
-        ControlCommand::Get { kind, client } => {
-            println!("{}", Api::new(client)?.get(kind.path())?);
-            Ok(())
+        ControlCommand::Get {
+            kind,
+            output,
+            client,
+        } => {
+            let answer = Api::new(client)?.get(kind.path())?;
+            get::print(kind, &serde_json::from_str(&answer)?, output.output)
         }
-        ControlCommand::Rollback { version, client } => {
-            println!(
-                "{}",
-                Api::new(client)?.post(&format!("/v1/rollback/{version}"), None)?
-            );
-            Ok(())
+        ControlCommand::Rollback {
+            version,
+            output,
+            client,
+        } => {
+            let answer = Api::new(client)?.post(&format!("/v1/rollback/{version}"), None)?;
+            print_outcome(&serde_json::from_str(&answer)?, output.output)
         }
         ControlCommand::Grant {
             identity,
             connection,
             role,
             ttl,
+            output,
             client,
         } => {
             let body = serde_json::json!({"identity": identity, "connection": connection, "role": role, "ttl": ttl});
-            let out = Api::new(client)?.post_json("/v1/grants", &body)?;
-            println!("{out}");
-            Ok(())
+            let answer: serde_json::Value =
+                serde_json::from_str(&Api::new(client)?.post_json("/v1/grants", &body)?)?;
+            print_value(
+                &answer,
+                std::slice::from_ref(&answer),
+                GRANT_ISSUED,
+                output.output,
+            )
         }
         ControlCommand::Review { cmd } => super::review::run(cmd),
         ControlCommand::Audit {
-            cmd:
-                AuditCommand::Tail {
-                    identity,
-                    connection,
-                    verdict,
-                    lines,
-                    no_follow,
-                    client,
-                },
-        } => {
-            let c = Api::new(client)?;
-            let mut filters = String::new();
-            for (k, v) in [
-                ("identity", identity),
-                ("connection", connection),
-                ("verdict", verdict),
-            ] {
-                if let Some(v) = v {
-                    filters.push_str(&format!("&{k}={}", urlencode(&v)));
-                }
-            }
-            let page: AuditPage = serde_json::from_str(
-                &c.get(&format!("/v1/audit?limit={}{filters}", lines.max(1)))?,
-            )?;
-            let mut last = page.records.first().map_or(0, |r| r.id);
-            for r in page.records.iter().rev() {
-                println!("{}", serde_json::to_string(r)?);
-            }
-            if no_follow {
-                return Ok(());
-            }
-            loop {
-                std::thread::sleep(Duration::from_secs(1));
-                let page: AuditPage = serde_json::from_str(
-                    &c.get(&format!("/v1/audit?after={last}&limit=1000{filters}"))?,
-                )?;
-                for r in &page.records {
-                    println!("{}", serde_json::to_string(r)?);
-                    last = r.id;
-                }
-            }
-        }
+            cmd: AuditCommand::Tail(args),
+        } => super::audit::tail(args),
     }
+}
+
+/// An issued grant: the token is shown this once.
+const GRANT_ISSUED: &[Column] = &[
+    col("ID", |v| text(v, "id")),
+    col("EXPIRES", |v| output::age(v, "expires_at")),
+    col("TOKEN", |v| text(v, "token")),
+];
+
+/// `POST path` with the document in `file`.
+fn post_file(client: ClientArgs, path: &str, file: &Path) -> Result<String> {
+    let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    Api::new(client)?.post(path, Some((content_type(file), &body)))
 }

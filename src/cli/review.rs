@@ -2,9 +2,12 @@
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
+use serde_json::Value;
 use sluice_client::wire::review::{Review, ReviewStatus};
 
 use super::api::{urlencode, Api, ClientArgs};
+use super::get::REVIEWS;
+use super::output::{self, out, print_list, print_value, Format, OutputArgs};
 
 /// `sluice review ...`
 #[derive(Debug, Subcommand)]
@@ -14,15 +17,19 @@ pub enum ReviewCommand {
         /// pending, approved, denied, expired, used, or all.
         #[arg(long, default_value = "pending")]
         status: String,
-        /// Print the JSON answer instead of a table.
-        #[arg(long)]
+        /// Same as `-o json`.
+        #[arg(long, hide = true)]
         json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// One review in full: statement, rule, decisions.
     Show {
         id: String,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -35,6 +42,8 @@ pub enum ReviewCommand {
         #[arg(long)]
         comment: Option<String>,
         #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
         client: ClientArgs,
     },
     /// Deny; the statement does not run.
@@ -43,42 +52,19 @@ pub enum ReviewCommand {
         #[arg(long)]
         comment: Option<String>,
         #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
         client: ClientArgs,
     },
 }
 
 /// Runs `sluice review ...`.
 pub fn run(cmd: ReviewCommand) -> Result<()> {
-    let decide = |client: ClientArgs, id: &str, verb: &str, body: serde_json::Value| {
-        let out =
-            Api::new(client)?.post_json(&format!("/v1/reviews/{}/{verb}", urlencode(id)), &body)?;
-        let r: Review = serde_json::from_str(&out)?;
-        match r.status {
-            ReviewStatus::Pending => println!(
-                "review {}: pending, {} of {} approvals ({})",
-                r.id,
-                r.approvers.len(),
-                r.min_approvers,
-                r.approvers.join(", ")
-            ),
-            ReviewStatus::Approved => println!(
-                "review {}: approved by {}, {}",
-                r.id,
-                r.approvers.join(", "),
-                if r.reusable {
-                    "usable repeatedly until its window ends"
-                } else {
-                    "usable once"
-                }
-            ),
-            s => println!("review {}: {s}", r.id),
-        }
-        Ok(())
-    };
     match cmd {
         ReviewCommand::List {
             status,
             json,
+            output,
             client,
         } => {
             let q = match status.as_str() {
@@ -88,59 +74,127 @@ pub fn run(cmd: ReviewCommand) -> Result<()> {
                     "--status must be pending, approved, denied, expired, used or all, not `{s}`"
                 ),
             };
-            let out = Api::new(client)?.get(&format!("/v1/reviews{q}"))?;
-            if json {
-                println!("{out}");
-                return Ok(());
-            }
-            let reviews: Vec<Review> = serde_json::from_str(&out)?;
-            println!(
-                "{:<36}  {:<8}  {:<16}  {:<12}  {:<9}  STATEMENT",
-                "ID", "STATUS", "IDENTITY", "CONNECTION", "APPROVALS"
-            );
-            for r in reviews {
-                let mut stmt: String = r.statement.split_whitespace().collect::<Vec<_>>().join(" ");
-                if stmt.chars().count() > 60 {
-                    stmt = stmt.chars().take(59).chain(['…']).collect();
-                }
-                println!(
-                    "{:<36}  {:<8}  {:<16}  {:<12}  {:<9}  {stmt}",
-                    r.id,
-                    r.status.as_str(),
-                    r.identity,
-                    r.connection,
-                    format!("{}/{}", r.approvers.len(), r.min_approvers)
-                );
-            }
-            Ok(())
+            let answer = Api::new(client)?.get(&format!("/v1/reviews{q}"))?;
+            let format = if json { Format::Json } else { output.output };
+            print_list(&serde_json::from_str(&answer)?, REVIEWS, format)
         }
-        ReviewCommand::Show { id, client } => {
-            let out = Api::new(client)?.get(&format!("/v1/reviews/{}", urlencode(&id)))?;
-            let v: serde_json::Value = serde_json::from_str(&out)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            Ok(())
+        ReviewCommand::Show { id, output, client } => {
+            let answer = Api::new(client)?.get(&format!("/v1/reviews/{}", urlencode(&id)))?;
+            let v: Value = serde_json::from_str(&answer)?;
+            match output.output {
+                Format::Table | Format::Wide => out(&describe(&serde_json::from_value(v)?)),
+                f => print_value(&v, &[], REVIEWS, f),
+            }
         }
         ReviewCommand::Approve {
             id,
             window,
             comment,
+            output,
             client,
         } => {
             let window_s = window
                 .map(|w| sluice_controlplane::document::parse_duration(&w).map(|d| d.as_secs()))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--window: {e}"))?;
-            decide(
-                client,
-                &id,
-                "approve",
-                serde_json::json!({"comment": comment, "window_s": window_s}),
-            )
+            let body = serde_json::json!({"comment": comment, "window_s": window_s});
+            decide(client, &id, "approve", &body, output.output)
         }
         ReviewCommand::Deny {
             id,
             comment,
+            output,
             client,
-        } => decide(client, &id, "deny", serde_json::json!({"comment": comment})),
+        } => decide(
+            client,
+            &id,
+            "deny",
+            &serde_json::json!({"comment": comment}),
+            output.output,
+        ),
     }
+}
+
+/// Approves or denies review `id`; prints where it stands now.
+fn decide(client: ClientArgs, id: &str, verb: &str, body: &Value, format: Format) -> Result<()> {
+    let answer =
+        Api::new(client)?.post_json(&format!("/v1/reviews/{}/{verb}", urlencode(id)), body)?;
+    let v: Value = serde_json::from_str(&answer)?;
+    if !matches!(format, Format::Table | Format::Wide) {
+        return print_value(&v, &[], REVIEWS, format);
+    }
+    let r: Review = serde_json::from_value(v)?;
+    out(&format!("{}\n", standing(&r)))
+}
+
+/// One sentence on where a review stands.
+fn standing(r: &Review) -> String {
+    match r.status {
+        ReviewStatus::Pending => format!(
+            "review {}: pending, {} of {} approvals ({})",
+            r.id,
+            r.approvers.len(),
+            r.min_approvers,
+            r.approvers.join(", ")
+        ),
+        ReviewStatus::Approved => format!(
+            "review {}: approved by {}, {}",
+            r.id,
+            r.approvers.join(", "),
+            if r.reusable {
+                "usable repeatedly until its window ends"
+            } else {
+                "usable once"
+            }
+        ),
+        s => format!("review {}: {s}", r.id),
+    }
+}
+
+/// A review in full, a field per line (as `kubectl describe`).
+fn describe(r: &Review) -> String {
+    let when = |ms: i64| format!("{} UTC", output::utc(ms));
+    let mut fields = vec![
+        ("ID", r.id.clone()),
+        ("Status", r.status.as_str().to_owned()),
+        ("Identity", r.identity.clone()),
+        ("Connection", r.connection.clone()),
+        ("Role", r.role.clone()),
+        ("Rule", r.rule_id.clone()),
+        ("Statement", output::one_line(r.statement.clone())),
+        (
+            "Approvals",
+            format!("{}/{}", r.approvers.len(), r.min_approvers),
+        ),
+        ("Node", r.node_id.clone()),
+        ("Created", when(r.created_at)),
+        ("Expires", when(r.expires_at)),
+    ];
+    if let Some(m) = &r.message {
+        fields.push(("Message", m.clone()));
+    }
+    if let Some(u) = r.use_until {
+        fields.push(("Usable until", when(u)));
+    }
+    let mut text: String = fields
+        .iter()
+        .map(|(k, v)| format!("{:<13} {v}\n", format!("{k}:")))
+        .collect();
+    if !r.decisions.is_empty() {
+        text.push_str("Decisions:\n");
+        for d in &r.decisions {
+            let comment = d
+                .comment
+                .as_deref()
+                .map(|c| format!("  {c}"))
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "  {}  {:<8}  {}{comment}\n",
+                when(d.at),
+                d.decision.as_str(),
+                d.approver
+            ));
+        }
+    }
+    text
 }

@@ -30,8 +30,9 @@ use crate::reviews::{
 };
 use crate::service::{
     ApplyOutcome, BatchAck, ControlPlane, GrantIssued, GrantRequest, NodeRegistration, Principal,
-    Role, TokenIssued, TokenRequest,
+    Role, ServiceError, TokenIssued, TokenRequest,
 };
+use crate::store::notifications::{self, Delivery};
 use crate::store::{self, ApiAuditEntry, DocumentVersion, Grant, Node};
 use error::{ApiError, ErrorBody};
 
@@ -108,6 +109,7 @@ pub fn router(cp: Cp) -> Router {
         .route("/v1/nodes/{id}/snapshot", get(node_snapshot))
         .route("/v1/audit", get(query_audit))
         .route("/v1/api-audit", get(api_audit))
+        .route("/v1/notifications/deliveries", get(list_deliveries))
         .route("/v1/tokens", post(create_token))
         .route("/v1/reviews", post(create_review).get(list_reviews))
         .route("/v1/reviews/consume", post(consume_review))
@@ -614,6 +616,46 @@ async fn api_audit(State(cp): State<Cp>, Auth(p): Auth) -> ApiResult<Json<Vec<Ap
     Ok(Json(store::list_api_audit(&mut c, 1000).await?))
 }
 
+/// `GET /v1/notifications/deliveries` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryParams {
+    /// Only deliveries with this status: pending, delivered or failed.
+    pub status: Option<String>,
+    /// At most this many, newest first (1-1000, default 100).
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/notifications/deliveries", tag = "notifications", security(("bearer" = [])), params(DeliveryParams),
+    responses((status = 200, body = [Delivery], description = "Webhook deliveries, newest first: one per event and webhook, with its attempts"),
+              (status = 400, body = ErrorBody)))]
+async fn list_deliveries(
+    State(cp): State<Cp>,
+    Auth(p): Auth,
+    Query(q): Query<DeliveryParams>,
+) -> ApiResult<Json<Vec<Delivery>>> {
+    require(&p, AUDIT_READERS)?;
+    if let Some(s) = q.status.as_deref() {
+        if !["pending", "delivered", "failed"].contains(&s) {
+            return Err(ServiceError::BadRequest(format!(
+                "status must be pending, delivered or failed, not `{s}`"
+            ))
+            .into());
+        }
+    }
+    let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
+    let mut c = cp
+        .store()
+        .pool()
+        .acquire()
+        .await
+        .map_err(store::StoreError::Db)?;
+    Ok(Json(
+        notifications::list_deliveries(&mut c, q.status.as_deref(), limit).await?,
+    ))
+}
+
 // ---- reviews -------------------------------------------------------------------------------
 
 #[utoipa::path(post, path = "/v1/reviews", tag = "reviews", security(("bearer" = [])), request_body = ReviewRequest,
@@ -797,10 +839,10 @@ impl utoipa::Modify for BearerAuth {
 /// The OpenAPI document served at `/v1/openapi.json`.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Sluice control plane", description = "Configure Sluice: connections, identity providers, roles, policies, grants, reviews, data-plane nodes and audit records."),
+    info(title = "Sluice control plane", description = "Configure Sluice: connections, identity providers, roles, policies, grants, reviews, webhook notifications, data-plane nodes and audit records."),
     paths(list_connections, list_identity_providers, list_roles, list_policies, get_document, list_documents,
           apply, rollback, current_snapshot, issue_grant, list_grants, revoke_grant, register_node, list_nodes,
-          node_snapshot, ingest_batch, query_audit, api_audit, create_token,
+          node_snapshot, ingest_batch, query_audit, api_audit, list_deliveries, create_token,
           create_review, list_reviews, get_review, wait_review, approve_review, deny_review, consume_review),
     modifiers(&BearerAuth)
 )]

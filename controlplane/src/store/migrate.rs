@@ -13,6 +13,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "reviews",
         include_str!("../../migrations/0002_reviews.sql"),
     ),
+    (
+        3,
+        "notifications",
+        include_str!("../../migrations/0003_notifications.sql"),
+    ),
 ];
 
 fn dialect(sql: &str, backend: Backend) -> String {

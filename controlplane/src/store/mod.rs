@@ -8,6 +8,7 @@
 //! them fail with [`StoreError::Conflict`], which the caller retries.
 
 mod migrate;
+pub mod notifications;
 pub mod reviews;
 pub mod rows;
 

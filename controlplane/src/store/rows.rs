@@ -38,6 +38,19 @@ pub async fn put_setting(c: &mut Conn, name: &str, value: &str) -> Result<(), St
     Ok(())
 }
 
+/// Sets a setting, replacing its value if it has one.
+pub async fn set_setting(c: &mut Conn, name: &str, value: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO settings (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .bind(name)
+    .bind(value)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
 /// The newest signing key: (kid, sealed secret).
 pub async fn latest_signing_key(c: &mut Conn) -> Result<Option<(String, Vec<u8>)>, StoreError> {
     let row = sqlx::query(
@@ -700,6 +713,23 @@ pub async fn insert_api_audit(
     Ok(())
 }
 
+/// API-audit rows with an id above `after`, oldest first.
+pub async fn api_audit_after(
+    c: &mut Conn,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<ApiAuditEntry>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, at_ms, actor, role, action, target, detail FROM api_audit WHERE id > $1 \
+         ORDER BY id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(c)
+    .await?;
+    rows.into_iter().map(|r| api_audit_entry(&r)).collect()
+}
+
 pub async fn list_api_audit(c: &mut Conn, limit: i64) -> Result<Vec<ApiAuditEntry>, StoreError> {
     let rows = sqlx::query(
         "SELECT id, at_ms, actor, role, action, target, detail FROM api_audit ORDER BY id DESC LIMIT $1",
@@ -707,17 +737,17 @@ pub async fn list_api_audit(c: &mut Conn, limit: i64) -> Result<Vec<ApiAuditEntr
     .bind(limit)
     .fetch_all(c)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(ApiAuditEntry {
-                id: r.try_get("id")?,
-                at_ms: r.try_get("at_ms")?,
-                actor: r.try_get("actor")?,
-                role: r.try_get("role")?,
-                action: r.try_get("action")?,
-                target: r.try_get("target")?,
-                detail: r.try_get("detail")?,
-            })
-        })
-        .collect()
+    rows.into_iter().map(|r| api_audit_entry(&r)).collect()
+}
+
+fn api_audit_entry(r: &sqlx::any::AnyRow) -> Result<ApiAuditEntry, StoreError> {
+    Ok(ApiAuditEntry {
+        id: r.try_get("id")?,
+        at_ms: r.try_get("at_ms")?,
+        actor: r.try_get("actor")?,
+        role: r.try_get("role")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        detail: r.try_get("detail")?,
+    })
 }
