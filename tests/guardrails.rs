@@ -312,6 +312,15 @@ fn writes_over_max_affected_rows_are_rolled_back_in_the_simple_protocol() {
             out.split_whitespace().collect::<Vec<_>>(),
             ["1", "2", "3", "UPDATE", "3"]
         );
+        // RETURNING rows of a limited write are masked as any result.
+        let out = run_ok(&mut psql_cmd(
+            &who,
+            "UPDATE secrets SET id = id WHERE id = 1 RETURNING value",
+        ));
+        assert!(
+            out.starts_with("****") && !out.contains("launch"),
+            "{mode}: {out}"
+        );
         let out = run_ok(&mut psql_cmd(&who, "DELETE FROM orders WHERE id = 5"));
         assert_eq!(out.trim(), "DELETE 1", "{mode}");
         assert_eq!(amounts(db), "1:11,2:21,3:31,4:40", "{mode}");
@@ -388,6 +397,18 @@ fn writes_over_max_affected_rows_are_rolled_back_in_the_extended_protocol() {
             .expect("a write within the limit runs");
             assert_eq!(n, 2);
             assert_eq!(amounts(db), "1:0,2:0,3:30,4:40,5:50", "{mode}");
+            let rows = within(
+                10,
+                "masked RETURNING",
+                client.query(
+                    "UPDATE secrets SET id = id WHERE id = $1 RETURNING value",
+                    &[&1i32],
+                ),
+            )
+            .await
+            .unwrap();
+            let value: String = rows[0].get(0);
+            assert!(!value.contains("launch"), "{mode}: {value}");
 
             // Pipelined: a refused write and the statements sent behind it, each answered
             // in order.

@@ -27,7 +27,7 @@ pub const OUTSIDER_TOKEN: &str = "outsider-token-5e6f7a8b";
 /// Static token of `masked-1` (group `maskees`: role `masked`, policy `masked`).
 pub const MASKED_TOKEN: &str = "masked-token-3c5e7a9b";
 /// Static token of `capped-1` (group `capped`: role `capped`, policy `capped`: reads and
-/// writes, at most 3 rows per UPDATE, DELETE or MERGE).
+/// writes, at most 3 rows per UPDATE, DELETE or MERGE; `secrets.value` masked).
 pub const CAPPED_TOKEN: &str = "capped-token-7d1f3b5a";
 /// HS256 secret of the issuer [`JWT_ISSUER`].
 pub const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -224,6 +224,8 @@ policies:
   - name: capped
     classes: {{ allow: [read, write, transaction, session] }}
     max_affected_rows: 3
+    masking:
+      - {{ columns: [public.secrets.value], strategy: redact }}
   # What the masking tests probe: customers' secrets masked by column, inet by type, and
   # detectors on every text; writes allowed (so a denial is the masking's, not the classes').
   - name: masked

@@ -429,13 +429,17 @@ impl Session {
             if let Some(limit) = limit {
                 p.limit = limit;
             }
+            let limits = &mut st.stmts.portal_limits;
             match p.limit {
-                Some(max) => st
-                    .stmts
-                    .portal_limits
-                    .insert(portal.to_owned(), (max, p.sql.clone())),
-                None => st.stmts.portal_limits.remove(portal),
-            };
+                Some(max) => {
+                    limits.insert(portal.to_owned(), (max, p.sql.clone()));
+                }
+                // Without a limit in the policy the map stays empty: no lookup per Bind.
+                None if !limits.is_empty() => {
+                    limits.remove(portal);
+                }
+                None => {}
+            }
             if p.reviewed {
                 // This Bind uses the approval (or the one just given).
                 p.approved_binds = p.approved_binds.saturating_sub(1);
@@ -541,7 +545,12 @@ impl Session {
         max_rows: i32,
         frame: &[u8],
     ) -> Send {
-        let limit = st.stmts.portal_limits.get(portal).cloned();
+        let limits = &st.stmts.portal_limits;
+        let limit = if limits.is_empty() {
+            None
+        } else {
+            limits.get(portal).cloned()
+        };
         if let (Some((max, _)), true) = (&limit, max_rows != 0) {
             let rule = format!("{}/max_affected_rows", st.judge.policy().name());
             let error = self.denial(
