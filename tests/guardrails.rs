@@ -8,11 +8,22 @@ mod common;
 
 use common::gateway::{
     connect, create_app_database, runtime, sqlstate, start_gateway, within, GatewayOptions,
-    AGENT_TOKEN, AUDITOR_TOKEN, CONN, MASKED_TOKEN,
+    AGENT_TOKEN, AUDITOR_TOKEN, CAPPED_TOKEN, CONN, MASKED_TOKEN,
 };
 use common::{psql_cmd, run_err, run_ok, shared_pg, superuser_on, with_shared_pg, PgTarget};
 
 fn setup(db: &str) -> common::gateway::Gateway {
+    seed(db);
+    start_gateway(
+        shared_pg(),
+        GatewayOptions {
+            database: db.into(),
+            ..GatewayOptions::default()
+        },
+    )
+}
+
+fn seed(db: &str) {
     with_shared_pg(|c| {
         create_app_database(c, db);
         c.psql_as(
@@ -26,13 +37,6 @@ fn setup(db: &str) -> common::gateway::Gateway {
         )
         .expect("seeding");
     });
-    start_gateway(
-        shared_pg(),
-        GatewayOptions {
-            database: db.into(),
-            ..GatewayOptions::default()
-        },
-    )
 }
 
 fn auditor(gw: &common::gateway::Gateway) -> PgTarget {
@@ -249,5 +253,207 @@ fn set_config_of_a_plain_setting_runs_and_of_the_role_does_not() {
     ] {
         let err = run_err(&mut psql_cmd(&who, sql));
         assert!(err.contains(rule), "{sql}: {err}");
+    }
+}
+
+/// Role `capped`: policy `capped` (reads and writes, `max_affected_rows: 3`).
+fn capped(gw: &common::gateway::Gateway) -> PgTarget {
+    PgTarget::new(gw.port(), "agent", CAPPED_TOKEN, CONN)
+}
+
+fn amounts(db: &str) -> String {
+    backend_scalar(
+        db,
+        "SELECT string_agg(id || ':' || amount, ',' ORDER BY id) FROM orders",
+    )
+}
+
+const UNTOUCHED: &str = "1:10,2:20,3:30,4:40,5:50";
+
+fn capped_gateway(db: &str, mode: &'static str) -> common::gateway::Gateway {
+    seed(db);
+    start_gateway(
+        shared_pg(),
+        GatewayOptions {
+            database: db.into(),
+            mode,
+            ..GatewayOptions::default()
+        },
+    )
+}
+
+#[test]
+fn writes_over_max_affected_rows_are_rolled_back_in_the_simple_protocol() {
+    for mode in ["transaction", "session"] {
+        let db = &format!("guardrails_blast_simple_{mode}");
+        let gw = capped_gateway(db, mode);
+        let who = capped(&gw);
+        // Always-true WHEREs pass require_where; the count stops them.
+        for sql in [
+            "DELETE FROM orders WHERE id > 0",
+            "UPDATE orders SET amount = 0 WHERE id IS NOT NULL",
+            "MERGE INTO orders t USING orders s ON t.id = s.id WHEN MATCHED THEN UPDATE SET amount = 0",
+            "UPDATE orders SET amount = 0 WHERE id >= 1 RETURNING id",
+        ] {
+            let err = run_err(&mut psql_cmd(&who, sql));
+            assert!(
+                err.contains("capped/max_affected_rows")
+                    && err.contains("affected 5 rows, more than the limit of 3"),
+                "{mode}: {sql}: {err}"
+            );
+            assert_eq!(amounts(db), UNTOUCHED, "{mode}: {sql} changed nothing");
+        }
+        // At the limit: it runs and commits, RETURNING rows come back.
+        let out = run_ok(&mut psql_cmd(
+            &who,
+            "UPDATE orders SET amount = amount + 1 WHERE id <= 3 RETURNING id",
+        ));
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            ["1", "2", "3", "UPDATE", "3"]
+        );
+        // RETURNING rows of a limited write are masked as any result.
+        let out = run_ok(&mut psql_cmd(
+            &who,
+            "UPDATE secrets SET id = id WHERE id = 1 RETURNING value",
+        ));
+        assert!(
+            out.starts_with("****") && !out.contains("launch"),
+            "{mode}: {out}"
+        );
+        let out = run_ok(&mut psql_cmd(&who, "DELETE FROM orders WHERE id = 5"));
+        assert_eq!(out.trim(), "DELETE 1", "{mode}");
+        assert_eq!(amounts(db), "1:11,2:21,3:31,4:40", "{mode}");
+        // One text with a counted write among other statements cannot be counted per
+        // statement: refused whole.
+        let err = run_err(&mut psql_cmd(
+            &who,
+            "UPDATE orders SET amount = 0 WHERE id = 1; SELECT 1",
+        ));
+        assert!(err.contains("send it on its own"), "{mode}: {err}");
+        // Inside a transaction the refusal is an error like any other: the transaction is
+        // aborted, and its COMMIT rolls it back whole, the statements before it included.
+        runtime().block_on(async {
+            let client = connect(&who.conn_str()).await;
+            for sql in ["BEGIN", "UPDATE orders SET amount = 7 WHERE id = 1"] {
+                within(10, sql, client.batch_execute(sql)).await.unwrap();
+            }
+            let err = within(
+                10,
+                "over in a transaction",
+                client.batch_execute("DELETE FROM orders WHERE id > 0"),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(sqlstate(&err), "42501", "{mode}: {err:?}");
+            let err = within(10, "after", client.batch_execute("SELECT 1"))
+                .await
+                .unwrap_err();
+            assert_eq!(sqlstate(&err), "25P02", "{mode}: {err:?}");
+            within(10, "commit", client.batch_execute("COMMIT"))
+                .await
+                .unwrap();
+            // The session goes on, and a write within the limit commits.
+            let n = within(
+                10,
+                "within",
+                client.execute("DELETE FROM orders WHERE id = 4", &[]),
+            )
+            .await
+            .unwrap();
+            assert_eq!(n, 1);
+        });
+        assert_eq!(amounts(db), "1:11,2:21,3:31", "{mode}");
+    }
+}
+
+#[test]
+fn writes_over_max_affected_rows_are_rolled_back_in_the_extended_protocol() {
+    for mode in ["transaction", "session"] {
+        let db = &format!("guardrails_blast_extended_{mode}");
+        let gw = capped_gateway(db, mode);
+        let rt = runtime();
+        rt.block_on(async {
+            let mut client = connect(&capped(&gw).conn_str()).await;
+            let err = within(
+                10,
+                "over the limit",
+                client.execute("DELETE FROM orders WHERE id > $1", &[&0i32]),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(sqlstate(&err), "42501", "{mode}: {err:?}");
+            assert!(
+                format!("{err:?}").contains("affected 5 rows, more than the limit of 3"),
+                "{err:?}"
+            );
+            assert_eq!(amounts(db), UNTOUCHED, "{mode}");
+            let n = within(
+                10,
+                "within the limit",
+                client.execute("UPDATE orders SET amount = 0 WHERE id <= $1", &[&2i32]),
+            )
+            .await
+            .expect("a write within the limit runs");
+            assert_eq!(n, 2);
+            assert_eq!(amounts(db), "1:0,2:0,3:30,4:40,5:50", "{mode}");
+            let rows = within(
+                10,
+                "masked RETURNING",
+                client.query(
+                    "UPDATE secrets SET id = id WHERE id = $1 RETURNING value",
+                    &[&1i32],
+                ),
+            )
+            .await
+            .unwrap();
+            let value: String = rows[0].get(0);
+            assert!(!value.contains("launch"), "{mode}: {value}");
+
+            // Pipelined: a refused write and the statements sent behind it, each answered
+            // in order.
+            let over = client.execute("UPDATE orders SET amount = 1 WHERE id > $1", &[&0i32]);
+            let read = client.query_one("SELECT count(*) FROM orders", &[]);
+            let under = client.execute("UPDATE orders SET amount = 9 WHERE id = $1", &[&5i32]);
+            let (over, read, under) =
+                within(10, "pipelined", async { futures::join!(over, read, under) }).await;
+            assert_eq!(sqlstate(&over.unwrap_err()), "42501", "{mode}");
+            assert_eq!(read.unwrap().get::<_, i64>(0), 5);
+            assert_eq!(under.unwrap(), 1);
+            assert_eq!(amounts(db), "1:0,2:0,3:30,4:40,5:9", "{mode}");
+
+            // Inside a transaction: the refusal aborts it, as any error would; nothing
+            // of it commits.
+            let tx = client.transaction().await.unwrap();
+            tx.execute("UPDATE orders SET amount = 100 WHERE id = $1", &[&1i32])
+                .await
+                .unwrap();
+            let err = within(
+                10,
+                "over in a transaction",
+                tx.execute("DELETE FROM orders WHERE id > $1", &[&0i32]),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(sqlstate(&err), "42501", "{mode}");
+            let err = tx.query_one("SELECT 1", &[]).await.unwrap_err();
+            assert_eq!(
+                sqlstate(&err),
+                "25P02",
+                "{mode}: the transaction is aborted"
+            );
+            tx.rollback().await.unwrap();
+            assert_eq!(amounts(db), "1:0,2:0,3:30,4:40,5:9", "{mode}");
+
+            // Within the limit inside a transaction: committed with it.
+            let tx = client.transaction().await.unwrap();
+            let n = tx
+                .execute("DELETE FROM orders WHERE id >= $1", &[&4i32])
+                .await
+                .unwrap();
+            assert_eq!(n, 2);
+            tx.commit().await.unwrap();
+            assert_eq!(amounts(db), "1:0,2:0,3:30", "{mode}");
+        });
     }
 }

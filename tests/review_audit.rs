@@ -17,10 +17,11 @@ use common::{psql_cmd, run_ok, shared_pg, superuser_on, with_shared_pg};
 
 const WAITER: &str = "agent-token-review-wait-0123456789";
 const RESENDER: &str = "agent-token-review-resend-0123456789";
+const CAPPED: &str = "agent-token-review-capped-0123456789";
 
 fn dataplane_yaml() -> String {
     format!(
-        "listen: 127.0.0.1:0\ncores: 2\nauth:\n  static_tokens:\n    - {{ token: {WAITER}, subject: agent-wait, groups: [waiters] }}\n    - {{ token: {RESENDER}, subject: agent-resend, groups: [resenders] }}\n"
+        "listen: 127.0.0.1:0\ncores: 2\nauth:\n  static_tokens:\n    - {{ token: {WAITER}, subject: agent-wait, groups: [waiters] }}\n    - {{ token: {RESENDER}, subject: agent-resend, groups: [resenders] }}\n    - {{ token: {CAPPED}, subject: agent-capped, groups: [capped] }}\n"
     )
 }
 
@@ -42,12 +43,21 @@ roles:
     groups: [resenders]
     connections: {{ {conn}: app }}
     policy: resend-after-approval
+  - name: capped
+    groups: [capped]
+    connections: {{ {conn}: app }}
+    policy: capped-for-review
 policies:
   - name: wait-for-approval
     classes: {{ allow: [read, transaction, session], review: [write] }}
     review: {{ wait: true, timeout: 20s }}
   - name: resend-after-approval
     classes: {{ allow: [read, transaction, session], review: [write] }}
+    review: {{ wait: false }}
+  - name: capped-for-review
+    classes: {{ allow: [read, write, transaction, session] }}
+    max_affected_rows: 2
+    over_limit: review
     review: {{ wait: false }}
 "#
     )
@@ -355,4 +365,71 @@ fn reviewed_writes_wait_for_an_approver_and_every_statement_is_audited() {
         "{records:#?}"
     );
     up.stop();
+}
+
+#[test]
+fn a_write_over_its_row_limit_is_rolled_back_and_held_for_review() {
+    let db = "review_over_limit";
+    with_shared_pg(|c| {
+        create_app_database(c, db);
+        c.psql_as(
+            common::gateway::APP_USER,
+            APP_PASSWORD,
+            db,
+            "CREATE TABLE items (id int PRIMARY KEY, v text);
+             INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 5) g;",
+        )
+        .expect("seeding");
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let up = start_up(dir.path(), &dataplane_yaml());
+    let conn = "review_over_limit";
+    let v = up.served.apply_yaml(&document(conn, db)).expect("apply");
+    assert!(up.wait_for_version(v, Duration::from_secs(10)));
+    let api = up.served.addr;
+    let admin = up.served.admin_token.clone().expect("admin token");
+    let (s, tok) = http(
+        api,
+        "POST",
+        "/v1/tokens",
+        &admin,
+        Some(r#"{"name": "alice", "role": "approver"}"#),
+    );
+    assert!(s == 200 || s == 201, "{tok}");
+    let alice = tok["token"].as_str().expect("token").to_owned();
+    let port = up.dataplane.local_addr().port();
+    let cs = format!(
+        "host=127.0.0.1 port={port} user=agent password='{CAPPED}' dbname={conn} sslmode=disable"
+    );
+    let rt = runtime();
+    let client = rt.block_on(connect(&cs));
+    let all = "UPDATE items SET v = 'all' WHERE id > 0";
+    // Within the limit: runs, no review.
+    rt.block_on(client.simple_query("UPDATE items SET v = 'one' WHERE id = 1"))
+        .expect("within the limit");
+    assert_eq!(backend_value(db, 1), "one");
+    // Over it: rolled back, held for review, the id in the error.
+    let e = rt.block_on(client.simple_query(all)).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e:?}");
+    let id = pending_review(api, &alice, "agent-capped");
+    assert!(format!("{e:?}").contains(&id), "{e:?}");
+    assert!(
+        format!("{e:?}").contains("more than the limit of 2"),
+        "{e:?}"
+    );
+    assert_eq!(backend_value(db, 2), "v2", "rolled back");
+    let (s, body) = http(
+        api,
+        "POST",
+        &format!("/v1/reviews/{id}/approve"),
+        &alice,
+        None,
+    );
+    assert_eq!(s, 200, "{body}");
+    // Sent again after approval: runs once without the limit.
+    rt.block_on(client.simple_query(all))
+        .expect("the approved write runs");
+    for id in 1..=5 {
+        assert_eq!(backend_value(db, id), "all");
+    }
 }

@@ -85,7 +85,7 @@ pub struct CoreCtx {
     sessions: Rc<RefCell<SessionRegistry>>,
     statements: RefCell<StatementRegistry>,
     /// Verdicts by statement text and policy version.
-    pub verdicts: RefCell<sluice_policy::VerdictCache>,
+    pub verdicts: RefCell<crate::session::Verdicts>,
     /// The backend catalogs masking resolves columns with, by connection.
     pub catalogs: Catalogs,
     /// Log lines for rejected tokens (a client can send them at any rate).
@@ -108,7 +108,7 @@ impl CoreCtx {
             pools: RefCell::new(HashMap::new()),
             sessions: Rc::new(RefCell::new(SessionRegistry::default())),
             statements: RefCell::new(StatementRegistry::new(id)),
-            verdicts: RefCell::new(sluice_policy::VerdictCache::new(VERDICT_CACHE_SIZE)),
+            verdicts: RefCell::new(crate::session::Verdicts::new(VERDICT_CACHE_SIZE)),
             catalogs: Catalogs::default(),
             auth_log: crate::loglimit::LogLimiter::new(
                 AUTH_LOG_LINES_PER_SECOND,

@@ -73,6 +73,9 @@ pub enum Delivery {
     Swallow,
     /// The proxy answered it without the server (ParseComplete or CloseComplete).
     Synthesize,
+    /// The proxy sent it in place of part of a simple Query: the client gets the answer as a
+    /// simple Query's (a RowDescription, never a NoData).
+    AsSimple,
     /// The proxy sent a stand-in that fails on the server (a denied statement): the server's
     /// error is replaced by the proxy's, and everything else (ReadyForQuery with the real
     /// transaction status, the skip to Sync) is the server's own.
@@ -128,6 +131,12 @@ impl Tracker {
     /// True when every request sent has been answered.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Whether the server discards what it gets until the next Sync (an extended-protocol
+    /// error came and no Sync was sent since).
+    pub fn skipping(&self) -> bool {
+        self.skipping
     }
 
     /// Number of requests awaiting answers.
@@ -289,7 +298,9 @@ impl Tracker {
         }
         let verdict = if tag == ERROR_RESPONSE {
             on_error
-        } else if delivery == Delivery::Swallow {
+        } else if delivery == Delivery::Swallow
+            || (delivery == Delivery::AsSimple && tag == NO_DATA)
+        {
             Verdict::Drop
         } else {
             Verdict::Forward

@@ -26,6 +26,9 @@ pub const AUDITOR_TOKEN: &str = "auditor-token-1a2b3c4d";
 pub const OUTSIDER_TOKEN: &str = "outsider-token-5e6f7a8b";
 /// Static token of `masked-1` (group `maskees`: role `masked`, policy `masked`).
 pub const MASKED_TOKEN: &str = "masked-token-3c5e7a9b";
+/// Static token of `capped-1` (group `capped`: role `capped`, policy `capped`: reads and
+/// writes, at most 3 rows per UPDATE, DELETE or MERGE; `secrets.value` masked).
+pub const CAPPED_TOKEN: &str = "capped-token-7d1f3b5a";
 /// HS256 secret of the issuer [`JWT_ISSUER`].
 pub const JWT_SECRET: &str = "0123456789abcdef0123456789abcdef";
 /// The trusted JWT issuer.
@@ -173,6 +176,7 @@ auth:
     - {{ token: {auditor}, subject: auditor-1, groups: [auditors] }}
     - {{ token: {outsider}, subject: outsider-1, groups: [visitors] }}
     - {{ token: {masked}, subject: masked-1, groups: [maskees] }}
+    - {{ token: {capped}, subject: capped-1, groups: [capped] }}
   jwt:
     - issuer: {JWT_ISSUER}
       audience: [{JWT_AUDIENCE}]
@@ -201,6 +205,10 @@ roles:
     groups: [maskees]
     connections: {{ {CONN}: app }}
     policy: masked
+  - name: capped
+    groups: [capped]
+    connections: {{ {CONN}: app }}
+    policy: capped
 policies:
   # The relay tests run everything a client may send; the built-in denials still apply.
   - name: unrestricted
@@ -212,6 +220,12 @@ policies:
   - name: read-only
     classes: {{ allow: [read, transaction, session] }}
     tables: {{ deny: [public.secrets] }}
+  # What the blast-radius tests probe: writes that affect more than 3 rows are rolled back.
+  - name: capped
+    classes: {{ allow: [read, write, transaction, session] }}
+    max_affected_rows: 3
+    masking:
+      - {{ columns: [public.secrets.value], strategy: redact }}
   # What the masking tests probe: customers' secrets masked by column, inet by type, and
   # detectors on every text; writes allowed (so a denial is the masking's, not the classes').
   - name: masked
@@ -232,6 +246,7 @@ policies:
         auditor = yaml_str(AUDITOR_TOKEN),
         outsider = yaml_str(OUTSIDER_TOKEN),
         masked = yaml_str(MASKED_TOKEN),
+        capped = yaml_str(CAPPED_TOKEN),
         secret = yaml_str(JWT_SECRET),
         port = pg_port,
         database = yaml_str(&opts.database),

@@ -7,10 +7,10 @@ use std::hash::BuildHasher;
 
 use crate::evaluate::Verdict;
 
-struct Slot {
+struct Slot<V> {
     policy: u64,
     text: Box<str>,
-    verdict: Verdict,
+    verdict: V,
     /// CLOCK's reference bit: set on every hit, cleared as the hand passes.
     referenced: Cell<bool>,
 }
@@ -21,18 +21,19 @@ struct Slot {
 /// snapshot version, so a new snapshot never sees an old verdict). The full text is compared
 /// on every hit: a hash collision can only cause a miss, never a wrong verdict. Bounded to
 /// `capacity` entries, evicting with CLOCK (an LRU approximation without list updates on hits);
-/// texts longer than `max_text` bytes are not cached.
-pub struct VerdictCache {
+/// texts longer than `max_text` bytes are not cached. The value is a [`Verdict`] unless the
+/// caller keeps more per text (the data plane adds what it must do around the statement).
+pub struct VerdictCache<V = Verdict> {
     hasher: RandomState,
     /// Hash of (policy, text) → slot index. On a hash collision the newer entry wins.
     index: HashMap<u64, usize>,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<V>>,
     capacity: usize,
     max_text: usize,
     hand: usize,
 }
 
-impl VerdictCache {
+impl<V: Clone> VerdictCache<V> {
     /// A cache of at most `capacity` verdicts (at least 1) for texts up to 8 KiB.
     pub fn new(capacity: usize) -> Self {
         Self::with_max_text(capacity, 8 * 1024)
@@ -56,7 +57,7 @@ impl VerdictCache {
     }
 
     /// The cached verdict for `text` under the policy with `policy_key`, if any.
-    pub fn get(&self, policy_key: u64, text: &str) -> Option<&Verdict> {
+    pub fn get(&self, policy_key: u64, text: &str) -> Option<&V> {
         let i = *self.index.get(&self.key(policy_key, text))?;
         let slot = &self.slots[i];
         if slot.policy == policy_key && &*slot.text == text {
@@ -68,7 +69,7 @@ impl VerdictCache {
     }
 
     /// Remembers a verdict (ignored for texts longer than the limit).
-    pub fn insert(&mut self, policy_key: u64, text: &str, verdict: Verdict) {
+    pub fn insert(&mut self, policy_key: u64, text: &str, verdict: V) {
         if text.len() > self.max_text {
             return;
         }
@@ -113,8 +114,8 @@ impl VerdictCache {
         &mut self,
         policy_key: u64,
         text: &str,
-        compute: impl FnOnce() -> Verdict,
-    ) -> Verdict {
+        compute: impl FnOnce() -> V,
+    ) -> V {
         if let Some(v) = self.get(policy_key, text) {
             return v.clone();
         }
@@ -155,7 +156,7 @@ mod tests {
 
     #[test]
     fn keyed_by_text_and_policy() {
-        let mut c = VerdictCache::new(4);
+        let mut c: VerdictCache = VerdictCache::new(4);
         c.insert(1, "SELECT 1", Verdict::Allow);
         assert_eq!(c.get(1, "SELECT 1"), Some(&Verdict::Allow));
         assert_eq!(c.get(2, "SELECT 1"), None);
@@ -167,7 +168,7 @@ mod tests {
 
     #[test]
     fn bounded_and_keeps_hot_entries() {
-        let mut c = VerdictCache::new(3);
+        let mut c: VerdictCache = VerdictCache::new(3);
         for i in 0..3 {
             c.insert(1, &format!("q{i}"), deny(i));
         }
@@ -192,7 +193,7 @@ mod tests {
 
     #[test]
     fn long_texts_are_not_cached() {
-        let mut c = VerdictCache::with_max_text(4, 10);
+        let mut c: VerdictCache = VerdictCache::with_max_text(4, 10);
         c.insert(1, "SELECT 12345678", Verdict::Allow);
         assert!(c.is_empty());
     }

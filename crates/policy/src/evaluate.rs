@@ -179,6 +179,9 @@ pub fn judge_with<'a>(
         policy,
         review: None,
     };
+    if let Err(deny) = countable(policy, analysis) {
+        return deny;
+    }
     let result = match analysis {
         Analysis::Unparsed { reason, do_block } => {
             if *do_block {
@@ -212,6 +215,45 @@ pub fn judge_with<'a>(
             None => Verdict::Allow,
         },
     }
+}
+
+/// Whether the server's command tag for `s` counts the rows it affects: UPDATE, DELETE and
+/// MERGE (also after a reading WITH), and an `EXECUTE` (of what may be one of them).
+fn counted_write(s: &StatementFacts) -> bool {
+    matches!(s.tag, "UPDATE" | "DELETE" | "MERGE") || matches!(s.kind, Kind::Execute { .. })
+}
+
+/// The limit on affected rows the data plane must enforce for a text the policy allows:
+/// `Some` when the policy sets `max_affected_rows` and the text is a counted write.
+pub fn affected_rows_limit(policy: &Policy, analysis: &Analysis) -> Option<u64> {
+    let (max, _) = policy.max_affected_rows()?;
+    match analysis {
+        Analysis::Statements(v) if v.iter().any(counted_write) => Some(max),
+        _ => None,
+    }
+}
+
+/// Under `max_affected_rows`, writes whose rows the data plane cannot count are denied: a
+/// write inside WITH or EXPLAIN ANALYZE (the command tag counts something else), and a
+/// counted write among other statements of one text (the limit is enforced per statement).
+fn countable(policy: &Policy, analysis: &Analysis) -> Result<(), Verdict> {
+    let (Some((max, _)), Analysis::Statements(v)) = (policy.max_affected_rows(), analysis) else {
+        return Ok(());
+    };
+    let why = if v.iter().any(|s| s.data_modifying_cte) {
+        "a data-modifying statement inside WITH"
+    } else if v.iter().any(|s| s.explain_analyze_write) {
+        "EXPLAIN ANALYZE of a write"
+    } else if v.len() > 1 && v.iter().any(counted_write) {
+        "an UPDATE, DELETE or MERGE sent with other statements in one query (send it on its own)"
+    } else {
+        return Ok(());
+    };
+    let rule = RuleId::new(format!("{}/max_affected_rows", policy.name()));
+    let message = format!(
+        "sluice: denied by rule \"{rule}\": {why} affects rows the gateway cannot count against the limit of {max}"
+    );
+    Err(Verdict::Deny { rule, message })
 }
 
 /// Judges one statement's facts (for the data plane's extended-protocol paths).

@@ -23,7 +23,9 @@ pub use analyze::{
     SessionState, StatementFacts, MAX_SQL_BYTES, RECURSION_LIMIT,
 };
 pub use cache::VerdictCache;
-pub use evaluate::{judge, judge_statement, judge_with, Verdict, BUILTIN_DENIED_FUNCTIONS};
+pub use evaluate::{
+    affected_rows_limit, judge, judge_statement, judge_with, Verdict, BUILTIN_DENIED_FUNCTIONS,
+};
 pub use glob::{Case, Glob, GlobError};
 pub use lineage::{
     mask_plan, origin_rule, type_rule, Catalog, Column, Function, MaskPlan, RelKind, Relation,
@@ -31,6 +33,6 @@ pub use lineage::{
 };
 pub use model::{
     AllowList, ClassDecision, ClassSet, DenyEntry, Detector, DetectorSensitivity, FunctionDeny,
-    Keep, MaskRule, MaskStrategy, NameTarget, Policy, PolicyError, PolicySet, ReviewSettings,
-    RuleId, RuleKind, StatementClass,
+    Keep, MaskRule, MaskStrategy, NameTarget, OverLimit, Policy, PolicyError, PolicySet,
+    ReviewSettings, RuleId, RuleKind, StatementClass,
 };

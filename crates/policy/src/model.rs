@@ -406,6 +406,24 @@ pub struct MaskRule {
     pub deny_predicates: bool,
 }
 
+/// What happens to a write that affects more rows than `max_affected_rows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverLimit {
+    /// Rolled back, and the client gets 42501 naming the limit (the default).
+    #[default]
+    Deny,
+    /// Rolled back, and sent to an approver's review; once approved, the same text runs
+    /// without the limit.
+    Review,
+}
+
+impl OverLimit {
+    fn is_deny(&self) -> bool {
+        *self == Self::Deny
+    }
+}
+
 /// One role's policy, validated and immutable. [`Policy::deny_all`] is the policy of a role
 /// without one, and of every role when the document is invalid.
 ///
@@ -451,6 +469,11 @@ pub struct Policy {
     #[serde(default = "document::yes", skip_serializing_if = "is_true")]
     pub(crate) allow_merge: bool,
     pub(crate) max_rows: Option<u64>,
+    /// Absent from snapshots while unset, so their hashes do not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_affected_rows: Option<u64>,
+    #[serde(default, skip_serializing_if = "OverLimit::is_deny")]
+    pub(crate) over_limit: OverLimit,
     pub(crate) review: ReviewSettings,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) masking: Vec<MaskRule>,
@@ -482,6 +505,8 @@ impl Policy {
             allow_unparsed: false,
             allow_merge: false,
             max_rows: None,
+            max_affected_rows: None,
+            over_limit: OverLimit::Deny,
             review: ReviewSettings::default(),
             masking: Vec::new(),
         }
@@ -522,6 +547,12 @@ impl Policy {
     /// The most rows a statement may return; the data plane enforces it on results.
     pub fn max_rows(&self) -> Option<u64> {
         self.max_rows
+    }
+
+    /// The most rows one UPDATE, DELETE or MERGE may affect, and what happens to one that
+    /// affects more; the data plane counts them from the server's command tag.
+    pub fn max_affected_rows(&self) -> Option<(u64, OverLimit)> {
+        self.max_affected_rows.map(|n| (n, self.over_limit))
     }
 
     /// Review settings.

@@ -1,7 +1,7 @@
 //! Guardrails that must neither over-block nor under-block: writes behind a WITH, MERGE under
 //! the require-WHERE rule, and the built-in function list a policy can lift by name.
 
-use sluice_policy::{analyze, judge, Policy, PolicySet, Verdict};
+use sluice_policy::{affected_rows_limit, analyze, judge, OverLimit, Policy, PolicySet, Verdict};
 
 const DOC: &str = r#"
 policies:
@@ -319,4 +319,53 @@ fn set_config_is_judged_like_set() {
             "SELECT set_config('role', 'postgres', false)",
         ],
     );
+}
+
+#[test]
+fn max_affected_rows_counts_updates_deletes_and_merges_alone() {
+    let doc = "policies:\n  - name: capped\n    classes: {allow: [read, write]}\n    allow_data_modifying_cte: true\n    allow_explain_analyze_write: true\n    max_affected_rows: 10\n";
+    let p = policy_in(doc, "capped");
+    assert_eq!(p.max_affected_rows(), Some((10, OverLimit::Deny)));
+    for sql in [
+        "UPDATE orders SET n = 1 WHERE id > 0",
+        "DELETE FROM orders WHERE id IS NOT NULL",
+        "WITH s AS (SELECT 1 AS id) UPDATE orders SET n = 0 FROM s WHERE orders.id = s.id",
+        "MERGE INTO orders t USING incoming s ON t.id = s.id WHEN MATCHED THEN DELETE",
+    ] {
+        assert_eq!(verdict(&p, sql), Verdict::Allow, "{sql}");
+        assert_eq!(affected_rows_limit(&p, &analyze(sql)), Some(10), "{sql}");
+    }
+    for sql in ["SELECT 1", "INSERT INTO orders (id) VALUES (1)"] {
+        assert_eq!(affected_rows_limit(&p, &analyze(sql)), None, "{sql}");
+    }
+    // Writes whose rows the command tag does not count are refused under a limit.
+    denied_by(
+        &p,
+        "capped/max_affected_rows",
+        &[
+            "WITH d AS (DELETE FROM orders WHERE id > 0 RETURNING id) SELECT count(*) FROM d",
+            "EXPLAIN ANALYZE DELETE FROM orders WHERE id > 0",
+            "UPDATE orders SET n = 1 WHERE id > 0; SELECT 1",
+        ],
+    );
+    // Without a limit, nothing changes.
+    let p = policy("agent");
+    assert_eq!(
+        affected_rows_limit(&p, &analyze("DELETE FROM orders WHERE id = 1")),
+        None
+    );
+}
+
+#[test]
+fn over_limit_takes_deny_or_review_and_needs_a_limit() {
+    let doc = "policies:\n  - name: capped\n    classes: {allow: [write]}\n    max_affected_rows: 0\n    over_limit: review\n";
+    let p = policy_in(doc, "capped");
+    assert_eq!(p.max_affected_rows(), Some((0, OverLimit::Review)));
+    let bad =
+        "policies:\n  - name: capped\n    classes: {allow: [write]}\n    over_limit: review\n";
+    let err = PolicySet::from_yaml(bad, 1).unwrap_err().to_string();
+    assert!(err.contains("policies[0].over_limit"), "{err}");
+    let bad = "policies:\n  - name: capped\n    max_affected_rows: 5\n    over_limit: warn\n";
+    let err = PolicySet::from_yaml(bad, 1).unwrap_err().to_string();
+    assert!(err.contains("expected deny or review"), "{err}");
 }

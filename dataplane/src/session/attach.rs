@@ -193,6 +193,8 @@ impl Session {
         let told = st.server.last_forwarded_tag == bmsg::ERROR_RESPONSE;
         let abandoned = st.out.closing;
         drop(st);
+        // A client reader waiting for a guarded write's answer stops waiting.
+        self.wake.guard();
         self.slot.set(None);
         if abandoned {
             // finish() shut the socket down on purpose.

@@ -16,6 +16,15 @@ pub(super) struct Audit {
     bytes: i64,
 }
 
+impl Audit {
+    /// The request ran but was refused afterwards (and rolled back).
+    pub(super) fn deny(&mut self, rule: &str, message: &str) {
+        self.record.verdict = "deny".into();
+        self.record.rule_id = Some(rule.to_owned());
+        self.record.error = Some(message.to_owned());
+    }
+}
+
 impl Session {
     /// A record for this session's audit trail.
     fn audit_record(&self, statement: &str, verdict: &str, rule: Option<&str>) -> AuditRecord {

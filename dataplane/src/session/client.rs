@@ -32,6 +32,8 @@ pub(super) struct Statements {
     pub(super) parse_tags: HashMap<u64, String>,
     /// Portal texts, for audit records (only when auditing).
     pub(super) portal_sql: HashMap<String, Rc<str>>,
+    /// Portals whose writes are limited by `max_affected_rows`: the limit, and the text.
+    pub(super) portal_limits: HashMap<String, (u64, Rc<str>)>,
 }
 
 /// A statement this session parsed in the extended protocol.
@@ -49,6 +51,8 @@ struct Parsed {
     /// Let through by a review approval: one Bind may use it, later ones are judged again.
     reviewed: bool,
     approved_binds: u8,
+    /// The most rows it may affect (`max_affected_rows`), when it is a counted write.
+    limit: Option<u64>,
 }
 
 impl State {
@@ -187,6 +191,10 @@ impl Session {
                 terminated = true;
                 break;
             }
+            if st.guard.as_ref().is_some_and(super::guard::Guard::waiting) {
+                // The rest waits for the guarded write's count.
+                break;
+            }
         }
         split_run(buf, &mut pos, &mut chunks);
         Ok((chunks, terminated))
@@ -227,7 +235,9 @@ impl Session {
             FrontendMessage::Describe { kind, name } => {
                 Some(self.on_describe(st, pass, kind, name))
             }
-            FrontendMessage::Execute { portal, .. } => Some(self.on_execute(st, pass, portal)),
+            FrontendMessage::Execute { portal, max_rows } => {
+                Some(self.on_execute(st, pass, portal, max_rows, frame))
+            }
             FrontendMessage::Close { kind, name } => Some(self.on_close(st, pass, kind, name)),
             FrontendMessage::Sync => {
                 self.ctx.metrics.queries.inc();
@@ -274,7 +284,13 @@ impl Session {
         st.review.passed = false;
         self.ctx.metrics.queries.inc();
         match judged {
-            Ok(plan) => {
+            Ok((plan, Some(max))) if !st.tracker.skipping() => {
+                let Pass { synth, unprepared } = pass;
+                Some(Send::Instead(
+                    self.guarded_query(st, unprepared, synth, sql, max, plan),
+                ))
+            }
+            Ok((plan, _)) => {
                 pass.push(&mut st.tracker, Request::Simple, Delivery::Forward, None);
                 let mut tag = 0;
                 if let (Some(plan), Some(mk)) = (plan, st.masker.as_mut()) {
@@ -301,13 +317,17 @@ impl Session {
         param_types: &[u8],
     ) -> Option<Send> {
         let txn = self.mode == PoolMode::Transaction;
-        let denial = if name.starts_with("sluice") {
-            Some(self.denial(
+        let judged = if name.starts_with("sluice") {
+            Err(self.denial(
                 "builtin/reserved-name",
                 "statement names starting with \"sluice\" are reserved for the gateway",
             ))
         } else {
             self.judge_statement(st, name, query)
+        };
+        let (denial, limit) = match judged {
+            Ok(limit) => (None, limit),
+            Err(denial) => (Some(denial), None),
         };
         if st.review.needed.is_some() {
             return None;
@@ -332,6 +352,7 @@ impl Session {
                 reparse: (txn && name.is_empty()).then(|| param_types.into()),
                 reviewed,
                 approved_binds: u8::from(reviewed),
+                limit,
             },
         );
         if !txn || name.is_empty() {
@@ -393,16 +414,32 @@ impl Session {
             Some(p) if p.judged_in != generation => Some(p.sql.clone()),
             Some(_) => None,
         };
-        let denial = stale.and_then(|text| self.judge_statement(st, statement, &text));
+        let judged = stale.map(|text| self.judge_statement(st, statement, &text));
         if st.review.needed.is_some() {
             return None;
         }
         let reviewed = std::mem::take(&mut st.review.passed);
-        if let Some(error) = denial {
-            return Some(deny_bind(st, &bind, error));
-        }
+        let limit = match judged {
+            Some(Err(error)) => return Some(deny_bind(st, &bind, error)),
+            Some(Ok(limit)) => Some(limit),
+            None => None,
+        };
         if let Some(p) = st.stmts.parsed.get_mut(statement) {
             p.judged_in = generation;
+            if let Some(limit) = limit {
+                p.limit = limit;
+            }
+            let limits = &mut st.stmts.portal_limits;
+            match p.limit {
+                Some(max) => {
+                    limits.insert(portal.to_owned(), (max, p.sql.clone()));
+                }
+                // Without a limit in the policy the map stays empty: no lookup per Bind.
+                None if !limits.is_empty() => {
+                    limits.remove(portal);
+                }
+                None => {}
+            }
             if p.reviewed {
                 // This Bind uses the approval (or the one just given).
                 p.approved_binds = p.approved_binds.saturating_sub(1);
@@ -496,10 +533,44 @@ impl Session {
         send
     }
 
-    /// An Execute: its rows go to the portal's masking job and its audit record.
-    fn on_execute(&self, st: &mut State, pass: &mut Pass, portal: &str) -> Send {
+    /// An Execute: its rows go to the portal's masking job and its audit record. A portal
+    /// whose write is limited runs alone, answered at once (a Flush), and what follows it
+    /// waits for its count ([`super::guard`]); fetched in parts it is refused, since its
+    /// count would come only with the last part.
+    fn on_execute(
+        &self,
+        st: &mut State,
+        pass: &mut Pass,
+        portal: &str,
+        max_rows: i32,
+        frame: &[u8],
+    ) -> Send {
+        let limits = &st.stmts.portal_limits;
+        let limit = if limits.is_empty() {
+            None
+        } else {
+            limits.get(portal).cloned()
+        };
+        if let (Some((max, _)), true) = (&limit, max_rows != 0) {
+            let rule = format!("{}/max_affected_rows", st.judge.policy().name());
+            let error = self.denial(
+                &rule,
+                &format!("sluice: denied by rule \"{rule}\": a write limited to {max} affected rows cannot be fetched in parts (Execute with a row limit)"),
+            );
+            let mut b = BytesMut::with_capacity(32);
+            encode::bind_with_statement(&mut b, "", DENIED_STATEMENT, &[0; 6]);
+            st.tracker.push_replacing(Request::Execute, error);
+            return Send::Instead(b);
+        }
         pass.push(&mut st.tracker, Request::Execute, Delivery::Forward, None);
         let tag = st.masker.as_mut().map_or(0, |mk| mk.job_execute(portal));
+        if let (Some((max, sql)), false) = (limit, st.tracker.skipping()) {
+            self.guard_last(st, tag, &sql, max, false);
+            let mut b = BytesMut::with_capacity(frame.len() + 5);
+            b.extend_from_slice(frame);
+            encode::flush(&mut b);
+            return Send::Instead(b);
+        }
         let sql = st.stmts.portal_sql.get(portal).cloned();
         self.audit_request(st, tag, sql.as_deref().unwrap_or(""));
         Send::AsIs

@@ -30,6 +30,10 @@ const RESERVED: (&str, &str) = (
     "statement names starting with \"sluice\" are reserved for the gateway",
 );
 
+/// What the core caches per text: the verdict, and the most rows it may affect (see
+/// [`super::guard`]).
+pub(crate) type Verdicts = VerdictCache<(Verdict, Option<u64>)>;
+
 /// A session's statement judge: the role's policy, and the SQL-level prepared statements
 /// (`PREPARE name AS ...`) that `EXECUTE name` is judged by.
 pub(super) struct Judge {
@@ -50,6 +54,9 @@ pub(super) struct Judgement {
     /// Session state the text leaves on its server connection (see [`super::pin`]). Texts
     /// with any are never cached, so a cached verdict means none.
     pub(super) session_state: Vec<SessionState>,
+    /// The most rows the text may affect, when the policy limits them and it is a write the
+    /// server's command tag counts.
+    pub(super) limit: Option<u64>,
 }
 
 /// A verdict on a text.
@@ -97,7 +104,7 @@ impl Judge {
 
     /// The verdict on a text, cached in `cache`. Texts that PREPARE, EXECUTE or DEALLOCATE
     /// depend on the session's prepared statements: judged each time, never cached.
-    pub(super) fn judge(&mut self, cache: &mut VerdictCache, sql: &str) -> Judgement {
+    pub(super) fn judge(&mut self, cache: &mut Verdicts, sql: &str) -> Judgement {
         let key = self.policy.cache_key();
         let mut plan_key = None;
         // The exact text first: constant texts (extended protocol) never pay for the lexer.
@@ -114,12 +121,13 @@ impl Judge {
                 v
             }
         };
-        if let Some(v) = cached {
+        if let Some((v, limit)) = cached {
             return Judgement {
                 verdict: Judged::Policy(v),
                 plan_key,
                 ended: Vec::new(),
                 session_state: Vec::new(),
+                limit,
             };
         }
         let analysis = sluice_policy::analyze(sql);
@@ -130,6 +138,7 @@ impl Judge {
             return judgement;
         }
         let verdict = sluice_policy::judge(&self.policy, &analysis);
+        let limit = sluice_policy::affected_rows_limit(&self.policy, &analysis);
         if !session_state.is_empty() {
             // Judged every time: the session must see the state it creates.
             return Judgement {
@@ -137,21 +146,23 @@ impl Judge {
                 plan_key: None,
                 ended: Vec::new(),
                 session_state,
+                limit,
             };
         }
         match shape {
             // Statements that differ only in constants share the verdict.
             Some(s) if literal_independent(&analysis) => {
-                cache.insert(key, &s, verdict.clone());
+                cache.insert(key, &s, (verdict.clone(), limit));
                 plan_key = Some(s);
             }
-            _ => cache.insert(key, sql, verdict.clone()),
+            _ => cache.insert(key, sql, (verdict.clone(), limit)),
         }
         Judgement {
             verdict: Judged::Policy(verdict),
             plan_key,
             ended: Vec::new(),
             session_state: Vec::new(),
+            limit,
         }
     }
 
@@ -162,6 +173,7 @@ impl Judge {
             plan_key: None,
             ended: Vec::new(),
             session_state: Vec::new(),
+            limit: sluice_policy::affected_rows_limit(&self.policy, analysis),
         };
         if let Analysis::Statements(v) = analysis {
             if v.iter()
@@ -248,6 +260,18 @@ fn literal_independent(analysis: &Analysis) -> bool {
     }
 }
 
+/// The verdict on a text that went over `max_affected_rows` before, under `over_limit:
+/// review`: a review, whose approval lets it run once without the limit.
+fn over_limit_review(policy: &Policy, max: u64) -> Verdict {
+    let rule = format!("{}/max_affected_rows", policy.name());
+    Verdict::Review {
+        message: format!(
+            "sluice: review required by rule \"{rule}\": the statement affected more than {max} rows when it last ran"
+        ),
+        rule: sluice_policy::RuleId::new(rule),
+    }
+}
+
 /// The error PostgreSQL gives for a Bind to a statement that does not exist (26000).
 pub(super) fn no_such_statement(name: &str) -> Bytes {
     let message = if name.is_empty() {
@@ -272,8 +296,8 @@ pub(super) fn stand_in_query() -> BytesMut {
 
 impl Session {
     /// The policy's verdict on a statement text: `None` when allowed, else the
-    /// ErrorResponse the client gets.
-    fn judge(&self, st: &mut State, sql: &str) -> (Option<Bytes>, Option<String>) {
+    /// ErrorResponse the client gets; the plan key, and the limit on rows it may affect.
+    fn judge(&self, st: &mut State, sql: &str) -> (Option<Bytes>, Option<String>, Option<u64>) {
         let judgement = st.judge.judge(&mut self.ctx.verdicts.borrow_mut(), sql);
         for ended in judgement.ended {
             match ended {
@@ -287,13 +311,22 @@ impl Session {
                 Ended::All => st.forget_all_statements(),
             }
         }
-        let response = match judgement.verdict {
+        let mut verdict = judgement.verdict;
+        if let (Judged::Policy(Verdict::Allow), Some(max)) = (&verdict, judgement.limit) {
+            if st.review.over_limit.contains(sql) {
+                verdict = Judged::Policy(over_limit_review(st.judge.policy(), max));
+            }
+        }
+        let response = match verdict {
             Judged::Reserved => Some(self.denial(RESERVED.0, RESERVED.1)),
             Judged::Policy(verdict) => self.verdict_response(st, sql, verdict),
         };
         // What the policy allows may still need a server connection kept for the client.
         let response = response.or_else(|| self.pin_or_refuse(st, sql, &judgement.session_state));
-        (response, judgement.plan_key)
+        // An approval of a text held for going over the limit lets it run once without it.
+        let lifted = response.is_none() && st.review.passed && st.review.over_limit.remove(sql);
+        let limit = judgement.limit.filter(|_| !lifted);
+        (response, judgement.plan_key, limit)
     }
 
     /// What the client gets for a verdict (see [`Session::review_verdict`] for reviews).
@@ -310,31 +343,33 @@ impl Session {
         }
     }
 
-    /// The verdict and, if allowed, the masking plan of a text: `Err` with the client's
-    /// ErrorResponse when either denies it.
+    /// The verdict and, if allowed, the masking plan of a text and the most rows it may
+    /// affect: `Err` with the client's ErrorResponse when either denies it.
     pub(super) fn judge_and_plan(
         &self,
         st: &mut State,
         sql: &str,
-    ) -> Result<Option<Rc<MaskPlan>>, Bytes> {
+    ) -> Result<(Option<Rc<MaskPlan>>, Option<u64>), Bytes> {
         match self.judge(st, sql) {
-            (Some(denial), _) => Err(denial),
-            (None, plan_key) => self.mask_plan(st, sql, plan_key),
+            (Some(denial), _, _) => Err(denial),
+            (None, plan_key, limit) => Ok((self.mask_plan(st, sql, plan_key)?, limit)),
         }
     }
 
     /// Judges the text of extended-protocol statement `name` (at Parse, or again at Bind) and
-    /// records its lineage for the portals bound to it; the denial, if any.
-    pub(super) fn judge_statement(&self, st: &mut State, name: &str, sql: &str) -> Option<Bytes> {
-        match self.judge_and_plan(st, sql) {
-            Ok(plan) => {
-                if let (Some(plan), Some(mk)) = (plan, st.masker.as_mut()) {
-                    mk.parsed(name, &plan);
-                }
-                None
-            }
-            Err(denial) => Some(denial),
+    /// records its lineage for the portals bound to it: the most rows it may affect, or the
+    /// denial.
+    pub(super) fn judge_statement(
+        &self,
+        st: &mut State,
+        name: &str,
+        sql: &str,
+    ) -> Result<Option<u64>, Bytes> {
+        let (plan, limit) = self.judge_and_plan(st, sql)?;
+        if let (Some(plan), Some(mk)) = (plan, st.masker.as_mut()) {
+            mk.parsed(name, &plan);
         }
+        Ok(limit)
     }
 
     /// The masking plan of an allowed text, cached under `key` (else the text): `Ok(None)`

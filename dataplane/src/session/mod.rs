@@ -15,7 +15,8 @@
 //!
 //! No read is ever dropped while in flight: a reader stops only between reads.
 //!
-//! What the policy says about a statement is [`judge`]'s; holding a statement for an
+//! What the policy says about a statement is [`judge`]'s, holding a write to its row limit
+//! [`guard`]'s; holding a statement for an
 //! approver is [`review`]'s, and the session's audit records are [`audit`]'s. Keeping the
 //! server of a transaction-pooled client whose statements left session state on it is
 //! [`pin`]'s.
@@ -23,6 +24,7 @@
 mod attach;
 mod audit;
 mod client;
+mod guard;
 mod judge;
 mod pin;
 mod relay;
@@ -56,6 +58,7 @@ use attach::ServerSlot;
 use audit::Audit;
 use client::Statements;
 use judge::Judge;
+pub(crate) use judge::Verdicts;
 use relay::{Outbox, Wakers};
 use review::ReviewState;
 
@@ -104,6 +107,8 @@ struct State {
     judge: Judge,
     /// A statement held for review, and the outcome of the last review.
     review: ReviewState,
+    /// The write limited by `max_affected_rows` that the server runs now ([`guard`]).
+    guard: Option<guard::Guard>,
     /// Transaction pooling: set once a statement left session state on the server, which the
     /// session then keeps until it ends ([`pin`]).
     pinned: Option<pin::Pinned>,
@@ -216,6 +221,7 @@ pub(crate) async fn run(
             stmts: Statements::default(),
             judge: Judge::new(policy),
             review: ReviewState::default(),
+            guard: None,
             pinned: None,
             audits: HashMap::new(),
             next_tag: OWN_TAGS,

@@ -69,6 +69,8 @@ pub(super) struct Wakers {
     server_room: Notify,
     /// The same for the client reader.
     client_room: Notify,
+    /// The client reader: the guarded write's answer came (see [`super::guard`]).
+    guard: Notify,
 }
 
 impl Wakers {
@@ -77,6 +79,17 @@ impl Wakers {
         self.writer.notify();
         self.server_room.notify();
         self.client_room.notify();
+        self.guard.notify();
+    }
+
+    /// Wakes the client reader waiting for a guarded write's answer.
+    pub(super) fn guard(&self) {
+        self.guard.notify();
+    }
+
+    /// Until [`Wakers::guard`] (or [`Wakers::all`]) is called.
+    pub(super) async fn guard_settled(&self) {
+        self.guard.notified().await;
     }
 
     /// Wakes the writer and the server reader (the client reader is done).
@@ -224,6 +237,10 @@ impl Session {
                 // On a failed write, server_lost() has told the client.
                 return;
             }
+            // A write limited by max_affected_rows: what follows it waits for its count.
+            if !self.settle_guard().await {
+                return;
+            }
             let need = self.st.borrow_mut().review.needed.take();
             if let Some(need) = need {
                 self.review(need).await;
@@ -232,7 +249,7 @@ impl Session {
     }
 
     /// Writes to the attached server. Returns false when the session is over.
-    async fn write_server(self: &Rc<Self>, chunks: Vec<Bytes>) -> bool {
+    pub(super) async fn write_server(self: &Rc<Self>, chunks: Vec<Bytes>) -> bool {
         for chunk in chunks {
             let (generation, write) = {
                 let mut st = self.st.borrow_mut();

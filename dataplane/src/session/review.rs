@@ -2,6 +2,7 @@
 //! batch before it, the client reader asks the control plane and waits (without blocking the
 //! core), and the next pass over the same message runs it once or fails it.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -32,6 +33,12 @@ pub(super) struct ReviewState {
     pub(super) approvers: Option<(String, Vec<String>)>,
     /// The statement just judged was let through by a review approval.
     pub(super) passed: bool,
+    /// Texts that went over `max_affected_rows` under `over_limit: review`: sent again, each
+    /// is judged a review, and runs once without the limit when approved.
+    pub(super) over_limit: HashSet<String>,
+    /// A write just rolled back for going over its limit, to hold for review: its text, rule
+    /// and message.
+    pub(super) hold: Option<(String, String, String)>,
 }
 
 impl Session {
@@ -225,6 +232,55 @@ impl Session {
         futures::select! {
             s = wait => Some(s),
             _ = cancelled => None,
+        }
+    }
+
+    /// Holds a write that went over its row limit (and was rolled back) for review; the
+    /// error the client gets, carrying the review's id.
+    pub(super) async fn request_over_limit_review(
+        &self,
+        sql: &str,
+        rule: &str,
+        message: &str,
+    ) -> Bytes {
+        let hint = "an approver may let this statement run once without the limit";
+        let Some(client) = self.ctx.review_client() else {
+            return super::guard::over_limit_response(
+                &format!("{message} (needs an approver's review, and this gateway has no control plane to ask)"),
+                hint,
+            );
+        };
+        let settings = self.st.borrow().judge.policy().review().clone();
+        let ticket = client
+            .request(crate::review::ReviewRequest {
+                identity: self.subject.clone(),
+                connection: self.connection.to_string(),
+                role: self.role.to_string(),
+                statement: sql.to_owned(),
+                rule_id: rule.to_owned(),
+                message: Some(message.to_owned()),
+                node_id: client.node_id().to_owned(),
+                session_id: None,
+                min_approvers: settings.min_approvers,
+                wait: false,
+                expires_in_ms: u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX),
+            })
+            .await;
+        match ticket {
+            Ok(ticket) => {
+                self.ctx.metrics.reviews_requested.inc();
+                super::guard::over_limit_response(
+                    &format!(
+                        "{message}; held for review {}: run the same statement again in this session once it is approved",
+                        ticket.id
+                    ),
+                    hint,
+                )
+            }
+            Err(e) => super::guard::over_limit_response(
+                &format!("{message} (needs an approver's review, and the control plane cannot be asked: {e})"),
+                hint,
+            ),
         }
     }
 

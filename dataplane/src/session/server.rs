@@ -154,6 +154,11 @@ impl Session {
             if mask && whole {
                 verdict = mask_message(st, job, h.tag, &mut buf[pos..pos + total], verdict);
             }
+            if st.guard.is_some() && whole {
+                if let Some(error) = self.guard_answer(st, job, h.tag, &buf[pos..pos + total]) {
+                    verdict = Verdict::Replace(error);
+                }
+            }
             self.after_message(st, job, h.tag, &buf[pos..pos + present], whole);
             let forward = verdict == Verdict::Forward;
             match verdict {
@@ -205,13 +210,16 @@ impl Session {
         if st.server.ready == Some(b'I') && st.tracker.is_idle() {
             // Portals do not outlive a transaction.
             st.stmts.portal_sql.clear();
+            st.stmts.portal_limits.clear();
         }
         if job != 0 && !st.audits.is_empty() {
             self.audit_response(st, job, tag, msg, whole);
         }
         // After the masker and the audit saw the message: requests that failed or were
         // skipped.
-        settle_failed(st);
+        for tag in settle_failed(st) {
+            self.guard_failed(st, tag);
+        }
         if job >= OWN_TAGS && !st.stmts.parse_tags.is_empty() && !st.tracker.has_job(job) {
             // The Parse was answered (ParseComplete): its name is the server's now.
             st.stmts.parse_tags.remove(&job);
@@ -322,9 +330,10 @@ fn mask_message(st: &mut State, job: u64, tag: u8, frame: &mut [u8], verdict: Ve
     verdict
 }
 
-/// Settles what the session recorded for requests that failed or were skipped.
-fn settle_failed(st: &mut State) {
-    for tag in st.tracker.take_failed_jobs() {
+/// Settles what the session recorded for requests that failed or were skipped; their tags.
+fn settle_failed(st: &mut State) -> Vec<u64> {
+    let failed = st.tracker.take_failed_jobs();
+    for &tag in &failed {
         if let Some(name) = st.stmts.parse_tags.remove(&tag) {
             st.forget_statement(&name);
         }
@@ -334,4 +343,5 @@ fn settle_failed(st: &mut State) {
         // A request that never ran leaves no record (the failure before it has its own).
         st.audits.remove(&tag);
     }
+    failed
 }

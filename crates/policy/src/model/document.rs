@@ -59,6 +59,10 @@ pub(super) struct RawPolicy {
     #[serde(default)]
     pub(super) max_rows: Option<u64>,
     #[serde(default)]
+    pub(super) max_affected_rows: Option<u64>,
+    #[serde(default)]
+    pub(super) over_limit: Option<String>,
+    #[serde(default)]
     pub(super) review: RawReview,
     #[serde(default)]
     pub(super) masking: Vec<RawMask>,
@@ -265,6 +269,8 @@ pub(super) fn build_policy(
     p.allow_unparsed = raw.allow_unparsed;
     p.allow_merge = raw.allow_merge;
     p.max_rows = raw.max_rows;
+    p.max_affected_rows = raw.max_affected_rows;
+    p.over_limit = over_limit(raw.over_limit.as_deref(), raw.max_affected_rows, path)?;
 
     p.review = build_review(&raw.review, path)?;
 
@@ -273,6 +279,24 @@ pub(super) fn build_policy(
             .push(build_mask(m, name, &format!("{path}.masking[{i}]"), i)?);
     }
     Ok(p)
+}
+
+/// `over_limit:` what happens to a write over `max_affected_rows` (only with a limit).
+fn over_limit(raw: Option<&str>, limit: Option<u64>, path: &str) -> Result<OverLimit, PolicyError> {
+    let at = format!("{path}.over_limit");
+    match (raw, limit) {
+        (None, _) => Ok(OverLimit::Deny),
+        (Some(_), None) => Err(PolicyError::invalid(
+            at,
+            "over_limit needs max_affected_rows",
+        )),
+        (Some("deny"), Some(_)) => Ok(OverLimit::Deny),
+        (Some("review"), Some(_)) => Ok(OverLimit::Review),
+        (Some(other), Some(_)) => Err(PolicyError::invalid(
+            at,
+            format!("unknown over_limit {other:?} (expected deny or review)"),
+        )),
+    }
 }
 
 /// `classes:`: unlisted means deny; a class may appear in one list only.
