@@ -149,7 +149,12 @@ fn sigterm_lets_the_open_transaction_commit_then_closes_with_57p01_and_exits_0()
         fresh
             .batch_execute("INSERT INTO drain_commit VALUES (3)")
             .await
-            .expect("the first request of a client that logged in just before the drain");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the first request of a client that logged in just before the drain: {e:?}\n{}",
+                    plane.log()
+                )
+            });
         // The idle session is closed at once, with the reason.
         let e = idle.simple_query("SELECT 1").await.unwrap_err();
         assert!(
