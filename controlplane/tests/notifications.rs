@@ -285,9 +285,38 @@ fn events_reach_the_webhook_signed_and_every_delivery_is_listed() {
 
 #[test]
 fn a_failing_receiver_is_retried_with_backoff_until_it_answers_or_attempts_run_out() {
-    std::env::set_var("SLUICE_TEST_HOOK_KEY_B", "another-key");
     let dir = tempfile::tempdir().unwrap();
-    let srv = start(&dir, |s| s.notify_attempts = 3);
+    retries(&start(&dir, |s| s.notify_attempts = 3));
+}
+
+/// The retry scenario on PostgreSQL: the same rows, queries and cursor updates.
+#[test]
+fn retries_on_postgres() {
+    let pg = match sluice_pgcluster::PgCluster::start(sluice_pgcluster::ClusterOptions::default()) {
+        Ok(pg) => pg,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: no PostgreSQL server binaries: {e:#}");
+            return;
+        }
+        Err(e) => panic!("PostgreSQL: {e:#}"),
+    };
+    pg.create_role("sluice_cp", "cp-pass").unwrap();
+    pg.create_database("sluice_cp", "sluice_cp").unwrap();
+    let url = format!(
+        "postgres://sluice_cp:cp-pass@{}:{}/sluice_cp",
+        pg.host(),
+        pg.port()
+    );
+    let mut s = settings();
+    s.notify_backoff = Duration::from_millis(200);
+    s.notify_attempts = 3;
+    let srv = Server::try_start(&url, &test_key(), s).expect("control plane on PostgreSQL");
+    retries(&srv);
+    srv.stop();
+}
+
+fn retries(srv: &Server) {
+    std::env::set_var("SLUICE_TEST_HOOK_KEY_B", "another-key");
     let (flaky, flaky_rx) = receiver(vec![500, 200]);
     let (down, down_rx) = receiver(vec![503]);
     let (s, v) = srv.apply_yaml(&document(&format!(
@@ -331,7 +360,7 @@ fn a_failing_receiver_is_retried_with_backoff_until_it_answers_or_attempts_run_o
         times[2] - times[1] > times[1] - times[0] + Duration::from_millis(100),
         "backoff doubles"
     );
-    let listed = wait_deliveries(&srv, |d| {
+    let listed = wait_deliveries(srv, |d| {
         d.len() == 2 && d.iter().all(|x| x["status"] != "pending")
     });
     let by = |name: &str| {
