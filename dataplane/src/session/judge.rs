@@ -12,6 +12,7 @@ use sluice_pgwire::sqlstate;
 use sluice_policy::lineage::MaskPlan;
 use sluice_policy::{Analysis, Kind, Policy, SessionState, StatementFacts, Verdict, VerdictCache};
 
+use super::text::Text;
 use super::{Session, State};
 
 /// What the proxy sends the server in place of a denied statement: text that fails to parse,
@@ -155,6 +156,21 @@ impl Judge {
         }
     }
 
+    /// The verdict on a text that could not be decoded from the client's encoding: that of
+    /// text that does not parse (never cached: the same bytes may decode in another encoding).
+    pub(super) fn judge_undecodable(&self, why: &str) -> Judgement {
+        let analysis = Analysis::Unparsed {
+            reason: why.to_owned(),
+            do_block: false,
+        };
+        Judgement {
+            verdict: Judged::Policy(sluice_policy::judge(&self.policy, &analysis)),
+            plan_key: None,
+            ended: Vec::new(),
+            session_state: Vec::new(),
+        }
+    }
+
     /// A text that prepares, executes or deallocates SQL-level statements.
     fn judge_stateful(&mut self, analysis: &Analysis) -> Judgement {
         let mut judgement = Judgement {
@@ -273,8 +289,12 @@ pub(super) fn stand_in_query() -> BytesMut {
 impl Session {
     /// The policy's verdict on a statement text: `None` when allowed, else the
     /// ErrorResponse the client gets.
-    fn judge(&self, st: &mut State, sql: &str) -> (Option<Bytes>, Option<String>) {
-        let judgement = st.judge.judge(&mut self.ctx.verdicts.borrow_mut(), sql);
+    fn judge(&self, st: &mut State, text: &Text<'_>) -> (Option<Bytes>, Option<String>) {
+        let judgement = match text {
+            Text::Decoded(sql) => st.judge.judge(&mut self.ctx.verdicts.borrow_mut(), sql),
+            Text::Undecodable { why, .. } => st.judge.judge_undecodable(why),
+        };
+        let sql = text.as_str();
         for ended in judgement.ended {
             match ended {
                 Ended::Prepared(name) => st.forget_statement(&name),
@@ -315,18 +335,23 @@ impl Session {
     pub(super) fn judge_and_plan(
         &self,
         st: &mut State,
-        sql: &str,
+        text: &Text<'_>,
     ) -> Result<Option<Rc<MaskPlan>>, Bytes> {
-        match self.judge(st, sql) {
+        match self.judge(st, text) {
             (Some(denial), _) => Err(denial),
-            (None, plan_key) => self.mask_plan(st, sql, plan_key),
+            (None, plan_key) => self.mask_plan(st, text, plan_key),
         }
     }
 
     /// Judges the text of extended-protocol statement `name` (at Parse, or again at Bind) and
     /// records its lineage for the portals bound to it; the denial, if any.
-    pub(super) fn judge_statement(&self, st: &mut State, name: &str, sql: &str) -> Option<Bytes> {
-        match self.judge_and_plan(st, sql) {
+    pub(super) fn judge_statement(
+        &self,
+        st: &mut State,
+        name: &str,
+        text: &Text<'_>,
+    ) -> Option<Bytes> {
+        match self.judge_and_plan(st, text) {
             Ok(plan) => {
                 if let (Some(plan), Some(mk)) = (plan, st.masker.as_mut()) {
                     mk.parsed(name, &plan);
@@ -339,15 +364,23 @@ impl Session {
 
     /// The masking plan of an allowed text, cached under `key` (else the text): `Ok(None)`
     /// when the session masks nothing, `Err` with the ErrorResponse when the text would let a
-    /// masked value out.
+    /// masked value out (or cannot be read, so its columns cannot be traced).
     fn mask_plan(
         &self,
         st: &mut State,
-        sql: &str,
+        text: &Text<'_>,
         key: Option<String>,
     ) -> Result<Option<Rc<MaskPlan>>, Bytes> {
         let Some(m) = st.masker.as_mut() else {
             return Ok(None);
+        };
+        let sql = match text {
+            Text::Decoded(sql) => sql,
+            Text::Undecodable { lossy, why } => {
+                let message = format!("sluice: {why}, so masked columns cannot be traced");
+                self.audit_denied(lossy, "masking/encoding", &message);
+                return Err(self.denial("masking/encoding", &message));
+            }
         };
         match m.plan(key.as_deref().unwrap_or(sql), sql) {
             Ok(p) => Ok(Some(p)),
