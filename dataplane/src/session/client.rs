@@ -367,6 +367,13 @@ impl Session {
                 approved_binds: u8::from(reviewed),
             },
         );
+        if !txn && !name.is_empty() {
+            let sql = match &text {
+                Text::Decoded(sql) => Some(&**sql),
+                Text::Undecodable { .. } => None,
+            };
+            st.judge.protocol_prepared(name, sql);
+        }
         if !txn || name.is_empty() {
             pass.push(&mut st.tracker, Request::Parse, Delivery::Forward, None);
             self.tag_parse(st, name);
@@ -545,6 +552,9 @@ impl Session {
     fn on_close(&self, st: &mut State, pass: &mut Pass, kind: u8, name: &str) -> Send {
         if kind == b'S' {
             st.forget_statement(name);
+            if self.mode == PoolMode::Session {
+                st.judge.protocol_closed(name);
+            }
         }
         if self.mode == PoolMode::Transaction && kind == b'S' && !name.is_empty() {
             st.stmts.pooled.remove(name);

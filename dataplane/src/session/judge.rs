@@ -91,6 +91,30 @@ impl Judge {
         self.policy = policy;
     }
 
+    /// Session pooling: a Parse named `name` was allowed. SQL-level and protocol-level
+    /// statements share one namespace on the server, so `EXECUTE name` runs this text and is
+    /// judged by its facts (until Close, DEALLOCATE or another Parse of that name). Not in
+    /// transaction pooling, where the server knows the statement by the gateway's name and
+    /// `name` may be another client's SQL-level statement.
+    pub(super) fn protocol_prepared(&mut self, name: &str, sql: Option<&str>) {
+        let facts = sql.map(sluice_policy::analyze);
+        match facts {
+            Some(Analysis::Statements(mut v)) if v.len() == 1 => {
+                if let Some(f) = v.pop() {
+                    self.sql_prepared.insert(name.to_owned(), f);
+                }
+            }
+            _ => {
+                self.sql_prepared.remove(name);
+            }
+        }
+    }
+
+    /// A protocol-level Close of statement `name`: `EXECUTE name` no longer runs anything.
+    pub(super) fn protocol_closed(&mut self, name: &str) {
+        self.sql_prepared.remove(name);
+    }
+
     /// The server forgot every prepared statement (DISCARD ALL, DEALLOCATE ALL).
     pub(super) fn forget_prepared(&mut self) {
         self.sql_prepared.clear();
