@@ -59,7 +59,7 @@ fn extended_batch() -> BytesMut {
     encode::parse(
         &mut buf,
         "s1",
-        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        b"SELECT abalance FROM pgbench_accounts WHERE aid = $1",
         &[0, 1, 0, 0, 0, 23],
     );
     let mut rest = BytesMut::new();

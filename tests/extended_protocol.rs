@@ -361,3 +361,24 @@ fn describe_of_another_clients_statement_is_refused() {
     let got = c.round_trip(&[parse("", "SELECT 1", &[]), describe_stmt(""), sync()]);
     assert_eq!(got, ["1", "t", "T", "Z"]);
 }
+
+/// Session pooling: SQL-level `EXECUTE` of a statement prepared in the protocol (asyncpg's
+/// `prepare(name=...)` then `EXECUTE name`) runs it, judged by its text, as PostgreSQL's one
+/// namespace for both allows; after its Close the name is unknown again.
+#[test]
+fn sql_execute_of_a_protocol_statement_in_session_mode() {
+    let gw = setup("ext_sql_execute", "session", 2);
+    let mut c = Raw::connect(gw.port());
+    let got = c.round_trip(&[
+        parse("foobar", "SELECT label FROM items WHERE id = $1", &[23]),
+        sync(),
+    ]);
+    assert_eq!(got, ["1", "Z"]);
+    let got = c.round_trip(&[msg(b'Q', b"EXECUTE foobar(2)\0")]);
+    assert_eq!(got, ["T", "D:two", "C", "Z"]);
+    let got = c.round_trip(&[close_stmt("foobar"), sync()]);
+    assert_eq!(got, ["3", "Z"]);
+    let got = c.round_trip(&[msg(b'Q', b"EXECUTE foobar(2)\0")]);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].starts_with("E:42501"), "{got:?}");
+}

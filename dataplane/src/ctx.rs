@@ -193,8 +193,15 @@ impl CoreCtx {
     }
 
     /// The statement for this text on this core (transaction pooling).
-    pub fn intern_statement(&self, query: &str, param_types: &[u8]) -> Rc<Statement> {
-        self.statements.borrow_mut().intern(query, param_types)
+    pub fn intern_statement(
+        &self,
+        query: &[u8],
+        encoding: crate::client_encoding::ClientEncoding,
+        param_types: &[u8],
+    ) -> Rc<Statement> {
+        self.statements
+            .borrow_mut()
+            .intern(query, encoding, param_types)
     }
 
     /// Registers a running session so that a snapshot that withdraws its access (revokes

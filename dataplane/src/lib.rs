@@ -10,6 +10,7 @@ pub mod audit;
 pub mod backend;
 pub mod cancel;
 pub mod catalog;
+pub mod client_encoding;
 pub mod config;
 pub mod ctx;
 pub mod error;

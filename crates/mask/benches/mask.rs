@@ -205,12 +205,12 @@ fn captured(c: &mut Criterion) {
         match frame[0] {
             b'T' => {
                 let rule = |_: usize, f: &sluice_mask::FieldDescription<'_>| {
-                    (f.name == "filler").then(|| Strategy::redact_fill(b'*').unwrap())
+                    (f.name == b"filler").then(|| Strategy::redact_fill(b'*').unwrap())
                 };
                 let fill =
                     RowPlan::from_row_description(frame, None, Detectors::NONE, rule).unwrap();
                 let rule = |_: usize, f: &sluice_mask::FieldDescription<'_>| {
-                    (f.name == "filler").then(|| Strategy::redact("[REDACTED]").unwrap())
+                    (f.name == b"filler").then(|| Strategy::redact("[REDACTED]").unwrap())
                 };
                 let text =
                     RowPlan::from_row_description(frame, None, Detectors::NONE, rule).unwrap();

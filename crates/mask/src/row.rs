@@ -18,8 +18,9 @@ use crate::MaskError;
 /// One field of a RowDescription, borrowed from the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FieldDescription<'a> {
-    /// Output name (an alias: never trust it for policy).
-    pub name: &'a str,
+    /// Output name (an alias: never trust it for policy), in the client's encoding, which
+    /// need not be UTF-8 (see [`FieldDescription::name_lossy`]).
+    pub name: &'a [u8],
     /// Source table OID, 0 if the column is not a plain table column.
     pub table_oid: u32,
     /// Source attribute number, 0 if none.
@@ -32,6 +33,13 @@ pub struct FieldDescription<'a> {
     pub type_modifier: i32,
     /// Format code: 0 text, 1 binary (always 0 in a Describe of a statement).
     pub format: i16,
+}
+
+impl FieldDescription<'_> {
+    /// The output name for messages and audit records (bytes not valid UTF-8 replaced).
+    pub fn name_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.name)
+    }
 }
 
 /// Iterates the fields of a RowDescription frame (header included). Each item is checked; a
@@ -79,11 +87,7 @@ pub fn row_description_fields(
         remaining -= 1;
         let parsed = (|| {
             let nul = memchr::memchr(0, rest).ok_or(malformed("missing NUL terminator"))?;
-            let name = std::str::from_utf8(&rest[..nul]).map_err(|_| {
-                MaskError::Protocol(ProtocolError::InvalidUtf8 {
-                    tag: backend::ROW_DESCRIPTION,
-                })
-            })?;
+            let name = &rest[..nul];
             let f = rest
                 .get(nul + 1..nul + 19)
                 .ok_or(malformed("truncated field"))?;

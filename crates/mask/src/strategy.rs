@@ -85,6 +85,9 @@ enum Kind {
         keep_first: usize,
         keep_last: usize,
         fill: char,
+        /// The client's encoding is not UTF-8: its character boundaries are unknown here, so a
+        /// value with any non-ASCII byte is masked whole (one fill byte per byte).
+        whole_unless_ascii: bool,
     },
     Hash {
         key: Arc<HashKey>,
@@ -130,6 +133,7 @@ impl Strategy {
             keep_first: usize::from(keep_first),
             keep_last: usize::from(keep_last),
             fill,
+            whole_unless_ascii: false,
         }))
     }
 
@@ -139,6 +143,7 @@ impl Strategy {
             keep_first: 0,
             keep_last: usize::from(n),
             fill: '*',
+            whole_unless_ascii: false,
         })
     }
 
@@ -160,6 +165,33 @@ impl Strategy {
     /// (separators) is kept and each non-ASCII character becomes one lowercase letter.
     pub fn tokenize(key: Arc<HashKey>) -> Strategy {
         Strategy(Kind::Tokenize { key })
+    }
+
+    /// This strategy for a client whose `client_encoding` is not UTF-8: whatever it writes into
+    /// a value is ASCII (valid in every encoding PostgreSQL offers a client), and it never cuts
+    /// a value between bytes of one character. Replacement text and fill characters outside
+    /// ASCII become `*`; a partial mask of a non-ASCII value masks all of it. The other
+    /// strategies write ASCII already (hex, tokens, zeros, NULL).
+    pub fn for_non_utf8_client(&self) -> Strategy {
+        let ascii = |c: char| if c.is_ascii() { c } else { '*' };
+        Strategy(match &self.0 {
+            Kind::RedactText(t) => {
+                let text: String = String::from_utf8_lossy(t).chars().map(ascii).collect();
+                Kind::RedactText(text.into_bytes().into())
+            }
+            Kind::Partial {
+                keep_first,
+                keep_last,
+                fill,
+                ..
+            } => Kind::Partial {
+                keep_first: *keep_first,
+                keep_last: *keep_last,
+                fill: ascii(*fill),
+                whole_unless_ascii: true,
+            },
+            other => other.clone(),
+        })
     }
 
     /// SQL NULL, whatever the type.

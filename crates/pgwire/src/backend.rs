@@ -222,8 +222,10 @@ pub enum BackendMessage<'a> {
 
 /// The fields of an ErrorResponse or NoticeResponse, validated at parse time.
 ///
-/// Each field is a non-zero code byte and a NUL-terminated UTF-8 value; a zero byte ends the list
-/// and is the last byte of the body.
+/// Each field is a non-zero code byte and a NUL-terminated value; a zero byte ends the list
+/// and is the last byte of the body. Values are in the client's encoding, which need not be
+/// UTF-8 (a message quoting the client's LATIN1 text is LATIN1): [`ErrorFields::iter`] and
+/// the getters give only the values that are UTF-8, [`ErrorFields::raw`] has them all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorFields<'a> {
     raw: &'a [u8],
@@ -242,11 +244,11 @@ impl<'a> ErrorFields<'a> {
                 r.finish()?;
                 return Ok(ErrorFields { raw: body });
             }
-            r.cstr()?;
+            r.cstr_bytes()?;
         }
     }
 
-    /// `(code, value)` pairs in wire order.
+    /// `(code, value)` pairs in wire order, leaving out values that are not UTF-8.
     pub fn iter(&self) -> Fields<'a> {
         Fields {
             rest: Reader::new(self.raw, ERROR_RESPONSE),
@@ -303,12 +305,17 @@ impl<'a> Iterator for Fields<'a> {
     type Item = (u8, &'a str);
 
     fn next(&mut self) -> Option<(u8, &'a str)> {
-        let code = self.rest.u8("").ok().filter(|&c| c != 0)?;
-        match self.rest.cstr() {
-            Ok(value) => Some((code, value)),
-            Err(_) => {
-                self.rest.rest();
-                None
+        loop {
+            let code = self.rest.u8("").ok().filter(|&c| c != 0)?;
+            match self.rest.cstr_bytes() {
+                Ok(value) => match std::str::from_utf8(value) {
+                    Ok(value) => return Some((code, value)),
+                    Err(_) => continue,
+                },
+                Err(_) => {
+                    self.rest.rest();
+                    return None;
+                }
             }
         }
     }

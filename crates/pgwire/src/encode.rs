@@ -330,7 +330,7 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
 
 /// Parse. `param_types_raw` is the raw `i16` count + `i32` OIDs as in
 /// [`FrontendMessage::Parse`](crate::frontend::FrontendMessage::Parse); empty means no types.
-pub fn parse(buf: &mut BytesMut, name: &str, query: &str, param_types_raw: &[u8]) {
+pub fn parse(buf: &mut BytesMut, name: &str, query: &[u8], param_types_raw: &[u8]) {
     debug_assert!(
         param_types_raw.is_empty()
             || (param_types_raw.len() >= 2 && (param_types_raw.len() - 2) % 4 == 0),
@@ -338,7 +338,7 @@ pub fn parse(buf: &mut BytesMut, name: &str, query: &str, param_types_raw: &[u8]
     );
     message(buf, frontend::PARSE, |buf| {
         put_cstr(buf, name);
-        put_cstr(buf, query);
+        put_cstr_bytes(buf, query);
         if param_types_raw.is_empty() {
             buf.put_i16(0);
         } else {

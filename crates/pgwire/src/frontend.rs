@@ -42,15 +42,16 @@ pub const KIND_PORTAL: u8 = b'P';
 pub enum FrontendMessage<'a> {
     /// Simple query.
     Query {
-        /// The SQL text (may hold several statements).
-        sql: &'a str,
+        /// The SQL text (may hold several statements), in the session's client encoding:
+        /// bytes, since PostgreSQL does not require UTF-8 (see `client_encoding`).
+        sql: &'a [u8],
     },
     /// Parse (create a prepared statement; `name` is empty for the unnamed one).
     Parse {
         /// Statement name.
         name: &'a str,
-        /// SQL text.
-        query: &'a str,
+        /// SQL text, in the session's client encoding (bytes, as [`FrontendMessage::Query`]).
+        query: &'a [u8],
         /// Raw `i16` count followed by that many `i32` type OIDs, validated; see [`param_oids`].
         param_types: &'a [u8],
     },
@@ -97,8 +98,8 @@ pub enum FrontendMessage<'a> {
     CopyData(&'a [u8]),
     /// CopyFail.
     CopyFail {
-        /// The client's reason.
-        message: &'a str,
+        /// The client's reason, in the session's client encoding.
+        message: &'a [u8],
     },
     /// A `'p'` body as is: a password, GSS token, or SASL (initial) response depending on the
     /// authentication phase; see [`sasl_initial_response`].
@@ -146,10 +147,12 @@ pub fn parse(frame: &[u8]) -> Result<FrontendMessage<'_>, ProtocolError> {
     let (tag, body) = split_frame(frame)?;
     let mut r = Reader::new(body, tag);
     let msg = match tag {
-        QUERY => FrontendMessage::Query { sql: r.cstr()? },
+        QUERY => FrontendMessage::Query {
+            sql: r.cstr_bytes()?,
+        },
         PARSE => {
             let name = r.cstr()?;
-            let query = r.cstr()?;
+            let query = r.cstr_bytes()?;
             let param_types = r.rest();
             validate_param_types(param_types)?;
             FrontendMessage::Parse {
@@ -189,7 +192,9 @@ pub fn parse(frame: &[u8]) -> Result<FrontendMessage<'_>, ProtocolError> {
         FLUSH => FrontendMessage::Flush,
         TERMINATE => FrontendMessage::Terminate,
         COPY_DONE => FrontendMessage::CopyDone,
-        COPY_FAIL => FrontendMessage::CopyFail { message: r.cstr()? },
+        COPY_FAIL => FrontendMessage::CopyFail {
+            message: r.cstr_bytes()?,
+        },
         COPY_DATA => FrontendMessage::CopyData(r.rest()),
         PASSWORD => FrontendMessage::Password(r.rest()),
         FUNCTION_CALL => FrontendMessage::FunctionCall(r.rest()),

@@ -26,7 +26,7 @@
 //! while let Some(n) = frame_len(&inbound, DEFAULT_MAX_MESSAGE_LEN)? {
 //!     let frame = inbound.split_to(n).freeze(); // whole message: forward, or rewrite
 //!     match frontend::parse(&frame)? {
-//!         FrontendMessage::Query { sql } => seen.push(sql.to_owned()),
+//!         FrontendMessage::Query { sql } => seen.push(String::from_utf8_lossy(sql).into_owned()),
 //!         other => seen.push(format!("{}", char::from(other.tag()))),
 //!     }
 //! }

@@ -152,7 +152,7 @@ fn length_exactly_at_cap_is_accepted() {
 fn batch() -> (BytesMut, Vec<usize>) {
     let mut buf = BytesMut::new();
     let mut ends = Vec::new();
-    encode::parse(&mut buf, "s1", "SELECT $1::int", &[0, 1, 0, 0, 0, 23]);
+    encode::parse(&mut buf, "s1", b"SELECT $1::int", &[0, 1, 0, 0, 0, 23]);
     ends.push(buf.len());
     let mut rest = BytesMut::new();
     rest.put_i16(0);
@@ -429,7 +429,7 @@ fn special_startup_requests() {
 fn frontend_strings_are_strict() {
     assert_eq!(
         frontend::parse(&frame(b'Q', b"SELECT 1\0")),
-        Ok(FrontendMessage::Query { sql: "SELECT 1" })
+        Ok(FrontendMessage::Query { sql: b"SELECT 1" })
     );
     assert_eq!(
         malformed(frontend::parse(&frame(b'Q', b"SELECT 1"))),
@@ -439,9 +439,26 @@ fn frontend_strings_are_strict() {
         malformed(frontend::parse(&frame(b'Q', b"SELECT 1\0\0"))),
         "unexpected trailing bytes"
     );
+    // Statement text is in the client's encoding (LATIN1 'é' here), not necessarily UTF-8.
     assert_eq!(
-        frontend::parse(&frame(b'Q', b"SELECT '\xc3'\0")),
-        Err(ProtocolError::InvalidUtf8 { tag: b'Q' })
+        frontend::parse(&frame(b'Q', b"SELECT '\xe9'\0")),
+        Ok(FrontendMessage::Query {
+            sql: b"SELECT '\xe9'"
+        })
+    );
+    assert_eq!(
+        frontend::parse(&frame(b'P', b"\0SELECT '\xe9'\0\0\0")),
+        Ok(FrontendMessage::Parse {
+            name: "",
+            query: b"SELECT '\xe9'",
+            param_types: b"\0\0",
+        })
+    );
+    assert_eq!(
+        frontend::parse(&frame(b'f', b"\xe9chec\0")),
+        Ok(FrontendMessage::CopyFail {
+            message: b"\xe9chec"
+        })
     );
     assert_eq!(
         malformed(frontend::parse(&frame(b'f', b""))),
@@ -520,7 +537,7 @@ fn counts_above_i16_max_are_unsigned() {
             types.put_u32(23);
         }
         let mut buf = BytesMut::new();
-        encode::parse(&mut buf, "s", "SELECT 1", &types);
+        encode::parse(&mut buf, "s", b"SELECT 1", &types);
         let FrontendMessage::Parse { param_types, .. } = frontend::parse(&buf).unwrap() else {
             panic!()
         };
@@ -802,10 +819,13 @@ fn error_fields() {
     for body in [&b""[..], b"SERROR\0", b"SERROR", b"SERROR\0\0\0", b"S"] {
         assert!(backend::parse(&frame(b'E', body)).is_err(), "{body:?}");
     }
-    assert_eq!(
-        backend::parse(&frame(b'E', b"M\xff\0\0")),
-        Err(ProtocolError::InvalidUtf8 { tag: b'E' })
-    );
+    // A message in the client's LATIN1 is valid; only its UTF-8 fields are given as text.
+    let latin1 = frame(b'E', b"SERROR\0C22P02\0Mcaf\xe9\0\0");
+    let Ok(BackendMessage::ErrorResponse(f)) = backend::parse(&latin1) else {
+        panic!("LATIN1 error message refused");
+    };
+    assert_eq!((f.code(), f.message()), (Some("22P02"), None));
+    assert_eq!(f.iter().count(), 2);
 }
 
 #[test]

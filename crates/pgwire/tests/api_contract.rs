@@ -46,7 +46,7 @@ fn signatures() {
     let _: fn(&mut BytesMut, &str, &[u8]) = encode::sasl_initial_response;
     let _: fn(&mut BytesMut, &[u8]) = encode::sasl_response;
     let _: fn(&mut BytesMut, &str) = encode::query;
-    let _: fn(&mut BytesMut, &str, &str, &[u8]) = encode::parse;
+    let _: fn(&mut BytesMut, &str, &[u8], &[u8]) = encode::parse;
     let _: fn(&mut BytesMut, &str, &str, &[u8]) = encode::bind_with_statement;
     let _: fn(&mut BytesMut, u8, &str) = encode::describe;
     let _: fn(&mut BytesMut, u8, &str) = encode::close;
@@ -107,14 +107,14 @@ fn shapes() {
     fn frontend_variants(m: FrontendMessage<'_>) {
         match m {
             FrontendMessage::Query { sql } => {
-                let _: &str = sql;
+                let _: &[u8] = sql;
             }
             FrontendMessage::Parse {
                 name,
                 query,
                 param_types,
             } => {
-                let _: (&str, &str, &[u8]) = (name, query, param_types);
+                let _: (&str, &[u8], &[u8]) = (name, query, param_types);
             }
             FrontendMessage::Bind {
                 portal,
@@ -139,7 +139,7 @@ fn shapes() {
                 let _: &[u8] = b;
             }
             FrontendMessage::CopyFail { message } => {
-                let _: &str = message;
+                let _: &[u8] = message;
             }
             FrontendMessage::Unknown { tag, body } => {
                 let _: (u8, &[u8]) = (tag, body);

@@ -63,7 +63,7 @@ fn exercise(buf: &[u8]) {
             assert!(exact);
             assert_eq!(msg.tag(), buf[0]);
             let parts: Vec<&[u8]> = match msg {
-                FrontendMessage::Query { sql } => vec![sql.as_bytes()],
+                FrontendMessage::Query { sql } => vec![sql],
                 FrontendMessage::Parse {
                     name,
                     query,
@@ -73,7 +73,7 @@ fn exercise(buf: &[u8]) {
                         frontend::param_oids(param_types).len() * 4 + 2,
                         param_types.len()
                     );
-                    vec![name.as_bytes(), query.as_bytes(), param_types]
+                    vec![name.as_bytes(), query, param_types]
                 }
                 FrontendMessage::Bind {
                     portal,
@@ -86,7 +86,7 @@ fn exercise(buf: &[u8]) {
                     vec![name.as_bytes()]
                 }
                 FrontendMessage::Execute { portal, .. } => vec![portal.as_bytes()],
-                FrontendMessage::CopyFail { message } => vec![message.as_bytes()],
+                FrontendMessage::CopyFail { message } => vec![message],
                 FrontendMessage::CopyData(b)
                 | FrontendMessage::Password(b)
                 | FrontendMessage::FunctionCall(b)
@@ -204,7 +204,7 @@ fn seeds() -> Vec<Vec<u8>> {
         out.push(b.to_vec());
     };
     push(&|b| encode::query(b, "SELECT 1"));
-    push(&|b| encode::parse(b, "s", "SELECT $1", &[0, 1, 0, 0, 0, 23]));
+    push(&|b| encode::parse(b, "s", b"SELECT $1", &[0, 1, 0, 0, 0, 23]));
     push(&|b| {
         let mut rest = BytesMut::new();
         rest.put_slice(&[

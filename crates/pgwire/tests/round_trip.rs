@@ -230,30 +230,32 @@ fn password_and_sasl() {
 fn simple_and_extended_query() {
     assert_eq!(
         fe(|b| encode::query(b, "SELECT 'é'")),
-        FrontendMessage::Query { sql: "SELECT 'é'" }
+        FrontendMessage::Query {
+            sql: "SELECT 'é'".as_bytes()
+        }
     );
     let types = [0u8, 2, 0, 0, 0, 23, 0, 0, 0, 0];
     let FrontendMessage::Parse {
         name,
         query,
         param_types,
-    } = fe(|b| encode::parse(b, "s1", "SELECT $1, $2", &types))
+    } = fe(|b| encode::parse(b, "s1", b"SELECT $1, $2", &types))
     else {
         panic!()
     };
     assert_eq!(
         (name, query, param_types),
-        ("s1", "SELECT $1, $2", &types[..])
+        ("s1", &b"SELECT $1, $2"[..], &types[..])
     );
     assert_eq!(
         frontend::param_oids(param_types).collect::<Vec<_>>(),
         [23, 0]
     );
     assert_eq!(
-        fe(|b| encode::parse(b, "", "SELECT 1", &[])),
+        fe(|b| encode::parse(b, "", b"SELECT 1", &[])),
         FrontendMessage::Parse {
             name: "",
-            query: "SELECT 1",
+            query: b"SELECT 1",
             param_types: &[0, 0]
         }
     );

@@ -144,7 +144,7 @@ fn select_1000_client_stream() {
     assert_eq!(
         msgs[2],
         FrontendMessage::Query {
-            sql: "SELECT * FROM pgbench_accounts ORDER BY aid LIMIT 1000"
+            sql: b"SELECT * FROM pgbench_accounts ORDER BY aid LIMIT 1000"
         }
     );
     assert_eq!(msgs[3], FrontendMessage::Terminate);
@@ -164,7 +164,7 @@ fn prepared_statement_session() {
         })
         .collect();
     assert_eq!(parses.len(), 1, "pgbench -M prepared parses once");
-    assert!(parses[0].1.contains("pgbench_accounts"));
+    assert!(String::from_utf8_lossy(parses[0].1).contains("pgbench_accounts"));
     let binds = msgs
         .iter()
         .filter(

@@ -234,11 +234,19 @@ pub fn affected_rows_limit(policy: &Policy, analysis: &Analysis) -> Option<u64> 
 }
 
 /// Under `max_affected_rows`, writes whose rows the data plane cannot count are denied: a
-/// write inside WITH or EXPLAIN ANALYZE (the command tag counts something else), and a
-/// counted write among other statements of one text (the limit is enforced per statement).
+/// write inside WITH or EXPLAIN ANALYZE (the command tag counts something else), a counted
+/// write among other statements of one text (the limit is enforced per statement), and a
+/// text the analyser cannot read (whether it writes is unknown; `allow_unparsed` does not
+/// lift the limit).
 fn countable(policy: &Policy, analysis: &Analysis) -> Result<(), Verdict> {
-    let (Some((max, _)), Analysis::Statements(v)) = (policy.max_affected_rows(), analysis) else {
+    let Some((max, _)) = policy.max_affected_rows() else {
         return Ok(());
+    };
+    let v = match analysis {
+        Analysis::Statements(v) => v,
+        Analysis::Unparsed { .. } => {
+            return Err(uncountable(policy, "a statement the gateway cannot analyse", max))
+        }
     };
     let why = if v.iter().any(|s| s.data_modifying_cte) {
         "a data-modifying statement inside WITH"
@@ -249,11 +257,16 @@ fn countable(policy: &Policy, analysis: &Analysis) -> Result<(), Verdict> {
     } else {
         return Ok(());
     };
+    Err(uncountable(policy, why, max))
+}
+
+/// The denial of a text whose affected rows cannot be counted against the limit `max`.
+fn uncountable(policy: &Policy, why: &str, max: u64) -> Verdict {
     let rule = RuleId::new(format!("{}/max_affected_rows", policy.name()));
     let message = format!(
         "sluice: denied by rule \"{rule}\": {why} affects rows the gateway cannot count against the limit of {max}"
     );
-    Err(Verdict::Deny { rule, message })
+    Verdict::Deny { rule, message }
 }
 
 /// Judges one statement's facts (for the data plane's extended-protocol paths).

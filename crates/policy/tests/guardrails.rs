@@ -1,7 +1,9 @@
 //! Guardrails that must neither over-block nor under-block: writes behind a WITH, MERGE under
 //! the require-WHERE rule, and the built-in function list a policy can lift by name.
 
-use sluice_policy::{affected_rows_limit, analyze, judge, OverLimit, Policy, PolicySet, Verdict};
+use sluice_policy::{
+    affected_rows_limit, analyze, judge, Analysis, OverLimit, Policy, PolicySet, Verdict,
+};
 
 const DOC: &str = r#"
 policies:
@@ -348,6 +350,13 @@ fn max_affected_rows_counts_updates_deletes_and_merges_alone() {
             "UPDATE orders SET n = 1 WHERE id > 0; SELECT 1",
         ],
     );
+    // A text the gateway cannot read cannot be counted either, even where unparsed texts are
+    // otherwise allowed.
+    let doc = "policies:\n  - name: capped\n    classes: {allow: [read, write]}\n    allow_unparsed: true\n    max_affected_rows: 10\n";
+    let p = policy_in(doc, "capped");
+    let unparsed = "UPDATE orders SET n = 1 WHERE id > 0 FOR NO KEY UPDATE OF orders ))";
+    assert!(matches!(analyze(unparsed), Analysis::Unparsed { .. }));
+    denied_by(&p, "capped/max_affected_rows", &[unparsed]);
     // Without a limit, nothing changes.
     let p = policy("agent");
     assert_eq!(

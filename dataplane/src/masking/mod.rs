@@ -157,6 +157,9 @@ pub struct Masker {
     /// The catalog was reloaded for the RowDescription the session holds: plan it with what
     /// is known now (failing closed), never ask again.
     reloaded: bool,
+    /// The client's `client_encoding` is not UTF-8: masked values are written in ASCII
+    /// ([`Strategy::for_non_utf8_client`]).
+    non_utf8_client: bool,
 }
 
 /// The key of keyed-hash and tokenise strategies, one per data plane (every core hashes
@@ -221,12 +224,12 @@ fn strategy(s: &MaskStrategy, key: &MaskingKey) -> Option<Strategy> {
 
 /// The strategy of rule `r`; NULL when the rule has none here (an index planned under another
 /// policy): a column a plan says is masked is never sent as it is.
-fn strategy_of(strategies: &[Option<Strategy>], r: usize) -> Strategy {
-    strategies
-        .get(r)
-        .cloned()
-        .flatten()
-        .unwrap_or_else(Strategy::null)
+fn strategy_of(strategies: &[Option<Strategy>], r: usize, non_utf8_client: bool) -> Strategy {
+    match strategies.get(r).and_then(Option::as_ref) {
+        Some(s) if non_utf8_client => s.for_non_utf8_client(),
+        Some(s) => s.clone(),
+        None => Strategy::null(),
+    }
 }
 
 fn detector(d: Detector) -> DetectorKind {
@@ -290,6 +293,7 @@ impl Masker {
             record_columns: false,
             counts: Counts::default(),
             reloaded: false,
+            non_utf8_client: false,
         })
     }
 
@@ -320,6 +324,15 @@ impl Masker {
         self.detectors = detectors;
         self.by_column = by_column;
         self.max_rows = max_rows;
+    }
+
+    /// The client's `client_encoding` is (now) UTF-8 or not: results planned from here on
+    /// write masked values the client can read.
+    pub fn set_client_utf8(&mut self, utf8: bool) {
+        if self.non_utf8_client == utf8 {
+            self.non_utf8_client = !utf8;
+            self.row_plans.clear();
+        }
     }
 
     /// Whether statements need the backend catalog (column or type rules).
@@ -712,7 +725,7 @@ impl Masker {
                     if cat.catalog.by_oid(f.table_oid).is_none() {
                         return Err(format!(
                             "sluice: result column \"{}\" comes from a relation (oid {}) the gateway's catalog does not know yet; retry",
-                            f.name, f.table_oid
+                            f.name_lossy(), f.table_oid
                         ));
                     }
                     rule = rule.or_else(|| cat.origin_rule(&self.policy, f.table_oid, f.column_id));
@@ -729,11 +742,11 @@ impl Masker {
             .iter()
             .zip(&rules)
             .filter(|(_, r)| r.is_some())
-            .map(|(f, _)| Box::<str>::from(f.name))
+            .map(|(f, _)| Box::<str>::from(f.name_lossy()))
             .collect();
-        let strategies = &self.strategies;
+        let (strategies, non_utf8) = (&self.strategies, self.non_utf8_client);
         RowPlan::from_row_description(frame, None, self.detectors, |i, _| {
-            rules[i].map(|r| strategy_of(strategies, r))
+            rules[i].map(|r| strategy_of(strategies, r, non_utf8))
         })
         .map(|plan| (plan, names))
         .map_err(|e| format!("sluice: cannot plan masking: {e}"))
@@ -764,12 +777,12 @@ impl Masker {
         if format != 0 {
             return Err("sluice: binary COPY cannot be masked; use text format".into());
         }
-        let strategies = &self.strategies;
+        let (strategies, non_utf8) = (&self.strategies, self.non_utf8_client);
         Ok(Some(RowPlan::new(
             masks.iter().map(|r| {
                 (
                     ColumnType::text(sluice_mask::oid::TEXT),
-                    r.map(|r| strategy_of(strategies, r)),
+                    r.map(|r| strategy_of(strategies, r, non_utf8)),
                 )
             }),
             self.detectors,

@@ -10,6 +10,7 @@ use sluice_pgwire::frontend::{self, FrontendMessage};
 use sluice_pgwire::{parse_header, sqlstate};
 
 use super::judge::{no_such_statement, stand_in_query, DENIED_STAND_IN, DENIED_STATEMENT};
+use super::text::{self, Text};
 use super::{split_run, Session, State};
 use crate::config::PoolMode;
 use crate::error::Fatal;
@@ -38,21 +39,43 @@ pub(super) struct Statements {
 
 /// A statement this session parsed in the extended protocol.
 struct Parsed {
+    /// Its text as judged (decoded from the client's encoding at Parse).
     sql: Rc<str>,
+    /// Why the text could not be decoded, when it could not (judged as unparsed again).
+    undecodable: Option<Rc<str>>,
     /// The configuration generation it was judged in (a Bind in a later one judges again).
     judged_in: u64,
     /// The server connection (attach generation) it was parsed on: the unnamed statement
     /// lives on that connection only.
     server: u64,
-    /// Transaction pooling, unnamed statement: its Parse's raw parameter types, so that a
-    /// Bind or Describe after a Sync, on another server connection, can parse it there
-    /// again first (pg8000 parses and describes in one round trip, binds in the next).
-    reparse: Option<Box<[u8]>>,
+    /// Transaction pooling, unnamed statement: its Parse's text as sent and raw parameter
+    /// types, so that a Bind or Describe after a Sync, on another server connection, can
+    /// parse it there again first (pg8000 parses and describes in one round trip, binds in
+    /// the next).
+    reparse: Option<Reparse>,
     /// Let through by a review approval: one Bind may use it, later ones are judged again.
     reviewed: bool,
     approved_binds: u8,
     /// The most rows it may affect (`max_affected_rows`), when it is a counted write.
     limit: Option<u64>,
+}
+
+/// The unnamed statement's Parse as the client sent it.
+struct Reparse {
+    query: Box<[u8]>,
+    param_types: Box<[u8]>,
+    /// The client encoding it was read in.
+    read_in: crate::client_encoding::ClientEncoding,
+}
+
+impl Parsed {
+    /// The text to judge again at Bind.
+    fn text(&self) -> Text<'static> {
+        match &self.undecodable {
+            None => Text::Decoded(std::borrow::Cow::Owned(self.sql.to_string())),
+            Some(why) => Text::undecodable(&self.sql, why),
+        }
+    }
 }
 
 impl State {
@@ -276,8 +299,9 @@ impl Session {
     }
 
     /// A simple-protocol query: judged, masked and audited as one text.
-    fn on_query(&self, st: &mut State, pass: &mut Pass, sql: &str) -> Option<Send> {
-        let judged = self.judge_and_plan(st, sql);
+    fn on_query(&self, st: &mut State, pass: &mut Pass, sql: &[u8]) -> Option<Send> {
+        let text = text::decode(st, sql);
+        let judged = self.judge_and_plan(st, &text);
         if st.review.needed.is_some() {
             return None;
         }
@@ -286,9 +310,13 @@ impl Session {
         match judged {
             Ok((plan, Some(max))) if !st.tracker.skipping() => {
                 let Pass { synth, unprepared } = pass;
-                Some(Send::Instead(
-                    self.guarded_query(st, unprepared, synth, sql, max, plan),
-                ))
+                Some(Send::Instead(self.guarded_query(
+                    st,
+                    (synth, unprepared),
+                    (sql, text.as_str()),
+                    max,
+                    plan,
+                )))
             }
             Ok((plan, _)) => {
                 pass.push(&mut st.tracker, Request::Simple, Delivery::Forward, None);
@@ -296,7 +324,7 @@ impl Session {
                 if let (Some(plan), Some(mk)) = (plan, st.masker.as_mut()) {
                     tag = mk.job_simple(plan);
                 }
-                self.audit_request(st, tag, sql);
+                self.audit_request(st, tag, text.as_str());
                 Some(Send::AsIs)
             }
             Err(error) => {
@@ -313,17 +341,18 @@ impl Session {
         st: &mut State,
         pass: &mut Pass,
         name: &str,
-        query: &str,
+        query: &[u8],
         param_types: &[u8],
     ) -> Option<Send> {
         let txn = self.mode == PoolMode::Transaction;
+        let text = text::decode(st, query);
         let judged = if name.starts_with("sluice") {
             Err(self.denial(
                 "builtin/reserved-name",
                 "statement names starting with \"sluice\" are reserved for the gateway",
             ))
         } else {
-            self.judge_statement(st, name, query)
+            self.judge_statement(st, name, &text)
         };
         let (denial, limit) = match judged {
             Ok(limit) => (None, limit),
@@ -339,28 +368,45 @@ impl Session {
                 st.stmts.pooled.remove(name);
             }
             let mut b = BytesMut::with_capacity(64);
-            encode::parse(&mut b, "", DENIED_STAND_IN, &[0, 0]);
+            encode::parse(&mut b, "", DENIED_STAND_IN.as_bytes(), &[0, 0]);
             st.tracker.push_replacing(Request::Parse, error);
             return Some(Send::Instead(b));
         }
         st.stmts.parsed.insert(
             name.to_owned(),
             Parsed {
-                sql: Rc::from(query),
+                sql: Rc::from(text.as_str()),
+                undecodable: match &text {
+                    Text::Decoded(_) => None,
+                    Text::Undecodable { why, .. } => Some(Rc::from(why.as_str())),
+                },
                 judged_in: self.policy_generation.get(),
                 server: st.server.generation,
-                reparse: (txn && name.is_empty()).then(|| param_types.into()),
+                reparse: (txn && name.is_empty()).then(|| Reparse {
+                    query: query.into(),
+                    param_types: param_types.into(),
+                    read_in: st.encodings.client(),
+                }),
                 reviewed,
                 approved_binds: u8::from(reviewed),
                 limit,
             },
         );
+        if !txn && !name.is_empty() {
+            let sql = match &text {
+                Text::Decoded(sql) => Some(&**sql),
+                Text::Undecodable { .. } => None,
+            };
+            st.judge.protocol_prepared(name, sql);
+        }
         if !txn || name.is_empty() {
             pass.push(&mut st.tracker, Request::Parse, Delivery::Forward, None);
             self.tag_parse(st, name);
             return Some(Send::AsIs);
         }
-        let stmt = self.ctx.intern_statement(query, param_types);
+        let stmt = self
+            .ctx
+            .intern_statement(query, st.encodings.client(), param_types);
         st.stmts.pooled.insert(name.to_owned(), stmt.clone());
         if !st.server.mark_prepared(stmt.id) {
             // The server has it already: the gateway answers ParseComplete itself.
@@ -410,8 +456,8 @@ impl Session {
         // which is parsed again on this server first when it was parsed on another).
         let stale = match st.stmts.parsed.get(statement) {
             None => return Some(deny_bind(st, &bind, no_such_statement(statement))),
-            Some(p) if p.reviewed && p.approved_binds == 0 => Some(p.sql.clone()),
-            Some(p) if p.judged_in != generation => Some(p.sql.clone()),
+            Some(p) if p.reviewed && p.approved_binds == 0 => Some(p.text()),
+            Some(p) if p.judged_in != generation => Some(p.text()),
             Some(_) => None,
         };
         let judged = stale.map(|text| self.judge_statement(st, statement, &text));
@@ -581,6 +627,9 @@ impl Session {
     fn on_close(&self, st: &mut State, pass: &mut Pass, kind: u8, name: &str) -> Send {
         if kind == b'S' {
             st.forget_statement(name);
+            if self.mode == PoolMode::Session {
+                st.judge.protocol_closed(name);
+            }
         }
         if self.mode == PoolMode::Transaction && kind == b'S' && !name.is_empty() {
             st.stmts.pooled.remove(name);
@@ -600,7 +649,9 @@ impl Session {
         stmt: &Statement,
         out: &mut BytesMut,
     ) {
-        if st.server.mark_prepared(stmt.id) {
+        // Text read in another encoding now is not the one that was judged: not prepared, so
+        // the Bind or Describe fails on the server.
+        if stmt.reads_alike(st.encodings.client()) && st.server.mark_prepared(stmt.id) {
             encode::parse(out, &stmt.server_name, &stmt.query, &stmt.param_types);
             pass.push(
                 &mut st.tracker,
@@ -622,10 +673,15 @@ impl Session {
         let Some(p) = st.stmts.parsed.get("") else {
             return;
         };
-        let (true, Some(types)) = (p.server != attached, p.reparse.as_deref()) else {
+        let (true, Some(r)) = (p.server != attached, p.reparse.as_ref()) else {
             return;
         };
-        encode::parse(out, "", &p.sql, types);
+        if r.read_in != st.encodings.client() && !r.query.is_ascii() {
+            // Read in another encoding now: not the text that was judged. The Bind or
+            // Describe fails on the server, as for a statement it never saw.
+            return;
+        }
+        encode::parse(out, "", &r.query, &r.param_types);
         pass.push(&mut st.tracker, Request::Parse, Delivery::Swallow, None);
         let tag = st.own_tag();
         if st.tracker.tag_last(tag) {

@@ -77,20 +77,19 @@ impl Session {
     pub(super) fn guarded_query(
         &self,
         st: &mut State,
-        unprepared: &mut Vec<u64>,
-        synth: &mut BytesMut,
-        sql: &str,
+        (synth, unprepared): (&mut BytesMut, &mut Vec<u64>),
+        (raw, sql): (&[u8], &str),
         max: u64,
         plan: Option<Rc<MaskPlan>>,
     ) -> BytesMut {
-        let mut b = BytesMut::with_capacity(sql.len() + 64);
+        let mut b = BytesMut::with_capacity(raw.len() + 64);
         // A simple Query replaces the unnamed statement and portal too.
         st.forget_statement("");
         if let (Some(plan), Some(mk)) = (plan, st.masker.as_mut()) {
             mk.parsed("", &plan);
             mk.bound("", "");
         }
-        encode::parse(&mut b, "", sql, &[]);
+        encode::parse(&mut b, "", raw, &[]);
         st.tracker
             .push(Request::Parse, Delivery::Swallow, None, synth, unprepared);
         encode::bind_with_statement(&mut b, "", "", &NO_PARAMETERS);

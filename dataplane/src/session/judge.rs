@@ -12,6 +12,7 @@ use sluice_pgwire::sqlstate;
 use sluice_policy::lineage::MaskPlan;
 use sluice_policy::{Analysis, Kind, Policy, SessionState, StatementFacts, Verdict, VerdictCache};
 
+use super::text::Text;
 use super::{Session, State};
 
 /// What the proxy sends the server in place of a denied statement: text that fails to parse,
@@ -97,6 +98,30 @@ impl Judge {
         self.policy = policy;
     }
 
+    /// Session pooling: a Parse named `name` was allowed. SQL-level and protocol-level
+    /// statements share one namespace on the server, so `EXECUTE name` runs this text and is
+    /// judged by its facts (until Close, DEALLOCATE or another Parse of that name). Not in
+    /// transaction pooling, where the server knows the statement by the gateway's name and
+    /// `name` may be another client's SQL-level statement.
+    pub(super) fn protocol_prepared(&mut self, name: &str, sql: Option<&str>) {
+        let facts = sql.map(sluice_policy::analyze);
+        match facts {
+            Some(Analysis::Statements(mut v)) if v.len() == 1 => {
+                if let Some(f) = v.pop() {
+                    self.sql_prepared.insert(name.to_owned(), f);
+                }
+            }
+            _ => {
+                self.sql_prepared.remove(name);
+            }
+        }
+    }
+
+    /// A protocol-level Close of statement `name`: `EXECUTE name` no longer runs anything.
+    pub(super) fn protocol_closed(&mut self, name: &str) {
+        self.sql_prepared.remove(name);
+    }
+
     /// The server forgot every prepared statement (DISCARD ALL, DEALLOCATE ALL).
     pub(super) fn forget_prepared(&mut self) {
         self.sql_prepared.clear();
@@ -163,6 +188,22 @@ impl Judge {
             ended: Vec::new(),
             session_state: Vec::new(),
             limit,
+        }
+    }
+
+    /// The verdict on a text that could not be decoded from the client's encoding: that of
+    /// text that does not parse (never cached: the same bytes may decode in another encoding).
+    pub(super) fn judge_undecodable(&self, why: &str) -> Judgement {
+        let analysis = Analysis::Unparsed {
+            reason: why.to_owned(),
+            do_block: false,
+        };
+        Judgement {
+            verdict: Judged::Policy(sluice_policy::judge(&self.policy, &analysis)),
+            plan_key: None,
+            ended: Vec::new(),
+            session_state: Vec::new(),
+            limit: None,
         }
     }
 
@@ -297,8 +338,12 @@ pub(super) fn stand_in_query() -> BytesMut {
 impl Session {
     /// The policy's verdict on a statement text: `None` when allowed, else the
     /// ErrorResponse the client gets; the plan key, and the limit on rows it may affect.
-    fn judge(&self, st: &mut State, sql: &str) -> (Option<Bytes>, Option<String>, Option<u64>) {
-        let judgement = st.judge.judge(&mut self.ctx.verdicts.borrow_mut(), sql);
+    fn judge(&self, st: &mut State, text: &Text<'_>) -> (Option<Bytes>, Option<String>, Option<u64>) {
+        let judgement = match text {
+            Text::Decoded(sql) => st.judge.judge(&mut self.ctx.verdicts.borrow_mut(), sql),
+            Text::Undecodable { why, .. } => st.judge.judge_undecodable(why),
+        };
+        let sql = text.as_str();
         for ended in judgement.ended {
             match ended {
                 Ended::Prepared(name) => st.forget_statement(&name),
@@ -348,11 +393,11 @@ impl Session {
     pub(super) fn judge_and_plan(
         &self,
         st: &mut State,
-        sql: &str,
+        text: &Text<'_>,
     ) -> Result<(Option<Rc<MaskPlan>>, Option<u64>), Bytes> {
-        match self.judge(st, sql) {
+        match self.judge(st, text) {
             (Some(denial), _, _) => Err(denial),
-            (None, plan_key, limit) => Ok((self.mask_plan(st, sql, plan_key)?, limit)),
+            (None, plan_key, limit) => Ok((self.mask_plan(st, text, plan_key)?, limit)),
         }
     }
 
@@ -363,9 +408,9 @@ impl Session {
         &self,
         st: &mut State,
         name: &str,
-        sql: &str,
+        text: &Text<'_>,
     ) -> Result<Option<u64>, Bytes> {
-        let (plan, limit) = self.judge_and_plan(st, sql)?;
+        let (plan, limit) = self.judge_and_plan(st, text)?;
         if let (Some(plan), Some(mk)) = (plan, st.masker.as_mut()) {
             mk.parsed(name, &plan);
         }
@@ -374,15 +419,23 @@ impl Session {
 
     /// The masking plan of an allowed text, cached under `key` (else the text): `Ok(None)`
     /// when the session masks nothing, `Err` with the ErrorResponse when the text would let a
-    /// masked value out.
+    /// masked value out (or cannot be read, so its columns cannot be traced).
     fn mask_plan(
         &self,
         st: &mut State,
-        sql: &str,
+        text: &Text<'_>,
         key: Option<String>,
     ) -> Result<Option<Rc<MaskPlan>>, Bytes> {
         let Some(m) = st.masker.as_mut() else {
             return Ok(None);
+        };
+        let sql = match text {
+            Text::Decoded(sql) => sql,
+            Text::Undecodable { lossy, why } => {
+                let message = format!("sluice: {why}, so masked columns cannot be traced");
+                self.audit_denied(lossy, "masking/encoding", &message);
+                return Err(self.denial("masking/encoding", &message));
+            }
         };
         match m.plan(key.as_deref().unwrap_or(sql), sql) {
             Ok(p) => Ok(Some(p)),

@@ -30,6 +30,7 @@ mod pin;
 mod relay;
 mod review;
 mod server;
+mod text;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -116,6 +117,8 @@ struct State {
     audits: HashMap<u64, Audit>,
     /// Request tags when the masker does not hand them out (from [`OWN_TAGS`] up).
     next_tag: u64,
+    /// The encodings the client's statement text is read in.
+    encodings: text::Encodings,
 }
 
 impl State {
@@ -200,8 +203,10 @@ pub(crate) async fn run(
     let expires_at = identity.expires_at;
     let audit = ctx.audit_sink();
     let mut masker = Masker::new(policy.clone(), &ctx.shared.masking_key);
+    let encodings = text::Encodings::from_view(&view);
     if let Some(m) = masker.as_mut() {
         m.record_columns = audit.is_some();
+        m.set_client_utf8(encodings.client_is_utf8());
     }
     let session = Rc::new(Session {
         max_message: ctx.shared.config.limits.max_message_bytes,
@@ -225,6 +230,7 @@ pub(crate) async fn run(
             pinned: None,
             audits: HashMap::new(),
             next_tag: OWN_TAGS,
+            encodings,
         }),
         wake: Wakers::default(),
         peer,
@@ -373,8 +379,10 @@ impl Session {
                 Some(m) => m.set_policy(policy, key),
                 None => {
                     st.masker = Masker::new(policy, key);
+                    let utf8 = st.encodings.client_is_utf8();
                     if let Some(m) = st.masker.as_mut() {
                         m.record_columns = self.audit.is_some();
+                        m.set_client_utf8(utf8);
                     }
                 }
             }

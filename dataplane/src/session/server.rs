@@ -164,6 +164,12 @@ impl Session {
             match verdict {
                 Verdict::Forward => {
                     if let Some((name, value)) = param.take() {
+                        if name == "client_encoding" {
+                            let utf8 = st.encodings.set_client(&value);
+                            if let Some(mk) = st.masker.as_mut() {
+                                mk.set_client_utf8(utf8);
+                            }
+                        }
                         // The client saw it: what it expects of every server from now on.
                         Rc::make_mut(&mut st.server.view).insert(name, value);
                     }

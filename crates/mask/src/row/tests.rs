@@ -292,7 +292,7 @@ fn plan_from_row_description() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(fields.len(), 3);
-    assert_eq!(fields[1].name, "ssn");
+    assert_eq!(fields[1].name, b"ssn");
     assert_eq!(fields[1].table_oid, 16_384);
     assert_eq!(fields[1].column_id, 2);
     assert_eq!(fields[2].type_oid, oid::NUMERIC);

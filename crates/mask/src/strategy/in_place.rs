@@ -35,6 +35,7 @@ impl ColumnMask {
                 keep_first,
                 keep_last,
                 fill,
+                ..
             } => {
                 let (a, b) = masked_char_range(v, *keep_first, *keep_last);
                 // ASCII fill over ASCII text (checked by fits_in_place).

@@ -44,7 +44,14 @@ impl ColumnMask {
                 keep_first,
                 keep_last,
                 fill,
-            } => write_partial(v, *keep_first, *keep_last, *fill, out),
+                whole_unless_ascii,
+            } => write_partial(
+                v,
+                (*keep_first, *keep_last),
+                *fill,
+                *whole_unless_ascii,
+                out,
+            ),
             Kind::Hash { key, hex_len } => put_hex(out, &key.digest(DOMAIN_HASH, v), *hex_len),
             Kind::Tokenize { key } => write_token(key, v, out),
             Kind::Null => {}
@@ -73,8 +80,15 @@ impl ColumnMask {
                 keep_first,
                 keep_last,
                 fill,
+                whole_unless_ascii,
             } => json_string(out, |o| {
-                write_partial(text, *keep_first, *keep_last, *fill, o)
+                write_partial(
+                    text,
+                    (*keep_first, *keep_last),
+                    *fill,
+                    *whole_unless_ascii,
+                    o,
+                )
             }),
             Kind::Hash { key, hex_len } => {
                 let d = key.digest(DOMAIN_HASH, text);

@@ -493,3 +493,37 @@ fn null_input_stays_null() {
         assert_eq!(m(ColumnType::text(oid::TEXT), s).mask(None), None);
     }
 }
+
+#[test]
+fn non_utf8_client_values_stay_ascii_and_whole() {
+    // "café" and "Müller 1234" in LATIN1, and a two-byte EUC-JP character before "12".
+    let values: [&[u8]; 3] = [b"caf\xe9", b"M\xfcller 1234", b"\xb0\xa1\x31\x32"];
+    let types = [
+        ColumnType::text(oid::TEXT),
+        ColumnType::text(oid::BPCHAR),
+        ColumnType::text(oid::JSON),
+    ];
+    for s in all_strategies() {
+        let s = s.for_non_utf8_client();
+        for ty in types {
+            for v in values {
+                let v: Vec<u8> = if ty.kind() == TypeKind::Json {
+                    [&b"\""[..], v, b"\""].concat()
+                } else {
+                    v.to_vec()
+                };
+                if let Some(out) = both(&m(ty, s.clone()), &v) {
+                    assert!(out.is_ascii(), "{} {:?}: {out:?}", s.name(), ty);
+                    assert_ne!(out, v, "{} {:?}", s.name(), ty);
+                }
+            }
+        }
+    }
+    // A partial mask keeps nothing of a non-ASCII value, and keeps as usual in an ASCII one.
+    let p = Strategy::partial(0, 2, '•').unwrap().for_non_utf8_client();
+    let cm = m(ColumnType::text(oid::TEXT), p);
+    assert_eq!(both(&cm, b"\xb0\xa1\x31\x32").unwrap(), b"****");
+    assert_eq!(both(&cm, b"1234").unwrap(), b"**34");
+    let r = Strategy::redact("«masqué»").unwrap().for_non_utf8_client();
+    assert_eq!(text(&r, "x").unwrap(), "*masqu**");
+}

@@ -44,7 +44,21 @@ pub(super) fn masked_char_range(v: &[u8], first: usize, last: usize) -> (usize, 
     }
 }
 
-pub(super) fn write_partial(v: &[u8], first: usize, last: usize, fill: char, out: &mut BytesMut) {
+/// Keeps `kept.0` characters at the start and `kept.1` at the end of `v` and writes `fill` for
+/// each other one; with `whole_unless_ascii`, a value with a non-ASCII byte (in an encoding
+/// whose characters this does not know) is all fill, one per byte.
+pub(super) fn write_partial(
+    v: &[u8],
+    (first, last): (usize, usize),
+    fill: char,
+    whole_unless_ascii: bool,
+    out: &mut BytesMut,
+) {
+    if whole_unless_ascii && !v.is_ascii() {
+        let fill = u8::try_from(u32::from(fill)).unwrap_or(b'*');
+        out.put_bytes(fill, v.len());
+        return;
+    }
     let (a, b) = masked_char_range(v, first, last);
     out.put_slice(&v[..a]);
     let mut enc = [0u8; 4];
