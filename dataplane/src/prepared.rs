@@ -5,6 +5,7 @@
 //! name (`sluice_<core>_<id>`); the session maps the client's names to these and prepares them
 //! on a server connection when it lacks them, as PgBouncer 1.21+ and PgDog do.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -23,6 +24,9 @@ pub struct Statement {
     pub query: Box<str>,
     /// Raw parameter type list of the Parse message.
     pub param_types: Box<[u8]>,
+    /// A server of this core parsed it: the text is valid SQL for these parameter types, so
+    /// a client's Parse of it can be answered without a server.
+    pub parsed: Cell<bool>,
 }
 
 /// One core's statements, by text.
@@ -45,13 +49,16 @@ impl StatementRegistry {
         }
     }
 
-    /// The statement for this text and parameter types, created on first sight.
-    pub fn intern(&mut self, query: &str, param_types: &[u8]) -> Rc<Statement> {
-        if let Some(s) = self
-            .by_query
+    /// The statement for this text and parameter types, if there is one.
+    pub fn get(&self, query: &str, param_types: &[u8]) -> Option<&Rc<Statement>> {
+        self.by_query
             .get(query)
             .and_then(|v| v.iter().find(|s| &*s.param_types == param_types))
-        {
+    }
+
+    /// The statement for this text and parameter types, created on first sight.
+    pub fn intern(&mut self, query: &str, param_types: &[u8]) -> Rc<Statement> {
+        if let Some(s) = self.get(query, param_types) {
             return s.clone();
         }
         if self.count >= MAX_STATEMENTS {
@@ -65,6 +72,7 @@ impl StatementRegistry {
             server_name: format!("sluice_{}_{}", self.core, id),
             query: query.into(),
             param_types: param_types.into(),
+            parsed: Cell::new(false),
         });
         self.by_query
             .entry(query.into())

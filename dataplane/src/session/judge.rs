@@ -95,6 +95,16 @@ impl Judge {
         self.sql_prepared.clear();
     }
 
+    /// Whether `cache` holds an Allow for `sql` (or its shape) under this policy; judges
+    /// nothing.
+    pub(super) fn allows_cached(&self, cache: &VerdictCache, sql: &str) -> bool {
+        let key = self.policy.cache_key();
+        let verdict = cache
+            .get(key, sql)
+            .or_else(|| crate::shape::shape(sql).and_then(|s| cache.get(key, &s)));
+        matches!(verdict, Some(Verdict::Allow))
+    }
+
     /// The verdict on a text, cached in `cache`. Texts that PREPARE, EXECUTE or DEALLOCATE
     /// depend on the session's prepared statements: judged each time, never cached.
     pub(super) fn judge(&mut self, cache: &mut VerdictCache, sql: &str) -> Judgement {
