@@ -236,15 +236,18 @@ fn is_stateful(analysis: &Analysis) -> bool {
     }
 }
 
-/// Whether no literal value in the text can change its verdict: one plain SELECT or INSERT
-/// (constants there are values, never names, classes or flags). UPDATE and DELETE are left
-/// out on purpose: a constant WHERE (`1 = 1`) is something the policy looks at.
+/// Whether no literal value in the text can change its verdict: one plain SELECT, INSERT,
+/// UPDATE or DELETE (constants there are values, never names, classes or flags). An UPDATE or
+/// DELETE whose WHERE tests constants alone (`1 = 1`, `true`) is left out: whether it filters
+/// is something the policy looks at, and `1 = 2` and `1 = 1` have one shape.
 fn literal_independent(analysis: &Analysis) -> bool {
     match analysis {
         Analysis::Statements(v) => {
             v.len() == 1 && {
                 let f = &v[0];
-                matches!(f.tag, "SELECT" | "INSERT")
+                matches!(f.tag, "SELECT" | "INSERT" | "UPDATE" | "DELETE")
+                    && !f.constant_condition
+                    && !f.merge
                     && matches!(f.kind, Kind::Other)
                     && f.copy.is_none()
                     && !f.role_change
