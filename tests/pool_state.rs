@@ -11,7 +11,7 @@ use common::gateway::{
     connect, create_app_database, runtime, start_gateway, within, Gateway, GatewayOptions,
     AGENT_TOKEN,
 };
-use common::{shared_pg, superuser_on, with_shared_pg};
+use common::{pgbench_cmd, run_ok, shared_pg, superuser_on, with_shared_pg};
 
 /// A gateway with one core and a pool of one in front of a fresh database `db`.
 fn pool_of_one(db: &str, mode: &'static str) -> Gateway {
@@ -423,4 +423,47 @@ fn session_mode_own_notification_pid() {
 #[test]
 fn transaction_mode_own_notification_pid() {
     own_notification_pid("transaction", "notify_pid_txn_db");
+}
+
+/// pgbench `-M prepared` prepares each statement with a blocking call (libpq's `PQprepare`)
+/// while the other clients of its thread sit in open transactions, holding every server of
+/// the pool: a Parse and Sync the gateway can answer itself (a statement a server of this core
+/// has parsed already) must not wait for a server, or the thread never lets those
+/// transactions end and every client times out. Sixteen clients on one thread, a pool of two.
+#[test]
+fn transaction_mode_prepares_without_waiting_for_a_server() {
+    let db = "pool_prepared_queue";
+    with_shared_pg(|c| create_app_database(c, db));
+    let gw = start_gateway(
+        shared_pg(),
+        GatewayOptions {
+            database: db.into(),
+            mode: "transaction",
+            size: 2,
+            cores: 1,
+            timeout: "3s",
+            ..GatewayOptions::default()
+        },
+    );
+    let agent = gw.target(AGENT_TOKEN);
+    run_ok(pgbench_cmd(&agent).args(["-i", "-s", "1", "-q"]));
+    let (clients, per_client) = (16, 20);
+    let out = run_ok(pgbench_cmd(&agent).args([
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        &clients.to_string(),
+        "-j",
+        "1",
+        "-t",
+        &per_client.to_string(),
+    ]));
+    let total = clients * per_client;
+    assert!(
+        out.contains(&format!(
+            "number of transactions actually processed: {total}/{total}"
+        )),
+        "{out}"
+    );
 }

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Whole-system benchmark: pgbench directly against PostgreSQL, through PgBouncer (transaction
-# pooling) and through Sluice (transaction pooling), interleaved in one run, with ratios.
+# pooling) and through Sluice (transaction pooling), interleaved in one run, with ratios and
+# each proxy's CPU time per transaction (utime+stime from /proc/PID/stat over the run ÷
+# transactions). PgBouncer 1.18 has no named statements in transaction pooling: its
+# `-M prepared` cells stay empty.
 #
 #   bash benches/pgbench/run.sh                 # full matrix (~10 min on 2 cores)
 #   DURATION=3 REPS=1 CLIENTS="16 64" bash benches/pgbench/run.sh   # quick look
@@ -14,7 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 DURATION=${DURATION:-8}
 REPS=${REPS:-2}
 CLIENTS=${CLIENTS:-"1 16 64 256"}
-MODES=${MODES:-"simple extended"}
+MODES=${MODES:-"simple extended prepared"}
 SCRIPTS=${SCRIPTS:-"select-only tpcb"}
 SCALE=${SCALE:-10}
 POOL_SIZE=${POOL_SIZE:-20}
@@ -91,10 +94,26 @@ policies:
 EOF
 SLUICE_LOG=warn "$SLUICE" dataplane --config "$work/sluice.yaml" &
 pids+=($!)
+SLUICE_PID=$!
 
 for port in "$BOUNCER_PORT" "$SLUICE_PORT"; do
     for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
+
+BOUNCER_PID=$(cat "$work/pgbouncer.pid")
+
+# target name → the proxy's pid (none for direct)
+proxy_pid() {
+    case $1 in
+        pgbouncer) echo "$BOUNCER_PID" ;;
+        sluice) echo "$SLUICE_PID" ;;
+    esac
+}
+
+# CPU clock ticks (user + system, all threads) a process has used; 0 without a process.
+cpu_ticks() {
+    if [ -n "$1" ]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi
+}
 
 # target name → connection options
 conn() {
@@ -107,7 +126,7 @@ conn() {
 
 results=$work/results.tsv
 : >"$results"
-printf '%-10s %-11s %-8s %5s %4s %12s %10s\n' target script mode c rep tps lat_ms >&2
+printf '%-10s %-11s %-8s %5s %4s %12s %10s %10s\n' target script mode c rep tps lat_ms cpu_us >&2
 for rep in $(seq "$REPS"); do
     for script in $SCRIPTS; do
         sflag=""; [ "$script" = select-only ] && sflag="-S"
@@ -115,12 +134,18 @@ for rep in $(seq "$REPS"); do
             for c in $CLIENTS; do
                 j=$THREADS; [ "$c" -lt "$j" ] && j=$c
                 for target in direct pgbouncer sluice; do
+                    [ "$target" = pgbouncer ] && [ "$mode" = prepared ] && continue
+                    pid=$(proxy_pid $target)
+                    t0=$(cpu_ticks "$pid")
                     out=$(PGPASSWORD=$TOKEN "$PGBENCH" $(conn $target) $sflag -M "$mode" -c "$c" -j "$j" -T "$DURATION" -n 2>&1) || {
                         echo "pgbench failed for $target $script $mode c=$c:" >&2; echo "$out" | tail -5 >&2; exit 1; }
+                    t1=$(cpu_ticks "$pid")
                     tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -1)
                     lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
-                    printf '%-10s %-11s %-8s %5s %4s %12s %10s\n' "$target" "$script" "$mode" "$c" "$rep" "$tps" "$lat" >&2
-                    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$script" "$mode" "$c" "$rep" "$tps" "$lat" >>"$results"
+                    txns=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+                    cpu=$(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$txns" 'BEGIN { printf "%.1f", (n > 0 ? d / hz * 1e6 / n : 0) }')
+                    printf '%-10s %-11s %-8s %5s %4s %12s %10s %10s\n' "$target" "$script" "$mode" "$c" "$rep" "$tps" "$lat" "$cpu" >&2
+                    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$script" "$mode" "$c" "$rep" "$tps" "$lat" "$cpu" >>"$results"
                 done
             done
         done
@@ -128,22 +153,32 @@ for rep in $(seq "$REPS"); do
 done
 
 echo
-echo "Median TPS over $REPS repetition(s), ${DURATION}s each, scale $SCALE, pool $POOL_SIZE, $(nproc) cores:"
+echo "Medians over $REPS repetition(s), ${DURATION}s each, scale $SCALE, pool $POOL_SIZE, $(nproc) cores"
+echo "(TPS; mean latency in ms; proxy CPU in µs per transaction; ratios of Sluice's TPS):"
 python3 - "$results" "$SCRIPTS" "$MODES" "$CLIENTS" <<'EOF'
 import sys, statistics, collections
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 scripts, modes, clients = sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
-tps = collections.defaultdict(list); lat = collections.defaultdict(list)
-for t, s, m, c, r, v, l in rows:
-    tps[(t, s, m, c)].append(float(v)); lat[(t, s, m, c)].append(float(l))
-med = lambda d, k: statistics.median(d[k])
-print(f"{'script':<11} {'mode':<8} {'c':>4} {'direct':>10} {'pgbouncer':>10} {'sluice':>10} {'lat ms d/b/s':>20} {'s/direct':>9} {'s/bouncer':>9}")
+tps, lat, cpu = (collections.defaultdict(list) for _ in range(3))
+for t, s, m, c, r, v, l, u in rows:
+    tps[(t, s, m, c)].append(float(v)); lat[(t, s, m, c)].append(float(l)); cpu[(t, s, m, c)].append(float(u))
+def med(d, k):
+    return statistics.median(d[k]) if k in d else None
+def cell(v, fmt):
+    return "—" if v is None else format(v, fmt)
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+print(f"{'script':<11} {'mode':<8} {'c':>4} {'direct':>8} {'pgbouncer':>9} {'sluice':>8} {'lat d/b/s':>17} "
+      f"{'cpu b':>7} {'cpu s':>7} {'s/direct':>8} {'s/bouncer':>9}")
 for s in scripts:
     for m in modes:
         for c in clients:
             d, b, x = (med(tps, (t, s, m, c)) for t in ("direct", "pgbouncer", "sluice"))
             ld, lb, lx = (med(lat, (t, s, m, c)) for t in ("direct", "pgbouncer", "sluice"))
-            print(f"{s:<11} {m:<8} {c:>4} {d:>10.0f} {b:>10.0f} {x:>10.0f} {ld:>6.2f}/{lb:>5.2f}/{lx:>5.2f} {x/d:>9.2f} {x/b:>9.2f}")
+            cb, cx = (med(cpu, (t, s, m, c)) for t in ("pgbouncer", "sluice"))
+            lats = "/".join(cell(v, ".2f") for v in (ld, lb, lx))
+            print(f"{s:<11} {m:<8} {c:>4} {cell(d, '.0f'):>8} {cell(b, '.0f'):>9} {cell(x, '.0f'):>8} {lats:>17} "
+                  f"{cell(cb, '.0f'):>7} {cell(cx, '.0f'):>7} {cell(ratio(x, d), '.2f'):>8} {cell(ratio(x, b), '.2f'):>9}")
 k = ("select-only", "simple", "64")
 if all((t,) + k in tps for t in ("sluice", "pgbouncer")):
     print(f"ratio sluice/pgbouncer select-only c=64 simple: {med(tps, ('sluice',) + k) / med(tps, ('pgbouncer',) + k):.2f}")

@@ -204,6 +204,19 @@ impl CoreCtx {
             .intern(query, encoding, param_types)
     }
 
+    /// Whether a server of this core has parsed this text with these parameter types.
+    pub fn statement_parsed(
+        &self,
+        query: &[u8],
+        encoding: crate::client_encoding::ClientEncoding,
+        param_types: &[u8],
+    ) -> bool {
+        self.statements
+            .borrow()
+            .get(query, encoding, param_types)
+            .is_some_and(|s| s.parsed.get())
+    }
+
     /// Registers a running session so that a snapshot that withdraws its access (revokes
     /// `grant_id`, removes `role` or `connection`, or takes the connection from the role)
     /// closes it: `kill` is called on this core with the reason, outside any borrow of the

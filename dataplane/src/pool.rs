@@ -98,14 +98,22 @@ impl Pool {
                 };
             }
             self.metrics.pool_waits.inc();
-            let (tx, rx) = oneshot::channel();
+            let (tx, mut rx) = oneshot::channel();
             self.waiters.borrow_mut().push_back(tx);
             let left = deadline.saturating_duration_since(Instant::now());
-            match monoio::time::timeout(left, rx).await {
+            match monoio::time::timeout(left, &mut rx).await {
                 Ok(Ok(Some(conn))) => return Ok(conn),
                 // A slot freed up (or the sender went away): try again.
                 Ok(Ok(None)) | Ok(Err(_)) => continue,
                 Err(_) => {
+                    // A hand-off may have landed as the wait ended: pass it on, or the
+                    // connection (or the freed slot) would be lost to every later client.
+                    rx.close();
+                    match rx.try_recv() {
+                        Ok(Some(Some(conn))) => self.release(conn),
+                        Ok(Some(None)) => self.pass_on_freed_slot(),
+                        _ => {}
+                    }
                     self.metrics.pool_timeouts.inc();
                     return Err(BackendError::PoolTimeout {
                         secs: self.cfg.timeout.as_secs(),
@@ -246,6 +254,11 @@ impl Pool {
     /// One fewer open connection; wake a queued client so it can open one.
     fn slot_freed(&self) {
         self.open.set(self.open.get().saturating_sub(1));
+        self.pass_on_freed_slot();
+    }
+
+    /// Wakes the first queued client still waiting to open a connection in a free slot.
+    fn pass_on_freed_slot(&self) {
         while let Some(tx) = self.waiters.borrow_mut().pop_front() {
             if tx.send(None).is_ok() {
                 return;

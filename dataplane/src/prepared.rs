@@ -5,6 +5,7 @@
 //! name (`sluice_<core>_<id>`); the session maps the client's names to these and prepares them
 //! on a server connection when it lacks them, as PgBouncer 1.21+ and PgDog do.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -28,6 +29,9 @@ pub struct Statement {
     pub read_in: Option<ClientEncoding>,
     /// Raw parameter type list of the Parse message.
     pub param_types: Box<[u8]>,
+    /// A server of this core parsed it: the text is valid SQL for these parameter types, so
+    /// a client's Parse of it can be answered without a server.
+    pub parsed: Cell<bool>,
 }
 
 impl Statement {
@@ -58,19 +62,30 @@ impl StatementRegistry {
         }
     }
 
+    /// The statement for this text (read in `encoding`) and parameter types, if there is one.
+    /// ASCII text is the same statement in every encoding.
+    pub fn get(
+        &self,
+        query: &[u8],
+        encoding: ClientEncoding,
+        param_types: &[u8],
+    ) -> Option<&Rc<Statement>> {
+        let read_in = (!query.is_ascii()).then_some(encoding);
+        self.by_query.get(query).and_then(|v| {
+            v.iter()
+                .find(|s| &*s.param_types == param_types && s.read_in == read_in)
+        })
+    }
+
     /// The statement for this text (read in `encoding`) and parameter types, created on
-    /// first sight. ASCII text is the same statement in every encoding.
+    /// first sight.
     pub fn intern(
         &mut self,
         query: &[u8],
         encoding: ClientEncoding,
         param_types: &[u8],
     ) -> Rc<Statement> {
-        let read_in = (!query.is_ascii()).then_some(encoding);
-        if let Some(s) = self.by_query.get(query).and_then(|v| {
-            v.iter()
-                .find(|s| &*s.param_types == param_types && s.read_in == read_in)
-        }) {
+        if let Some(s) = self.get(query, encoding, param_types) {
             return s.clone();
         }
         if self.count >= MAX_STATEMENTS {
@@ -79,12 +94,14 @@ impl StatementRegistry {
         }
         let id = self.next_id;
         self.next_id += 1;
+        let read_in = (!query.is_ascii()).then_some(encoding);
         let stmt = Rc::new(Statement {
             id,
             server_name: format!("sluice_{}_{}", self.core, id),
             query: query.into(),
             read_in,
             param_types: param_types.into(),
+            parsed: Cell::new(false),
         });
         self.by_query
             .entry(query.into())

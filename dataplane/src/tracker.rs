@@ -71,7 +71,8 @@ pub enum Delivery {
     Forward,
     /// The proxy injected it; its success is dropped (errors still reach the client).
     Swallow,
-    /// The proxy answered it without the server (ParseComplete or CloseComplete).
+    /// The proxy answered it without the server (ParseComplete, CloseComplete, or for a Sync
+    /// while no server is held, ReadyForQuery outside a transaction).
     Synthesize,
     /// The proxy sent it in place of part of a simple Query: the client gets the answer as a
     /// simple Query's (a RowDescription, never a NoData).
@@ -120,6 +121,9 @@ pub struct Tracker {
     /// Tags of requests that failed or that the server skipped (after an error, before Sync),
     /// for the caller to forget what it recorded for them.
     failed_jobs: Vec<u64>,
+    /// Statement ids whose Parse the server completed, since the last call to
+    /// [`Tracker::take_parsed`].
+    parsed: Vec<u64>,
 }
 
 impl Tracker {
@@ -218,6 +222,16 @@ impl Tracker {
         std::mem::take(&mut self.failed_jobs)
     }
 
+    /// Takes the ids of statements the server parsed since the last call.
+    pub fn take_parsed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.parsed)
+    }
+
+    /// Whether nothing is pending and no error has the server skipping to a Sync.
+    pub fn is_settled(&self) -> bool {
+        self.queue.is_empty() && !self.skipping && !self.copy_in
+    }
+
     /// Whether a request tagged `job` still waits for (part of) its answer.
     pub fn has_job(&self, job: u64) -> bool {
         self.queue.iter().any(|e| e.job == job)
@@ -292,7 +306,10 @@ impl Tracker {
         }
         let delivery = head.delivery;
         if head.request.completed_by(tag) {
-            self.queue.pop_front();
+            let done = self.queue.pop_front().expect("head exists");
+            if done.request == Request::Parse && delivery != Delivery::Synthesize {
+                self.parsed.extend(done.statement);
+            }
         } else if tag == COPY_IN {
             self.enter_copy_in();
         }
@@ -351,6 +368,8 @@ impl Tracker {
                 break;
             }
             match e.request {
+                // Only when no server is held (transaction pooling): outside a transaction.
+                Request::Sync => encode::ready_for_query(to_client, b'I'),
                 Request::Parse => encode::parse_complete(to_client),
                 Request::Close => encode::close_complete(to_client),
                 other => debug_assert!(false, "cannot synthesize {other:?}"),

@@ -199,6 +199,10 @@ pub struct StatementFacts {
     pub functions: Vec<Name>,
     /// Targets of UPDATE/DELETE without a WHERE (or with a constant-true one), and TRUNCATE.
     pub unfiltered_writes: Vec<Name>,
+    /// An UPDATE/DELETE whose WHERE is, or compares, constants alone somewhere (`true`,
+    /// `1 = 1`, `'a' = 'b' OR ...`): whether it filters at all turns on the values, so its
+    /// verdict holds for this text only, never for others of its shape.
+    pub constant_condition: bool,
     /// COPY details.
     pub copy: Option<CopyFacts>,
     /// SET ROLE / SET SESSION AUTHORIZATION / RESET ROLE / RESET ALL / DISCARD ALL, or
@@ -240,6 +244,7 @@ impl StatementFacts {
             schemas: Vec::new(),
             functions: Vec::new(),
             unfiltered_writes: Vec::new(),
+            constant_condition: false,
             copy: None,
             role_change: false,
             search_path_change: false,

@@ -245,7 +245,11 @@ fn countable(policy: &Policy, analysis: &Analysis) -> Result<(), Verdict> {
     let v = match analysis {
         Analysis::Statements(v) => v,
         Analysis::Unparsed { .. } => {
-            return Err(uncountable(policy, "a statement the gateway cannot analyse", max))
+            return Err(uncountable(
+                policy,
+                "a statement the gateway cannot analyse",
+                max,
+            ))
         }
     };
     let why = if v.iter().any(|s| s.data_modifying_cte) {

@@ -79,6 +79,13 @@ impl Parsed {
 }
 
 impl State {
+    /// The server parsed this core's statement `id`: a Parse of it needs no server from now on.
+    pub(super) fn statement_parsed(&self, id: u64) {
+        if let Some(s) = self.stmts.pooled.values().find(|s| s.id == id) {
+            s.parsed.set(true);
+        }
+    }
+
     /// A statement name the server does not have (its Parse failed or was skipped, or
     /// SQL-level PREPARE/DEALLOCATE reused it): Binds to it are refused and its lineage is
     /// unknown.
@@ -143,6 +150,59 @@ impl Session {
             Ok(None) => true,
             Err(_) => false, // let process_client report it
         }
+    }
+
+    /// Transaction pooling with no server held: whether the gateway answers every whole
+    /// message in `buf` itself (Parse of a named statement one of this core's servers has
+    /// parsed and the policy allows by its cached verdict, Close of a named statement, Flush,
+    /// Sync), so that the client does not wait for a server. A client that prepares its
+    /// statements with blocking calls (libpq's `PQprepare`, as pgbench `-M prepared` does)
+    /// while other clients on its thread hold every server in open transactions would
+    /// otherwise wait for servers that thread never lets go. Masking sessions always take a
+    /// server: their Parse needs a masking plan.
+    pub(super) fn answers_without_server(&self, buf: &[u8], copy_skip: usize) -> bool {
+        if self.mode != PoolMode::Transaction || copy_skip > 0 {
+            return false;
+        }
+        let st = self.st.borrow();
+        if st.server.attached.is_some() || !st.tracker.is_settled() || st.masker.is_some() {
+            return false;
+        }
+        let verdicts = self.ctx.verdicts.borrow();
+        let mut pos = 0;
+        let mut any = false;
+        while let Ok(Some(h)) = parse_header(&buf[pos..], self.max_message) {
+            let total = h.total_len();
+            if buf.len() - pos < total {
+                break;
+            }
+            let answerable = match frontend::parse(&buf[pos..pos + total]) {
+                Ok(FrontendMessage::Parse {
+                    name,
+                    query,
+                    param_types,
+                }) => {
+                    !name.is_empty()
+                        && !name.starts_with("sluice")
+                        && self
+                            .ctx
+                            .statement_parsed(query, st.encodings.client(), param_types)
+                        && match text::decode(&st, query) {
+                            Text::Decoded(sql) => st.judge.allows_cached(&verdicts, &sql),
+                            Text::Undecodable { .. } => false,
+                        }
+                }
+                Ok(FrontendMessage::Close { kind: b'S', name }) => !name.is_empty(),
+                Ok(FrontendMessage::Sync | FrontendMessage::Flush) => true,
+                _ => false,
+            };
+            if !answerable {
+                return false;
+            }
+            any = true;
+            pos += total;
+        }
+        any
     }
 
     /// Turns buffered client messages into bytes for the server, recording what answers to
@@ -262,10 +322,20 @@ impl Session {
                 Some(self.on_execute(st, pass, portal, max_rows, frame))
             }
             FrontendMessage::Close { kind, name } => Some(self.on_close(st, pass, kind, name)),
+            FrontendMessage::Sync if st.server.attached.is_none() => {
+                // Nothing since the last Sync needed a server (see
+                // [`Session::answers_without_server`]): the client is outside a transaction.
+                self.ctx.metrics.queries.inc();
+                pass.push(&mut st.tracker, Request::Sync, Delivery::Synthesize, None);
+                Some(Send::Instead(BytesMut::new()))
+            }
             FrontendMessage::Sync => {
                 self.ctx.metrics.queries.inc();
                 pass.push(&mut st.tracker, Request::Sync, Delivery::Forward, None);
                 Some(Send::AsIs)
+            }
+            FrontendMessage::Flush if st.server.attached.is_none() => {
+                Some(Send::Instead(BytesMut::new()))
             }
             FrontendMessage::FunctionCall(_) => {
                 // Fastpath calls name a function by OID, out of the policy's sight.
@@ -408,8 +478,10 @@ impl Session {
             .ctx
             .intern_statement(query, st.encodings.client(), param_types);
         st.stmts.pooled.insert(name.to_owned(), stmt.clone());
-        if !st.server.mark_prepared(stmt.id) {
-            // The server has it already: the gateway answers ParseComplete itself.
+        if st.server.attached.is_none() || !st.server.mark_prepared(stmt.id) {
+            // The server has it already, or no server is held and one of this core's servers
+            // parsed it (a Bind parses it on the server it gets): the gateway answers
+            // ParseComplete itself.
             pass.push(
                 &mut st.tracker,
                 Request::Parse,

@@ -127,6 +127,16 @@ impl Judge {
         self.sql_prepared.clear();
     }
 
+    /// Whether `cache` holds an Allow for `sql` (or its shape) under this policy; judges
+    /// nothing.
+    pub(super) fn allows_cached(&self, cache: &Verdicts, sql: &str) -> bool {
+        let key = self.policy.cache_key();
+        let verdict = cache
+            .get(key, sql)
+            .or_else(|| crate::shape::shape(sql).and_then(|s| cache.get(key, &s)));
+        matches!(verdict, Some((Verdict::Allow, _)))
+    }
+
     /// The verdict on a text, cached in `cache`. Texts that PREPARE, EXECUTE or DEALLOCATE
     /// depend on the session's prepared statements: judged each time, never cached.
     pub(super) fn judge(&mut self, cache: &mut Verdicts, sql: &str) -> Judgement {
@@ -279,15 +289,18 @@ fn is_stateful(analysis: &Analysis) -> bool {
     }
 }
 
-/// Whether no literal value in the text can change its verdict: one plain SELECT or INSERT
-/// (constants there are values, never names, classes or flags). UPDATE and DELETE are left
-/// out on purpose: a constant WHERE (`1 = 1`) is something the policy looks at.
+/// Whether no literal value in the text can change its verdict: one plain SELECT, INSERT,
+/// UPDATE or DELETE (constants there are values, never names, classes or flags). An UPDATE or
+/// DELETE whose WHERE tests constants alone (`1 = 1`, `true`) is left out: whether it filters
+/// is something the policy looks at, and `1 = 2` and `1 = 1` have one shape.
 fn literal_independent(analysis: &Analysis) -> bool {
     match analysis {
         Analysis::Statements(v) => {
             v.len() == 1 && {
                 let f = &v[0];
-                matches!(f.tag, "SELECT" | "INSERT")
+                matches!(f.tag, "SELECT" | "INSERT" | "UPDATE" | "DELETE")
+                    && !f.constant_condition
+                    && !f.merge
                     && matches!(f.kind, Kind::Other)
                     && f.copy.is_none()
                     && !f.role_change
@@ -338,7 +351,11 @@ pub(super) fn stand_in_query() -> BytesMut {
 impl Session {
     /// The policy's verdict on a statement text: `None` when allowed, else the
     /// ErrorResponse the client gets; the plan key, and the limit on rows it may affect.
-    fn judge(&self, st: &mut State, text: &Text<'_>) -> (Option<Bytes>, Option<String>, Option<u64>) {
+    fn judge(
+        &self,
+        st: &mut State,
+        text: &Text<'_>,
+    ) -> (Option<Bytes>, Option<String>, Option<u64>) {
         let judgement = match text {
             Text::Decoded(sql) => st.judge.judge(&mut self.ctx.verdicts.borrow_mut(), sql),
             Text::Undecodable { why, .. } => st.judge.judge_undecodable(why),

@@ -219,11 +219,13 @@ impl Session {
             if self.st.borrow().out.closing {
                 return;
             }
-            // A server for whatever these messages need.
-            if !self.ensure_attached().await {
-                return;
+            // A server for whatever these messages need, unless the gateway answers them all.
+            if !self.answers_without_server(&buf, copy_skip) {
+                if !self.ensure_attached().await {
+                    return;
+                }
+                self.unpark();
             }
-            self.unpark();
             let (chunks, terminated) = match self.process_client(&mut buf, &mut copy_skip) {
                 Ok(c) => c,
                 Err(f) => {

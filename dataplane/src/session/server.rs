@@ -148,6 +148,9 @@ impl Session {
                 self.own_notifier(st, &mut buf[pos..pos + total]);
             }
             st.server.unprepared(&mut unprepared);
+            for id in st.tracker.take_parsed() {
+                st.statement_parsed(id);
+            }
             let whole = available >= total;
             let present = total.min(available);
             let mut verdict = if oversize { Verdict::Drop } else { verdict };

@@ -69,6 +69,7 @@ impl Collector {
         }
         f.data_modifying_cte |= c.data_modifying_cte;
         f.merge |= c.merge;
+        f.constant_condition |= c.constant_condition;
         f.role_change |= c.role_change;
         f.search_path_change |= c.search_path_change;
         f.opaque = f.opaque.or(c.opaque);
@@ -154,6 +155,41 @@ pub(super) fn trivially_true(e: &Expr) -> bool {
     }
 }
 
+/// Whether a WHERE holds a test of constants alone where [`trivially_true`] (or a reader of
+/// the same kind) would look: the condition itself, either side of AND/OR/NOT, or a
+/// comparison whose two sides are both constants. `aid = 5` holds none; `1 = 1`, `true`,
+/// `aid = 5 OR 'a' = 'a'` do.
+pub(super) fn has_constant_test(e: &Expr) -> bool {
+    match e {
+        Expr::Value(_) => true,
+        Expr::Nested(inner) => has_constant_test(inner),
+        Expr::UnaryOp { expr, .. } => has_constant_test(expr),
+        Expr::BinaryOp { left, op, right } => match op {
+            ast::BinaryOperator::And | ast::BinaryOperator::Or => {
+                has_constant_test(left) || has_constant_test(right)
+            }
+            _ => is_constant(left) && is_constant(right),
+        },
+        Expr::IsTrue(inner)
+        | Expr::IsNotTrue(inner)
+        | Expr::IsFalse(inner)
+        | Expr::IsNotFalse(inner)
+        | Expr::IsNull(inner)
+        | Expr::IsNotNull(inner) => is_constant(inner),
+        _ => false,
+    }
+}
+
+/// A literal, possibly parenthesised, negated or cast.
+fn is_constant(e: &Expr) -> bool {
+    match e {
+        Expr::Value(_) => true,
+        Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } => is_constant(inner),
+        Expr::Cast { expr, .. } => is_constant(expr),
+        _ => false,
+    }
+}
+
 /// The first argument of a call if it is a plain string literal.
 fn constant_first_arg(func: &ast::Function) -> Option<&str> {
     let FunctionArguments::List(list) = &func.args else {
@@ -233,6 +269,8 @@ impl Visitor for Collector {
                 self.facts.data_modifying_cte |= nested;
             }
             Statement::Update(up) => {
+                self.facts.constant_condition |=
+                    up.selection.as_ref().is_some_and(has_constant_test);
                 self.dml_target(&up.table.relation);
                 if up.selection.as_ref().is_none_or(trivially_true) {
                     self.unfiltered(&up.table.relation);
@@ -246,6 +284,8 @@ impl Visitor for Collector {
                 if !del.tables.is_empty() {
                     self.facts.opaque = Some("multi-table DELETE");
                 }
+                self.facts.constant_condition |=
+                    del.selection.as_ref().is_some_and(has_constant_test);
                 for t in from {
                     self.dml_target(&t.relation);
                     if del.selection.as_ref().is_none_or(trivially_true) {

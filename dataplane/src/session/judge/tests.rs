@@ -27,10 +27,25 @@ fn which_verdicts_are_shared_across_constants() {
         "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"
     ));
     assert!(yes("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP);"));
-    assert!(!yes(
+    assert!(yes(
         "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 1;"
     ));
-    assert!(!yes("DELETE FROM t WHERE 1 = 1"));
+    assert!(yes("DELETE FROM t WHERE id = 7 AND v > 2.5"));
+    assert!(
+        yes("UPDATE t SET a = 'x'"),
+        "no WHERE: unfiltered whatever the constants"
+    );
+    for constant in [
+        "DELETE FROM t WHERE 1 = 1",
+        "DELETE FROM t WHERE 1 = 2",
+        "UPDATE t SET a = 1 WHERE true",
+        "UPDATE t SET a = 1 WHERE 'a' = 'a'",
+        "UPDATE t SET a = 1 WHERE id = 3 OR (2 = 2)",
+        "UPDATE t SET a = 1 WHERE NOT false",
+        "DELETE FROM t WHERE 1::int = '1'",
+    ] {
+        assert!(!yes(constant), "{constant}");
+    }
     assert!(!yes("SELECT 1; SELECT 2"));
     assert!(!yes("EXPLAIN ANALYZE SELECT 1"));
     assert!(!yes("COPY t TO STDOUT"));
@@ -68,10 +83,51 @@ fn a_plain_select_shares_its_verdict_and_plan_across_constants() {
     assert!(allowed(&second));
     assert_eq!(second.plan_key.as_deref(), Some(shape.as_str()));
     assert_eq!(cache.len(), 1, "the second text hit the shape");
-    // A constant WHERE is something the policy looks at: cached by its text only.
     let update = judge("writer").judge(&mut cache, "UPDATE t SET a = 1 WHERE id = 1");
-    assert_eq!(update.plan_key, None);
+    assert!(
+        update.plan_key.is_some(),
+        "an UPDATE's WHERE on a column is shared too"
+    );
     assert_eq!(cache.len(), 2);
+}
+
+#[test]
+fn a_constant_true_where_is_judged_by_its_own_text() {
+    let set = sluice_policy::PolicySet::from_yaml(
+        r#"
+policies:
+  - name: careful
+    classes: {allow: [read, write]}
+    require_where: true
+"#,
+        1,
+    )
+    .unwrap();
+    let mut j = Judge::new(set.get("careful").unwrap().clone());
+    let mut cache = VerdictCache::new(16);
+    // Filtered statements are allowed and cached by shape: `1 = 2` has the shape of `1 = 1`.
+    for sql in [
+        "UPDATE t SET a = 1 WHERE id = 1",
+        "UPDATE t SET a = 1 WHERE id = 2",
+        "UPDATE t SET a = 1 WHERE 1 = 2",
+        "DELETE FROM t WHERE 'a' = 'b'",
+        "DELETE FROM t WHERE id = 5",
+    ] {
+        assert!(allowed(&j.judge(&mut cache, sql)), "{sql}");
+    }
+    for sql in [
+        "UPDATE t SET a = 1 WHERE 1 = 1",
+        "UPDATE t SET a = 7 WHERE true",
+        "DELETE FROM t WHERE 'a' = 'a'",
+        "DELETE FROM t WHERE 5 = 5",
+        "UPDATE t SET a = 1",
+    ] {
+        let v = j.judge(&mut cache, sql);
+        assert!(
+            matches!(&v.verdict, Judged::Policy(Verdict::Deny { rule, .. }) if rule.as_str().contains("require_where")),
+            "{sql}: {v:?}"
+        );
+    }
 }
 
 #[test]
