@@ -45,9 +45,10 @@
 //! `rejected.jsonl`. Segments in total stay under
 //! [`spool_max_bytes`](ShipperConfig::spool_max_bytes); a batch that does not fit is dropped,
 //! logged and counted in [`AuditStats::dropped_spool_full`], and reported by a loss marker once
-//! there is room again. At start the segments left by a previous run are read, oldest first,
-//! and queued ahead of anything new; each process appends to segments of its own (a new
-//! number), never to an old one.
+//! there is room again (a data plane that stops while its spool is still full leaves only the
+//! log line and the counter). At start the segments left by a previous run are read, oldest
+//! first, and queued ahead of anything new; each process appends to segments of its own (a
+//! new number), never to an old one.
 //!
 //! # Why a crash neither loses a spooled batch nor stores one twice
 //!
@@ -734,7 +735,9 @@ impl Queue {
                     records = lost,
                     spool_bytes = self.spool.bytes,
                     spool_max_bytes = self.spool.max_bytes,
-                    "audit spool full (or failing): records dropped; a loss marker will report them"
+                    "audit spool full (or failing): records dropped and counted in \
+                     sluice_audit_records_dropped_total; a loss marker reports them once there is \
+                     room (none if the data plane stops first)"
                 );
             }
         }

@@ -443,7 +443,7 @@ impl Shared {
                 (
                     "audit_records_dropped_total",
                     "counter",
-                    "Audit records lost (channel or spool full, or after shutdown); loss markers record them",
+                    "Audit records lost (channel or spool full, or after shutdown); loss markers report them in the audit trail once records flow again",
                     a.dropped_channel_full + a.dropped_spool_full + a.dropped_after_shutdown,
                 ),
                 (
