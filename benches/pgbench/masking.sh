@@ -87,7 +87,7 @@ policies:
 EOF
 SLUICE_LOG=warn "$SLUICE" dataplane --config "$work/sluice.yaml" &
 pids+=($!)
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$SLUICE_PORT) 2>/dev/null && break; sleep 0.1; done
+wait_for_port "$SLUICE_PORT"
 
 # The masked role must really get masked values (else the comparison means nothing).
 got=$(PGPASSWORD=$MASKED "$bindir/psql" -h 127.0.0.1 -p "$SLUICE_PORT" -U masked -qAt -d bench -c "SELECT ssn FROM people WHERE id = 1")
@@ -96,39 +96,8 @@ clear=$(psql_pg -d bench -c "SELECT ssn FROM people WHERE id = 1")
 echo "masked role sees $got for $clear" >&2
 
 results=$work/results.tsv
-: >"$results"
-printf '%-9s %-8s %4s %4s %12s\n' role mode c rep tps >&2
-for rep in $(seq "$REPS"); do
-    for mode in $MODES; do
-        for c in $CLIENTS; do
-            j=$THREADS; [ "$c" -lt "$j" ] && j=$c
-            for role in plain masked; do
-                token=$PLAIN; [ "$role" = masked ] && token=$MASKED
-                out=$(PGPASSWORD=$token "$PGBENCH" -h 127.0.0.1 -p "$SLUICE_PORT" -U "$role" -n -f "$work/select.sql" -M "$mode" -c "$c" -j "$j" -T "$DURATION" bench 2>&1) || {
-                    echo "pgbench failed for $role $mode c=$c:" >&2; echo "$out" | tail -5 >&2; exit 1; }
-                tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -1)
-                printf '%-9s %-8s %4s %4s %12s\n' "$role" "$mode" "$c" "$rep" "$tps" >&2
-                printf '%s\t%s\t%s\t%s\t%s\n' "$role" "$mode" "$c" "$rep" "$tps" >>"$results"
-            done
-        done
-    done
-done
+compare_roles plain "$PLAIN" masked "$MASKED" -f "$work/select.sql"
 
 echo
 echo "Median TPS over $REPS repetition(s), ${DURATION}s each, $ROWS rows, 1 of 10 columns masked, $(nproc) cores:"
-python3 - "$results" "$MODES" "$CLIENTS" <<'EOF'
-import sys, statistics, collections
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-modes, clients = sys.argv[2].split(), sys.argv[3].split()
-tps = collections.defaultdict(list)
-for r, m, c, rep, v in rows:
-    tps[(r, m, c)].append(float(v))
-med = lambda k: statistics.median(tps[k])
-print(f"{'mode':<8} {'c':>4} {'unmasked':>10} {'masked':>10} {'ratio':>7}")
-for m in modes:
-    for c in clients:
-        u, x = med(("plain", m, c)), med(("masked", m, c))
-        print(f"{m:<8} {c:>4} {u:>10.0f} {x:>10.0f} {x/u:>7.2f}")
-m, c = modes[0], ("16" if "16" in clients else clients[0])
-print(f"ratio masked/unmasked c={c} {m}: {med(('masked', m, c)) / med(('plain', m, c)):.2f}")
-EOF
+summarise_roles plain unmasked masked masked

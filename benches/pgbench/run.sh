@@ -97,7 +97,7 @@ pids+=($!)
 SLUICE_PID=$!
 
 for port in "$BOUNCER_PORT" "$SLUICE_PORT"; do
-    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+    wait_for_port "$port"
 done
 
 BOUNCER_PID=$(cat "$work/pgbouncer.pid")
