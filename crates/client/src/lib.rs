@@ -5,8 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod time;
 pub mod trust;
 pub mod wire;
 
 pub use client::{encode_path_segment, Answer, Client, ClientError};
+pub use time::Utc;
 pub use trust::{agent, Trust, TrustError};
