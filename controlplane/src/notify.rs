@@ -210,7 +210,7 @@ impl ControlPlane {
     async fn deliver_due(&self, agent: &ureq::Agent) -> Result<Duration, StoreError> {
         loop {
             let due = {
-                let mut c = self.store().pool().acquire().await?;
+                let mut c = self.store().conn().await?;
                 rows::due_deliveries(&mut c, now_ms(), BATCH).await?
             };
             for d in &due {
@@ -224,7 +224,7 @@ impl ControlPlane {
                 break;
             }
         }
-        let mut c = self.store().pool().acquire().await?;
+        let mut c = self.store().conn().await?;
         let next = rows::next_due(&mut c).await?;
         let wait = next.map_or(RECHECK, |at| {
             Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))

@@ -244,12 +244,7 @@ impl ControlPlane {
 
     /// One review as it stands now.
     pub async fn review(&self, id: &str) -> Result<Review, ServiceError> {
-        let mut c = self
-            .store()
-            .pool()
-            .acquire()
-            .await
-            .map_err(StoreError::Db)?;
+        let mut c = self.store().conn().await?;
         let Some(row) = rows::review(&mut c, id).await? else {
             return Err(ServiceError::NotFound(format!("no review `{id}`")));
         };
@@ -262,7 +257,7 @@ impl ControlPlane {
     }
 
     async fn load(&self, row: ReviewRow, now: i64) -> Result<Review, StoreError> {
-        let mut c = self.store().pool().acquire().await?;
+        let mut c = self.store().conn().await?;
         let decisions = rows::decisions(&mut c, &[row.id.as_str()]).await?;
         Ok(review_of(
             row,
@@ -275,12 +270,7 @@ impl ControlPlane {
     pub async fn list_reviews(&self, q: &ListParams) -> Result<Vec<Review>, ServiceError> {
         let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
         let now = now_ms();
-        let mut c = self
-            .store()
-            .pool()
-            .acquire()
-            .await
-            .map_err(StoreError::Db)?;
+        let mut c = self.store().conn().await?;
         let found = rows::list_reviews(&mut c, q.status, now, limit).await?;
         let mut by_review: HashMap<String, Vec<Decision>> = HashMap::new();
         // Bounded IN lists: well under both stores' bind limits.

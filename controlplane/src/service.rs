@@ -342,7 +342,7 @@ impl ControlPlane {
                 }));
             }
         }
-        let mut c = self.store.pool().acquire().await.map_err(StoreError::Db)?;
+        let mut c = self.store.conn().await?;
         Ok(store::token_by_digest(&mut c, &digest)
             .await?
             .and_then(|t| Role::parse(&t.role).map(|role| Principal { name: t.name, role })))
@@ -388,7 +388,7 @@ impl ControlPlane {
 
     /// The current document (without passwords), its version and credentials.
     pub async fn current_document(&self) -> Result<(u64, Document, Credentials), StoreError> {
-        let mut c = self.store.pool().acquire().await?;
+        let mut c = self.store.conn().await?;
         self.load_document(&mut c, None).await
     }
 
@@ -605,7 +605,7 @@ impl ControlPlane {
 
     /// Loads a newer snapshot another replica committed (multi-replica PostgreSQL stores).
     pub async fn refresh_from_store(&self) -> Result<(), StoreError> {
-        let mut c = self.store.pool().acquire().await?;
+        let mut c = self.store.conn().await?;
         let v = store::max_snapshot_version(&mut c).await?;
         if v > self.current_snapshot().version {
             if let Some((v, sealed)) = store::latest_snapshot(&mut c).await? {
@@ -737,7 +737,7 @@ impl ControlPlane {
     }
 
     pub async fn list_grants(&self) -> Result<Vec<Grant>, StoreError> {
-        let mut c = self.store.pool().acquire().await?;
+        let mut c = self.store.conn().await?;
         store::list_grants(&mut c, now_ms()).await
     }
 
@@ -787,7 +787,7 @@ impl ControlPlane {
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
-        let mut c = self.store.pool().acquire().await?;
+        let mut c = self.store.conn().await?;
         store::list_nodes(&mut c).await
     }
 

@@ -87,12 +87,7 @@ impl ControlPlane {
     /// Writes the next batch of both streams and moves their cursors; how many rows went.
     async fn export_batch(&self, stream: &mut TcpStream) -> Result<usize, ExportError> {
         let (audit_after, api_after, records, entries) = {
-            let mut c = self
-                .store()
-                .pool()
-                .acquire()
-                .await
-                .map_err(StoreError::Db)?;
+            let mut c = self.store().conn().await?;
             let audit_after = cursor(&mut c, AUDIT_CURSOR).await?;
             let api_after = cursor(&mut c, API_AUDIT_CURSOR).await?;
             let q = AuditQuery {

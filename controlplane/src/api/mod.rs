@@ -409,12 +409,7 @@ async fn list_documents(
     Auth(p): Auth,
 ) -> ApiResult<Json<Vec<DocumentVersion>>> {
     require(&p, READERS)?;
-    let mut c = cp
-        .store()
-        .pool()
-        .acquire()
-        .await
-        .map_err(store::StoreError::Db)?;
+    let mut c = cp.store().conn().await?;
     Ok(Json(store::list_documents(&mut c).await?))
 }
 
@@ -594,12 +589,7 @@ async fn query_audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
     require(&p, AUDIT_READERS)?;
-    let mut c = cp
-        .store()
-        .pool()
-        .acquire()
-        .await
-        .map_err(store::StoreError::Db)?;
+    let mut c = cp.store().conn().await?;
     Ok(Json(store::query_audit(&mut c, &q).await?))
 }
 
@@ -607,12 +597,7 @@ async fn query_audit(
     responses((status = 200, body = [ApiAuditEntry], description = "Changes made through the API, newest first")))]
 async fn api_audit(State(cp): State<Cp>, Auth(p): Auth) -> ApiResult<Json<Vec<ApiAuditEntry>>> {
     require(&p, AUDIT_READERS)?;
-    let mut c = cp
-        .store()
-        .pool()
-        .acquire()
-        .await
-        .map_err(store::StoreError::Db)?;
+    let mut c = cp.store().conn().await?;
     Ok(Json(store::list_api_audit(&mut c, 1000).await?))
 }
 
@@ -645,12 +630,7 @@ async fn list_deliveries(
         }
     }
     let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
-    let mut c = cp
-        .store()
-        .pool()
-        .acquire()
-        .await
-        .map_err(store::StoreError::Db)?;
+    let mut c = cp.store().conn().await?;
     Ok(Json(
         notifications::list_deliveries(&mut c, q.status.as_deref(), limit).await?,
     ))

@@ -137,6 +137,11 @@ impl Store {
         &self.pool
     }
 
+    /// A connection from the pool, for reads outside a write transaction.
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
+        Ok(self.pool.acquire().await?)
+    }
+
     /// Starts a write transaction under the write lock.
     pub async fn write(&self) -> Result<WriteTx, StoreError> {
         let guard = Arc::clone(&self.write_lock).lock_owned().await;
